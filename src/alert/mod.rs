@@ -1,0 +1,1 @@
+//! Alert router (see issue: dedup, inhibit, silence, group, route, outbox, notifiers).
