@@ -1,1 +1,205 @@
-fn main() {}
+//! The streetwatch command line.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+use streetwatch::app::{Pipeline, RunOptions};
+use streetwatch::bench::{self, BenchOptions};
+use streetwatch::config::Config;
+use streetwatch::ingest::{self, FootageServer};
+use streetwatch::types::SystemClock;
+
+#[derive(Parser)]
+#[command(name = "streetwatch", version, about = "Watches street cameras and tells police command when something needs them")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the embedded demo: four cameras fed from fixture footage over RTSP on 127.0.0.1.
+    Demo {
+        /// Stop after this many seconds (default: run until Ctrl-C).
+        #[arg(long)]
+        seconds: Option<u64>,
+    },
+    /// Run the pipeline on a configuration file.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+        /// Stop after this many seconds (default: run until Ctrl-C or SIGTERM).
+        #[arg(long)]
+        seconds: Option<u64>,
+    },
+    /// Check a configuration file (and its model) without starting anything.
+    CheckConfig { file: PathBuf },
+    /// Benchmark N virtual cameras from recorded footage through the real pipeline.
+    Bench {
+        #[arg(long, default_value_t = 4)]
+        cameras: usize,
+        #[arg(long, default_value_t = 15)]
+        seconds: u64,
+        /// H.264 MP4 footage; default: the 720p25 2 Mbps benchmark clip in fixtures.
+        #[arg(long)]
+        footage: Option<PathBuf>,
+        /// `rtsp`: served over RTSP/TCP on loopback; `file`: read directly (no network).
+        #[arg(long, default_value = "rtsp", value_parser = ["rtsp", "file"])]
+        source: String,
+        /// Analysed frames per second per camera.
+        #[arg(long, default_value_t = 0.5)]
+        fps: f32,
+        /// Decode every frame instead of keyframes only.
+        #[arg(long)]
+        full_decode: bool,
+        /// Inference workers (0: one per core).
+        #[arg(long, default_value_t = 0)]
+        workers: usize,
+        #[arg(long, default_value_t = 4)]
+        batch: usize,
+        /// Print one JSON object on the last line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Serve footage files over RTSP on 127.0.0.1 (a stand-in camera for tests and trials).
+    ServeFootage {
+        /// Port to listen on (0: any free port).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        /// MOUNT=FILE, served at rtsp://127.0.0.1:PORT/MOUNT.
+        #[arg(required = true)]
+        mounts: Vec<String>,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("STREETWATCH_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Demo { seconds } => demo(seconds),
+        Command::Run { config, seconds } => {
+            let config = Config::load(&config)?;
+            let pipeline = Pipeline::start(&config, RunOptions::default(), Arc::new(SystemClock))?;
+            serve_until_stopped(pipeline, seconds)
+        }
+        Command::CheckConfig { file } => {
+            let config = Config::load(&file)?;
+            let manifest = streetwatch::app::load_model(&config)?;
+            let zones: usize = config.cameras.iter().map(|c| c.zones.len()).sum();
+            let rules: usize = config.cameras.iter().map(|c| c.rules.len()).sum();
+            println!("{}: ok — {} cameras, {zones} zones, {rules} rules, model {}", file.display(), config.cameras.len(), manifest.name);
+            Ok(())
+        }
+        Command::Bench { cameras, seconds, footage, source, fps, full_decode, workers, batch, json } => {
+            let opts = BenchOptions {
+                cameras,
+                seconds,
+                footage: footage.unwrap_or_else(|| ingest::fixture("bench_720p25_2mbps.mp4")),
+                rtsp: source == "rtsp",
+                fps,
+                keyframe_only: !full_decode,
+                workers,
+                max_batch: batch,
+                json,
+            };
+            bench::run(&opts).map(|_| ())
+        }
+        Command::ServeFootage { port, mounts } => {
+            let mounts = mounts
+                .iter()
+                .map(|m| {
+                    let (name, file) = m.split_once('=').with_context(|| format!("`{m}` is not MOUNT=FILE"))?;
+                    Ok((name.to_string(), PathBuf::from(file)))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let server = FootageServer::start(&mounts, port)?;
+            for (name, _) in &mounts {
+                println!("{}", server.url(name));
+            }
+            // Readiness for scripts and tests: the URLs above are live once this line is out.
+            println!("ready");
+            wait_for_signal(None, || {});
+            Ok(())
+        }
+    }
+}
+
+/// The demo: fixture footage served over RTSP by this process, four cameras, SQLite under ./data.
+fn demo(seconds: Option<u64>) -> anyhow::Result<()> {
+    let root = if Path::new("pipelines/demo.toml").is_file() { PathBuf::from(".") } else { PathBuf::from(env!("CARGO_MANIFEST_DIR")) };
+    let mounts: Vec<(String, PathBuf)> = [
+        ("vtest", "vtest_h264.mp4"),
+        ("parking", "parking_aisle_overhead_768x432.mp4"),
+        ("table", "indoor_dwell_at_table_768x432.mp4"),
+        ("bikes", "bikes.mp4"),
+    ]
+    .iter()
+    .map(|(m, f)| (m.to_string(), ingest::fixture(f)))
+    .collect();
+    let server = FootageServer::start(&mounts, 0)?;
+    let text = std::fs::read_to_string(root.join("pipelines/demo.toml")).context("reading pipelines/demo.toml")?;
+    let text = text.replace("${DEMO_RTSP_PORT}", &server.port().to_string());
+    let mut config = Config::parse(&text, "pipelines/demo.toml", &root.join("pipelines"))?;
+    config.runtime.data_dir = std::env::current_dir()?.join("data");
+    println!("streetwatch demo: {} cameras from fixture footage at rtsp://127.0.0.1:{}/…, data in ./data (Ctrl-C stops)", config.cameras.len(), server.port());
+    let pipeline = Pipeline::start(&config, RunOptions::default(), Arc::new(SystemClock))?;
+    serve_until_stopped(pipeline, seconds)
+}
+
+fn serve_until_stopped(pipeline: Pipeline, seconds: Option<u64>) -> anyhow::Result<()> {
+    let mut last = Instant::now();
+    wait_for_signal(seconds.map(Duration::from_secs), || {
+        if last.elapsed() >= Duration::from_secs(15) {
+            last = Instant::now();
+            for h in pipeline.health() {
+                tracing::info!(
+                    camera = %h.camera,
+                    state = h.state.as_str(),
+                    received = h.frames_received,
+                    analysed = h.frames_analysed,
+                    dropped = h.frames_dropped,
+                    restarts = h.restarts,
+                    last_frame_age_s = h.last_frame_age_s.map(|a| format!("{a:.1}")).unwrap_or_else(|| "-".into()),
+                    last_error = h.last_error.as_deref().unwrap_or("-"),
+                    "camera health"
+                );
+            }
+        }
+    });
+    pipeline.shutdown();
+    Ok(())
+}
+
+/// Blocks until Ctrl-C, SIGTERM or the deadline, calling `tick` about every 200 ms.
+fn wait_for_signal(limit: Option<Duration>, mut tick: impl FnMut()) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a current-thread runtime");
+    let deadline = limit.map(|d| tokio::time::Instant::now() + d);
+    rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut every = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break,
+                _ = term.recv() => break,
+                _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => break,
+                _ = every.tick() => tick(),
+            }
+        }
+    });
+}

@@ -1,0 +1,167 @@
+//! Wires the stages for `run`, `demo`, `bench` and the tests:
+//! ingest → pool (infer) → analyse → incident sink (store, snapshots, log).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use crossbeam::channel::Receiver;
+
+use crate::analyse::{AnalysisEvent, CameraAnalyser, render_snapshot};
+use crate::config::Config;
+use crate::health::{CameraHealth, HealthSnapshot};
+use crate::infer::{self, Detector, ModelManifest};
+use crate::ingest::{Backoff, CameraStream, Ingest, IngestOptions, Pacing};
+use crate::pool::{Analyser, Pool, PoolConfig, PoolStats};
+use crate::store::Store;
+use crate::types::{CameraId, Clock, IncidentEvent, IncidentPhase};
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub pacing: Pacing,
+    pub loop_files: bool,
+    pub backoff: Backoff,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self { pacing: Pacing::Realtime, loop_files: true, backoff: Backoff::default() }
+    }
+}
+
+/// A running pipeline.
+pub struct Pipeline {
+    ingest: Ingest,
+    pool: Pool,
+    sink: JoinHandle<()>,
+    health: Vec<Arc<CameraHealth>>,
+    clock: Arc<dyn Clock>,
+    pub db_path: PathBuf,
+}
+
+/// Loads the ONNX Runtime library and the model manifest named by the configuration.
+pub fn load_model(config: &Config) -> anyhow::Result<Arc<ModelManifest>> {
+    let lib = config.runtime.onnxruntime.as_ref().map(|p| config.resolve(p)).unwrap_or_else(infer::default_runtime_path);
+    infer::init_runtime(&lib)?;
+    let manifest = ModelManifest::load(&config.resolve(config.runtime.model.get_ref()))?;
+    Ok(Arc::new(manifest))
+}
+
+pub fn worker_count(config: &Config) -> usize {
+    match config.runtime.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    }
+}
+
+impl Pipeline {
+    pub fn start(config: &Config, opts: RunOptions, clock: Arc<dyn Clock>) -> anyhow::Result<Pipeline> {
+        let manifest = load_model(config)?;
+        let person = manifest
+            .class_index("person")
+            .with_context(|| format!("model {} has no `person` label", manifest.name))? as u16;
+        let data_dir = config.resolve(&config.runtime.data_dir);
+        std::fs::create_dir_all(data_dir.join("snapshots")).with_context(|| format!("creating {}", data_dir.display()))?;
+        let db_path = data_dir.join("streetwatch.db");
+        let store = Store::open(&db_path)?;
+
+        let health: Vec<Arc<CameraHealth>> =
+            config.cameras.iter().map(|c| Arc::new(CameraHealth::new(CameraId::new(c.id.get_ref())))).collect();
+        let (events_tx, events_rx) = crossbeam::channel::unbounded();
+        let cameras: Vec<(Arc<CameraHealth>, Box<dyn Analyser>)> = config
+            .cameras
+            .iter()
+            .zip(&health)
+            .map(|(c, h)| (h.clone(), Box::new(CameraAnalyser::new(c, person, events_tx.clone())) as Box<dyn Analyser>))
+            .collect();
+        drop(events_tx);
+        let pool_config = PoolConfig {
+            workers: worker_count(config),
+            max_batch: config.runtime.max_batch,
+            batch_wait: Duration::from_millis(config.runtime.batch_wait_ms),
+        };
+        let threshold = config.runtime.score_threshold;
+        let (pool, frames) = Pool::start(&pool_config, cameras, || Detector::new(manifest.clone(), pool_config.max_batch, threshold))?;
+        let snapshots = data_dir.join("snapshots");
+        let sink = std::thread::Builder::new()
+            .name("sw-incidents".into())
+            .spawn(move || incident_sink(events_rx, store, snapshots))?;
+        let ingest = Ingest::start(
+            CameraStream::from_config(config, &health),
+            IngestOptions {
+                pipelines: config.resolve(&config.runtime.pipelines),
+                pacing: opts.pacing,
+                loop_files: opts.loop_files,
+                backoff: opts.backoff,
+            },
+            frames,
+            clock.clone(),
+        )?;
+        tracing::info!(cameras = health.len(), workers = pool_config.workers, model = %manifest.name, db = %db_path.display(), "pipeline started");
+        Ok(Pipeline { ingest, pool, sink, health, clock, db_path })
+    }
+
+    pub fn health(&self) -> Vec<HealthSnapshot> {
+        let now = self.clock.now();
+        self.health.iter().map(|h| h.snapshot(now)).collect()
+    }
+
+    pub fn camera_health(&self) -> &[Arc<CameraHealth>] {
+        &self.health
+    }
+
+    pub fn stats(&self) -> &PoolStats {
+        self.pool.stats()
+    }
+
+    /// True once every source has ended (footage that does not loop).
+    pub fn finished(&self) -> bool {
+        self.ingest.finished()
+    }
+
+    /// Stops ingest, lets the workers finish their batch, and drains the incident events.
+    pub fn shutdown(self) {
+        self.ingest.stop();
+        self.pool.shutdown();
+        let _ = self.sink.join();
+    }
+}
+
+/// Writes snapshots and incident rows and logs each lifecycle event. Runs off the frame path.
+fn incident_sink(events: Receiver<AnalysisEvent>, store: Store, snapshots: PathBuf) {
+    for AnalysisEvent { mut event, snapshot } in events {
+        if let Some(req) = snapshot {
+            let name = format!("{}_{}_{}.jpg", event.key.camera, event.key.rule, event.key.episode.0);
+            let path = snapshots.join(name);
+            match render_snapshot(req).map_err(anyhow::Error::from).and_then(|jpeg| Ok(std::fs::write(&path, jpeg)?)) {
+                Ok(()) => event.snapshot = Some(path.display().to_string()),
+                Err(e) => tracing::error!(incident = %event.key, error = %e, "snapshot not written"),
+            }
+        }
+        if let Err(e) = store.record(&event) {
+            tracing::error!(incident = %event.key, error = %e, "incident not stored");
+        }
+        log_incident(&event);
+    }
+}
+
+fn log_incident(e: &IncidentEvent) {
+    let what = match e.phase {
+        IncidentPhase::Opened => "INCIDENT OPENED",
+        IncidentPhase::Updated => "incident updated",
+        IncidentPhase::Closed => "INCIDENT CLOSED",
+    };
+    tracing::info!(
+        incident = %e.key,
+        camera = %e.camera_name,
+        ward = %e.ward,
+        rule = e.kind.as_str(),
+        severity = e.severity.as_str(),
+        at = %e.at.to_rfc3339(),
+        snapshot = e.snapshot.as_deref().unwrap_or("-"),
+        "{what}: {}",
+        e.summary
+    );
+}

@@ -1,0 +1,503 @@
+//! Configuration: one TOML file describes the runtime, the model and the cameras with their zones and rules.
+//!
+//! Every mistake is reported with the file, line, column and the key's path, e.g.
+//! `district.toml:14:11: cameras[1].zones[0].polygon: a polygon needs at least 3 points, found 2`.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::types::Severity;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Syntax errors and unknown or mistyped keys, located by the TOML parser.
+    #[error("{file}:{line}:{column}: {message}")]
+    Parse {
+        file: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    /// A value that parsed but makes no sense, located at its key.
+    #[error("{file}:{line}:{column}: {key}: {message}")]
+    Invalid {
+        file: String,
+        line: usize,
+        column: usize,
+        key: String,
+        message: String,
+    },
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
+    /// The alert router's settings (receivers, routes, grouping); see `alert::AlertConfig`.
+    #[serde(default)]
+    pub alert: Option<toml::Value>,
+    #[serde(default)]
+    pub cameras: Vec<CameraConfig>,
+    /// Where the file was read from; relative paths inside it resolve against its folder.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Folder for the SQLite database and snapshots.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Model manifest (TOML beside the .onnx file).
+    #[serde(default = "default_model")]
+    pub model: Spanned<PathBuf>,
+    /// Inference workers; 0 means one per core.
+    #[serde(default)]
+    pub workers: usize,
+    /// Most frames one inference run takes, gathered across cameras.
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
+    /// How long a worker waits to fill a batch once it has one frame.
+    #[serde(default = "default_batch_wait_ms")]
+    pub batch_wait_ms: u64,
+    /// Detections below this score are ignored.
+    #[serde(default = "default_score_threshold")]
+    pub score_threshold: f32,
+    /// Folder with the pipeline templates (`rtsp.pipeline`, `file.pipeline`).
+    #[serde(default = "default_pipelines")]
+    pub pipelines: PathBuf,
+    /// Path of the ONNX Runtime shared library; empty means the set-up default (.deps/onnxruntime).
+    #[serde(default)]
+    pub onnxruntime: Option<PathBuf>,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: default_data_dir(),
+            model: Spanned::new(0..0, default_model_path()),
+            workers: 0,
+            max_batch: default_max_batch(),
+            batch_wait_ms: default_batch_wait_ms(),
+            score_threshold: default_score_threshold(),
+            pipelines: default_pipelines(),
+            onnxruntime: None,
+        }
+    }
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("data")
+}
+fn default_model_path() -> PathBuf {
+    PathBuf::from("models/nanodet_g_416_coco.toml")
+}
+fn default_model() -> Spanned<PathBuf> {
+    Spanned::new(0..0, default_model_path())
+}
+fn default_max_batch() -> usize {
+    4
+}
+fn default_batch_wait_ms() -> u64 {
+    5
+}
+fn default_score_threshold() -> f32 {
+    0.35
+}
+fn default_pipelines() -> PathBuf {
+    PathBuf::from("pipelines")
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CameraConfig {
+    pub id: Spanned<String>,
+    /// Display name for the operations centre, e.g. "Nguyễn Huệ / Lê Lợi".
+    #[serde(default)]
+    pub name: String,
+    /// Ward (phường) the camera is in; routes match on it.
+    #[serde(default)]
+    pub ward: String,
+    /// `rtsp://[user:pass@]host[:port]/path` or a footage file path (`file:///…` or a plain path).
+    /// `${VAR}` is replaced from the environment, so passwords need not live in the file.
+    pub url: Spanned<String>,
+    /// Frames per second handed to analysis.
+    #[serde(default = "default_fps")]
+    pub fps: f32,
+    /// Decode only keyframes (one every 1–2 s on real cameras): a fraction of the CPU of full decoding.
+    #[serde(default)]
+    pub keyframe_only: bool,
+    /// Width frames are scaled to for analysis (height keeps the aspect ratio).
+    #[serde(default = "default_width")]
+    pub width: u32,
+    /// Seconds without a frame before the watchdog restarts the stream.
+    #[serde(default = "default_stall_seconds")]
+    pub stall_seconds: f32,
+    #[serde(default)]
+    pub zones: Vec<ZoneConfig>,
+    #[serde(default)]
+    pub rules: Vec<RuleConfig>,
+}
+
+fn default_fps() -> f32 {
+    2.0
+}
+fn default_width() -> u32 {
+    416
+}
+fn default_stall_seconds() -> f32 {
+    8.0
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZoneConfig {
+    pub id: Spanned<String>,
+    /// Vertices as `[x, y]` in 0–1 of the frame's width and height.
+    pub polygon: Spanned<Vec<[f32; 2]>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, tag = "kind", rename_all = "snake_case")]
+pub enum RuleConfig {
+    /// At least `min_people` people stand in the zone for at least `min_seconds`.
+    Crowding {
+        id: Spanned<String>,
+        zone: Spanned<String>,
+        min_people: u32,
+        min_seconds: f32,
+        /// Seconds below the threshold before the incident closes (absorbs missed detections).
+        #[serde(default = "default_clear_seconds")]
+        clear_seconds: f32,
+        #[serde(default = "default_severity")]
+        severity: Severity,
+    },
+}
+
+fn default_clear_seconds() -> f32 {
+    5.0
+}
+fn default_severity() -> Severity {
+    Severity::Warning
+}
+
+impl RuleConfig {
+    pub fn id(&self) -> &Spanned<String> {
+        match self {
+            RuleConfig::Crowding { id, .. } => id,
+        }
+    }
+    pub fn zone(&self) -> &Spanned<String> {
+        match self {
+            RuleConfig::Crowding { zone, .. } => zone,
+        }
+    }
+}
+
+/// Where a camera's frames come from, after `${VAR}` expansion and credential extraction.
+#[derive(Clone, PartialEq, Eq)]
+pub enum SourceUrl {
+    Rtsp {
+        /// The URL without user and password: safe to log.
+        url: String,
+        user: Option<String>,
+        password: Option<String>,
+    },
+    File(PathBuf),
+}
+
+impl std::fmt::Debug for SourceUrl {
+    // Passwords never reach a log line, even through `{:?}`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.redacted())
+    }
+}
+
+impl SourceUrl {
+    /// A form of the URL that is safe for logs, metrics and API responses.
+    pub fn redacted(&self) -> String {
+        match self {
+            SourceUrl::Rtsp { url, user, .. } => match user {
+                Some(_) => url.replacen("://", "://***@", 1),
+                None => url.clone(),
+            },
+            SourceUrl::File(p) => p.display().to_string(),
+        }
+    }
+
+    /// Parses a camera URL; `base_dir` resolves relative file paths.
+    pub fn parse(raw: &str, base_dir: &Path) -> Result<Self, String> {
+        let expanded = expand_env(raw)?;
+        if let Some(rest) = expanded.strip_prefix("file://") {
+            return Ok(SourceUrl::File(PathBuf::from(rest)));
+        }
+        if !expanded.contains("://") {
+            let p = PathBuf::from(&expanded);
+            return Ok(SourceUrl::File(if p.is_absolute() { p } else { base_dir.join(p) }));
+        }
+        let mut url = url::Url::parse(&expanded).map_err(|e| {
+            // The parser's message never contains the URL, so this cannot leak a password.
+            format!("not a valid URL: {e}")
+        })?;
+        if !matches!(url.scheme(), "rtsp" | "rtsps") {
+            return Err(format!(
+                "unsupported scheme `{}` (expected rtsp://, file:// or a file path)",
+                url.scheme()
+            ));
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err("the URL has no host".into());
+        }
+        let user = (!url.username().is_empty()).then(|| decode(url.username()));
+        let password = url.password().map(decode);
+        let _ = url.set_username("");
+        let _ = url.set_password(None);
+        Ok(SourceUrl::Rtsp {
+            url: url.to_string(),
+            user,
+            password,
+        })
+    }
+}
+
+fn decode(s: &str) -> String {
+    url::form_urlencoded::parse(format!("x={s}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
+
+/// Replaces `${NAME}` with the environment variable NAME.
+fn expand_env(raw: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(raw.len());
+    let mut rest = raw;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| "unclosed `${` in value".to_string())?;
+        let name = &after[..end];
+        let value =
+            std::env::var(name).map_err(|_| format!("environment variable `{name}` is not set"))?;
+        out.push_str(&value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+impl Config {
+    /// Reads, parses and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.display().to_string(),
+            source,
+        })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Self::parse(&text, &path.display().to_string(), &base)
+    }
+
+    /// Parses and validates configuration text; `file` names it in errors, `base_dir` resolves paths.
+    pub fn parse(text: &str, file: &str, base_dir: &Path) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| {
+            let (line, column) = e
+                .span()
+                .map(|s| line_col(text, s.start))
+                .unwrap_or((1, 1));
+            ConfigError::Parse {
+                file: file.to_string(),
+                line,
+                column,
+                message: e.message().to_string(),
+            }
+        })?;
+        config.base_dir = base_dir.to_path_buf();
+        Validator { text, file, config: &config }.validate()?;
+        Ok(config)
+    }
+
+    /// Resolves a path from the file against the file's folder.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() { p.to_path_buf() } else { self.base_dir.join(p) }
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rfind('\n').map_or(before.chars().count(), |nl| before[nl + 1..].chars().count()) + 1;
+    (line, column)
+}
+
+struct Validator<'a> {
+    text: &'a str,
+    file: &'a str,
+    config: &'a Config,
+}
+
+impl Validator<'_> {
+    fn err<T>(&self, span: std::ops::Range<usize>, key: String, message: String) -> Result<T, ConfigError> {
+        let (line, column) = line_col(self.text, span.start);
+        Err(ConfigError::Invalid {
+            file: self.file.to_string(),
+            line,
+            column,
+            key,
+            message,
+        })
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let rt = &self.config.runtime;
+        let model = self.config.resolve(rt.model.get_ref());
+        if !model.is_file() {
+            return self.err(
+                rt.model.span(),
+                "runtime.model".into(),
+                format!("model manifest {} does not exist", model.display()),
+            );
+        }
+        let mut ids = HashSet::new();
+        for (ci, cam) in self.config.cameras.iter().enumerate() {
+            let at = |k: &str| format!("cameras[{ci}].{k}");
+            let id = cam.id.get_ref();
+            if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+                return self.err(cam.id.span(), at("id"), format!("`{id}` is not a valid id (letters, digits, - _ .)"));
+            }
+            if !ids.insert(id.as_str()) {
+                return self.err(cam.id.span(), at("id"), format!("duplicate camera id `{id}`"));
+            }
+            if let Err(message) = SourceUrl::parse(cam.url.get_ref(), &self.config.base_dir) {
+                return self.err(cam.url.span(), at("url"), message);
+            }
+            if !(cam.fps > 0.0 && cam.fps <= 60.0) {
+                return self.err(cam.url.span(), at("fps"), format!("fps must be in (0, 60], found {}", cam.fps));
+            }
+            let mut zone_ids = HashSet::new();
+            for (zi, zone) in cam.zones.iter().enumerate() {
+                let key = at(&format!("zones[{zi}].polygon"));
+                let pts = zone.polygon.get_ref();
+                if pts.len() < 3 {
+                    return self.err(zone.polygon.span(), key, format!("a polygon needs at least 3 points, found {}", pts.len()));
+                }
+                if let Some([x, y]) = pts.iter().find(|[x, y]| !(0.0..=1.0).contains(x) || !(0.0..=1.0).contains(y)) {
+                    return self.err(zone.polygon.span(), key, format!("point [{x}, {y}] is outside 0–1 (coordinates are fractions of the frame)"));
+                }
+                if !zone_ids.insert(zone.id.get_ref().as_str()) {
+                    return self.err(zone.id.span(), at(&format!("zones[{zi}].id")), format!("duplicate zone id `{}`", zone.id.get_ref()));
+                }
+            }
+            let mut rule_ids = HashSet::new();
+            for (ri, rule) in cam.rules.iter().enumerate() {
+                if !rule_ids.insert(rule.id().get_ref().as_str()) {
+                    return self.err(rule.id().span(), at(&format!("rules[{ri}].id")), format!("duplicate rule id `{}`", rule.id().get_ref()));
+                }
+                if !zone_ids.contains(rule.zone().get_ref().as_str()) {
+                    return self.err(rule.zone().span(), at(&format!("rules[{ri}].zone")), format!("no zone `{}` on this camera", rule.zone().get_ref()));
+                }
+                let RuleConfig::Crowding { id, min_people, min_seconds, clear_seconds, .. } = rule;
+                if *min_people == 0 || *min_seconds < 0.0 || *clear_seconds < 0.0 {
+                    return self.err(id.span(), at(&format!("rules[{ri}]")), "min_people must be ≥ 1 and durations ≥ 0".into());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        Config::parse(text, "test.toml", dir)
+    }
+
+    const CAMERA: &str = r#"
+[[cameras]]
+id = "cam-1"
+url = "rtsp://admin:s3cret@10.1.2.3:554/stream1"
+[[cameras.zones]]
+id = "plaza"
+polygon = [[0.1, 0.1], [0.9, 0.1], [0.9, 0.9]]
+[[cameras.rules]]
+kind = "crowding"
+id = "crowd"
+zone = "plaza"
+min_people = 5
+min_seconds = 10
+"#;
+
+    #[test]
+    fn a_good_file_parses_and_hides_credentials() {
+        let c = parse(CAMERA).unwrap();
+        let src = SourceUrl::parse(c.cameras[0].url.get_ref(), &c.base_dir).unwrap();
+        assert_eq!(src.redacted(), "rtsp://***@10.1.2.3:554/stream1");
+        assert!(!format!("{src:?}").contains("s3cret"));
+        let SourceUrl::Rtsp { user, password, .. } = src else { panic!() };
+        assert_eq!((user.as_deref(), password.as_deref()), (Some("admin"), Some("s3cret")));
+    }
+
+    fn message(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_key() {
+        let m = message(&CAMERA.replace("min_people = 5", "min_people = 5\nmin_pople = 4"));
+        assert!(m.starts_with("test.toml:15:"), "{m}");
+        assert!(m.contains("min_pople"), "{m}");
+    }
+
+    #[test]
+    fn short_polygon_and_out_of_range_points_are_located() {
+        let m = message(&CAMERA.replace("[[0.1, 0.1], [0.9, 0.1], [0.9, 0.9]]", "[[0.1, 0.1], [0.9, 0.1]]"));
+        assert!(m.starts_with("test.toml:7:11: cameras[0].zones[0].polygon: a polygon needs at least 3 points"), "{m}");
+        let m = message(&CAMERA.replace("[0.9, 0.9]", "[1.5, 0.9]"));
+        assert!(m.contains("test.toml:7:11: cameras[0].zones[0].polygon: point [1.5, 0.9] is outside 0–1"), "{m}");
+    }
+
+    #[test]
+    fn duplicate_camera_id_points_at_the_second() {
+        let m = message(&format!("{CAMERA}{CAMERA}"));
+        assert!(m.starts_with("test.toml:16:6: cameras[1].id: duplicate camera id `cam-1`"), "{m}");
+    }
+
+    #[test]
+    fn bad_url_and_missing_model_are_located() {
+        let m = message(&CAMERA.replace("rtsp://admin:s3cret@10.1.2.3:554/stream1", "rtsp://admin:s3cret@[::1/x"));
+        assert!(m.starts_with("test.toml:4:7: cameras[0].url: not a valid URL"), "{m}");
+        assert!(!m.contains("s3cret"), "{m}");
+        let m = message(&format!("[runtime]\nmodel = \"models/nope.toml\"\n{CAMERA}"));
+        assert!(m.starts_with("test.toml:2:9: runtime.model: model manifest"), "{m}");
+    }
+
+    #[test]
+    fn rule_on_unknown_zone_is_rejected() {
+        let m = message(&CAMERA.replace("zone = \"plaza\"", "zone = \"plaze\""));
+        assert!(m.contains("cameras[0].rules[0].zone: no zone `plaze`"), "{m}");
+    }
+
+    #[test]
+    fn env_placeholders_expand() {
+        // SAFETY: tests in this module do not read this variable concurrently.
+        unsafe { std::env::set_var("SW_TEST_PASS", "p@ss") };
+        let src = SourceUrl::parse("rtsp://u:${SW_TEST_PASS}@h/s", Path::new(".")).unwrap();
+        assert_eq!(src.redacted(), "rtsp://***@h/s");
+        assert!(SourceUrl::parse("rtsp://u:${SW_UNSET_VAR_X}@h/s", Path::new(".")).unwrap_err().contains("SW_UNSET_VAR_X"));
+    }
+}

@@ -1,0 +1,124 @@
+//! Per-camera health, written by ingest and the pool with atomics and read by logs, bench and the API.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering};
+
+use serde::Serialize;
+
+use crate::types::{CameraId, Timestamp};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StreamState {
+    Connecting = 0,
+    Streaming = 1,
+    Stalled = 2,
+    Backoff = 3,
+    Stopped = 4,
+}
+
+impl StreamState {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            0 => Self::Connecting,
+            1 => Self::Streaming,
+            2 => Self::Stalled,
+            3 => Self::Backoff,
+            _ => Self::Stopped,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connecting => "connecting",
+            Self::Streaming => "streaming",
+            Self::Stalled => "stalled",
+            Self::Backoff => "backoff",
+            Self::Stopped => "stopped",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct CameraHealth {
+    pub camera: CameraId,
+    state: AtomicU8,
+    /// Pictures out of the decoder (all of them, or keyframes only), before sampling to the analysis rate.
+    pub frames_decoded: AtomicU64,
+    /// Sampled frames that reached the pool.
+    pub frames_received: AtomicU64,
+    pub frames_analysed: AtomicU64,
+    /// Frames replaced in the pool's slot before a worker took them: the pool was busy.
+    pub frames_dropped: AtomicU64,
+    pub restarts: AtomicU64,
+    /// Milliseconds since the epoch of the last frame; 0 before the first.
+    last_frame_ms: AtomicI64,
+    /// Only written when a stream fails: never on the frame path.
+    last_error: Mutex<Option<String>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HealthSnapshot {
+    pub camera: CameraId,
+    pub state: StreamState,
+    pub frames_decoded: u64,
+    pub frames_received: u64,
+    pub frames_analysed: u64,
+    pub frames_dropped: u64,
+    pub restarts: u64,
+    /// Seconds since the last frame, if any arrived.
+    pub last_frame_age_s: Option<f64>,
+    pub last_error: Option<String>,
+}
+
+impl CameraHealth {
+    pub fn new(camera: CameraId) -> Self {
+        Self {
+            camera,
+            state: AtomicU8::new(StreamState::Connecting as u8),
+            frames_decoded: AtomicU64::new(0),
+            frames_received: AtomicU64::new(0),
+            frames_analysed: AtomicU64::new(0),
+            frames_dropped: AtomicU64::new(0),
+            restarts: AtomicU64::new(0),
+            last_frame_ms: AtomicI64::new(0),
+            last_error: Mutex::new(None),
+        }
+    }
+
+    pub fn state(&self) -> StreamState {
+        StreamState::from_u8(self.state.load(Ordering::Relaxed))
+    }
+    pub fn set_state(&self, s: StreamState) {
+        self.state.store(s as u8, Ordering::Relaxed);
+    }
+    pub fn frame_received(&self, at: Timestamp) {
+        self.frames_received.fetch_add(1, Ordering::Relaxed);
+        self.last_frame_ms.store(at.0, Ordering::Relaxed);
+    }
+    pub fn last_frame_at(&self) -> Option<Timestamp> {
+        match self.last_frame_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(Timestamp(ms)),
+        }
+    }
+    pub fn set_error(&self, e: String) {
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+    }
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn snapshot(&self, now: Timestamp) -> HealthSnapshot {
+        HealthSnapshot {
+            camera: self.camera.clone(),
+            state: self.state(),
+            frames_decoded: self.frames_decoded.load(Ordering::Relaxed),
+            frames_received: self.frames_received.load(Ordering::Relaxed),
+            frames_analysed: self.frames_analysed.load(Ordering::Relaxed),
+            frames_dropped: self.frames_dropped.load(Ordering::Relaxed),
+            restarts: self.restarts.load(Ordering::Relaxed),
+            last_frame_age_s: self.last_frame_at().map(|t| now.since(t) as f64 / 1000.0),
+            last_error: self.last_error(),
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! Detect: ONNX models through ONNX Runtime. One [`Detector`] per worker, each a single-threaded
+//! session (many single-threaded sessions beat one many-threaded session on CPU).
+
+mod manifest;
+mod postprocess;
+mod preprocess;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use ort::session::Session;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::value::TensorRef;
+
+pub use manifest::{ModelManifest, OutputLayout};
+pub use postprocess::{BBox, Detection, nms};
+pub use preprocess::{Letterboxer, Placement};
+
+use crate::frame::Frame;
+use postprocess::DecodeParams;
+
+#[derive(Debug, thiserror::Error)]
+pub enum InferError {
+    #[error("model manifest {path}: {message}")]
+    Manifest { path: PathBuf, message: String },
+    #[error("model file {path}: {message}")]
+    ModelFile { path: PathBuf, message: String },
+    #[error("ONNX Runtime library {path}: {message}")]
+    Runtime { path: PathBuf, message: String },
+    #[error("model {model}: {message}")]
+    Session { model: String, message: String },
+}
+
+static RUNTIME: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
+
+/// The ONNX Runtime library installed by scripts/setup.sh, looked for beside the working directory and
+/// beside the executable's build folder, unless `STREETWATCH_ORT_LIB` names one.
+pub fn default_runtime_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("STREETWATCH_ORT_LIB") {
+        return PathBuf::from(p);
+    }
+    let rel = Path::new(".deps/onnxruntime/libonnxruntime.so.1.31.1");
+    let from_exe = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.ancestors().find(|d| d.join(rel).is_file()).map(|d| d.join(rel)));
+    if rel.is_file() {
+        rel.to_path_buf()
+    } else {
+        from_exe.unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(rel))
+    }
+}
+
+fn runtime() -> Result<&'static ort::environment::Environment, String> {
+    match RUNTIME.get() {
+        Some(Ok(env)) => Ok(env),
+        Some(Err(e)) => Err(e.clone()),
+        None => Err("ONNX Runtime is not loaded (call init_runtime first)".into()),
+    }
+}
+
+/// Loads the ONNX Runtime library once per process. Later calls return the first outcome.
+pub fn init_runtime(lib: &Path) -> Result<(), InferError> {
+    let outcome = RUNTIME.get_or_init(|| {
+        if !lib.is_file() {
+            return Err("not found (run scripts/setup.sh, or set runtime.onnxruntime / STREETWATCH_ORT_LIB)".into());
+        }
+        let builder = ort::init_from(lib).map_err(|e| e.to_string())?;
+        builder.with_name("streetwatch").with_telemetry(false).build().map_err(|e| e.to_string())
+    });
+    outcome.as_ref().map(|_| ()).map_err(|message| InferError::Runtime {
+        path: lib.to_path_buf(),
+        message: message.clone(),
+    })
+}
+
+/// One worker's detector: a session plus reusable input and output buffers.
+pub struct Detector {
+    manifest: Arc<ModelManifest>,
+    session: Session,
+    /// Most frames per run: the batch dimension if the model fixes it, else the pool's batch size.
+    max_batch: usize,
+    input: Vec<f32>,
+    letterboxers: Vec<Letterboxer>,
+    placements: Vec<Placement>,
+    params: DecodeParams,
+}
+
+impl Detector {
+    /// Builds a single-threaded session. `max_batch` is capped at 1 for models with a fixed batch of 1.
+    pub fn new(manifest: Arc<ModelManifest>, max_batch: usize, score_threshold: f32) -> Result<Self, InferError> {
+        let model = manifest.name.clone();
+        let err = |message: String| InferError::Session { model: model.clone(), message };
+        let env = runtime().map_err(&err)?;
+        let session = Session::builder(env)
+            .map_err(|e| err(e.to_string()))?
+            .with_optimization_level(GraphOptimizationLevel::Level3)
+            .map_err(|e| err(e.to_string()))?
+            .with_intra_threads(1)
+            .map_err(|e| err(e.to_string()))?
+            .with_inter_threads(1)
+            .map_err(|e| err(e.to_string()))?
+            .commit_from_file(manifest.model_path())
+            .map_err(|e| err(e.to_string()))?;
+        let input = session
+            .inputs()
+            .iter()
+            .find(|i| i.name() == manifest.input.name)
+            .ok_or_else(|| err(format!("has no input named `{}`", manifest.input.name)))?;
+        let shape = input.dtype().tensor_shape().ok_or_else(|| err("input is not a tensor".into()))?;
+        let dims: Vec<i64> = shape.iter().copied().collect();
+        let (h, w) = (manifest.input.height as i64, manifest.input.width as i64);
+        if dims.len() != 4 || dims[1] != 3 || (dims[2] > 0 && dims[2] != h) || (dims[3] > 0 && dims[3] != w) {
+            return Err(err(format!("input shape {dims:?} does not match the manifest's [N,3,{h},{w}]")));
+        }
+        if !session.outputs().iter().any(|o| o.name() == manifest.output.name) {
+            return Err(err(format!("has no output named `{}`", manifest.output.name)));
+        }
+        let max_batch = if dims[0] > 0 { dims[0] as usize } else { max_batch.max(1) };
+        let item = 3 * (h * w) as usize;
+        Ok(Self {
+            params: DecodeParams {
+                layout: manifest.output.layout,
+                classes: manifest.output.labels.len(),
+                score_threshold,
+                iou_threshold: 0.5,
+                max_detections: 300,
+            },
+            session,
+            max_batch,
+            input: vec![0.0; max_batch * item],
+            letterboxers: (0..max_batch).map(|_| Letterboxer::default()).collect(),
+            placements: Vec::with_capacity(max_batch),
+            manifest,
+        })
+    }
+
+    pub fn max_batch(&self) -> usize {
+        self.max_batch
+    }
+
+    pub fn manifest(&self) -> &ModelManifest {
+        &self.manifest
+    }
+
+    /// Runs detection on up to `max_batch` frames; `out[i]` receives frame i's detections.
+    pub fn detect(&mut self, frames: &[Frame], out: &mut [Vec<Detection>]) -> Result<(), InferError> {
+        assert!(frames.len() <= self.max_batch && out.len() >= frames.len());
+        let spec = &self.manifest.input;
+        let item = 3 * (spec.width * spec.height) as usize;
+        let n = frames.len();
+        self.placements.clear();
+        for (i, f) in frames.iter().enumerate() {
+            let dst = &mut self.input[i * item..(i + 1) * item];
+            let p = self.letterboxers[i].fill(spec, f.rgb(), f.width, f.height, f.stride, dst);
+            self.placements.push(p);
+        }
+        let shape = [n, 3, spec.height as usize, spec.width as usize];
+        let model = &self.manifest.name;
+        let err = |e: ort::Error| InferError::Session { model: model.clone(), message: e.to_string() };
+        let t = TensorRef::from_array_view((shape, &self.input[..n * item])).map_err(err)?;
+        let outputs = self.session.run(ort::inputs![spec.name.as_str() => t]).map_err(err)?;
+        let (out_shape, data) = outputs[self.manifest.output.name.as_str()].try_extract_tensor::<f32>().map_err(err)?;
+        let out_shape: Vec<i64> = out_shape.iter().copied().collect();
+        let anchors = match self.params.layout {
+            OutputLayout::Yolov8 => out_shape[2] as usize,
+            OutputLayout::BoxesXyxyScores | OutputLayout::Yolov5 => out_shape[1] as usize,
+        };
+        let per_item = data.len() / n;
+        for i in 0..n {
+            postprocess::decode(&self.params, &data[i * per_item..(i + 1) * per_item], anchors, &self.placements[i], &mut out[i]);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,209 @@
+//! One supervisor per camera: Connecting → Streaming → (Stalled | error) → Backoff → Connecting.
+//! A stall watchdog catches servers that freeze with the socket open; backoff is exponential with
+//! jitter and a cap, and resets once a stream has run well for a while.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use gstreamer as gst;
+use gstreamer::prelude::*;
+
+use super::pipeline::{FrameTap, Pacing, StreamSpec, Templates};
+use crate::config::SourceUrl;
+use crate::health::{CameraHealth, StreamState};
+use crate::pool::FrameSink;
+use crate::types::Clock;
+
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    pub initial: Duration,
+    pub max: Duration,
+    /// A stream that ran at least this long starts the next backoff from `initial` again.
+    pub reset_after: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self { initial: Duration::from_millis(500), max: Duration::from_secs(30), reset_after: Duration::from_secs(30) }
+    }
+}
+
+impl Backoff {
+    /// Delay before attempt `n` (0-based): initial·2ⁿ capped at max, with "equal jitter" (half fixed,
+    /// half random) so a district of cameras that lost one recorder does not reconnect in lockstep.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let base = self.initial.saturating_mul(1u32 << attempt.min(20)).min(self.max);
+        base / 2 + base.mul_f64(fastrand::f64() / 2.0)
+    }
+}
+
+pub struct CameraTask {
+    pub index: usize,
+    pub spec: StreamSpec,
+    pub stall: Duration,
+    pub health: Arc<CameraHealth>,
+}
+
+pub struct Context {
+    pub templates: Templates,
+    pub dir: PathBuf,
+    pub pacing: Pacing,
+    pub loop_files: bool,
+    pub backoff: Backoff,
+    pub sink: FrameSink,
+    pub clock: Arc<dyn Clock>,
+    pub stop: Arc<AtomicBool>,
+}
+
+enum Outcome {
+    /// Asked to stop.
+    Stopped,
+    /// A file reached its end and files do not loop.
+    Finished,
+    Failed(String),
+}
+
+pub fn supervise(task: CameraTask, ctx: Arc<Context>) {
+    let mut attempt = 0u32;
+    let health = task.health.clone();
+    loop {
+        health.set_state(StreamState::Connecting);
+        let started = Instant::now();
+        match run_once(&task, &ctx) {
+            Outcome::Stopped => break,
+            Outcome::Finished => {
+                tracing::info!(camera = %health.camera, "footage finished");
+                break;
+            }
+            Outcome::Failed(reason) => {
+                let reason = redact(&reason, &task.spec.source);
+                if started.elapsed() >= ctx.backoff.reset_after {
+                    attempt = 0;
+                }
+                let delay = ctx.backoff.delay(attempt);
+                attempt = attempt.saturating_add(1);
+                health.restarts.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(camera = %health.camera, source = %task.spec.source.redacted(), retry_in_ms = delay.as_millis() as u64, "stream failed: {reason}");
+                health.set_error(reason);
+                if health.state() != StreamState::Stalled {
+                    health.set_state(StreamState::Backoff);
+                }
+                if sleep_unless_stopped(delay, &ctx.stop) {
+                    break;
+                }
+            }
+        }
+    }
+    health.set_state(StreamState::Stopped);
+}
+
+fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) -> bool {
+    let end = Instant::now() + d;
+    while Instant::now() < end {
+        if stop.load(Ordering::Relaxed) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50).min(end.saturating_duration_since(Instant::now())));
+    }
+    stop.load(Ordering::Relaxed)
+}
+
+fn run_once(task: &CameraTask, ctx: &Context) -> Outcome {
+    let (pipeline, appsink) = match ctx.templates.build(&ctx.dir, &task.spec, ctx.pacing, &task.health) {
+        Ok(p) => p,
+        Err(e) => return Outcome::Failed(e.to_string()),
+    };
+    let watch_base = Instant::now();
+    let last_frame = Arc::new(AtomicI64::new(-1));
+    FrameTap {
+        camera: task.index,
+        health: task.health.clone(),
+        sink: ctx.sink.clone(),
+        clock: ctx.clock.clone(),
+        pacing: ctx.pacing,
+        media_epoch: ctx.clock.now(),
+        last_frame_mono: last_frame.clone(),
+        watch_base,
+    }
+    .attach(&appsink);
+    let outcome = watch(task, ctx, &pipeline, &last_frame, watch_base);
+    // A pipeline stuck on a frozen server can take seconds to reach Null; do not hold the supervisor.
+    std::thread::spawn(move || {
+        let _ = pipeline.set_state(gst::State::Null);
+    });
+    outcome
+}
+
+fn watch(task: &CameraTask, ctx: &Context, pipeline: &gst::Pipeline, last_frame: &AtomicI64, base: Instant) -> Outcome {
+    if let Err(e) = pipeline.set_state(gst::State::Playing) {
+        return Outcome::Failed(format!("cannot start the pipeline: {e}"));
+    }
+    let Some(bus) = pipeline.bus() else { return Outcome::Failed("pipeline has no bus".into()) };
+    let is_file = matches!(task.spec.source, SourceUrl::File(_));
+    // The first frame may take a GOP or two and an RTSP handshake: allow more than the stall time.
+    let first_frame_grace = task.stall.max(Duration::from_secs(10));
+    loop {
+        if ctx.stop.load(Ordering::Relaxed) {
+            return Outcome::Stopped;
+        }
+        if let Some(msg) = bus.timed_pop(gst::ClockTime::from_mseconds(100)) {
+            match msg.view() {
+                gst::MessageView::Error(err) => {
+                    let src = msg.src().map(|s| s.path_string().to_string()).unwrap_or_default();
+                    return Outcome::Failed(format!("{src}: {}", err.error()));
+                }
+                gst::MessageView::Eos(_) if is_file && ctx.loop_files => {
+                    if let Err(e) = pipeline.seek_simple(gst::SeekFlags::FLUSH | gst::SeekFlags::KEY_UNIT, gst::ClockTime::ZERO) {
+                        return Outcome::Failed(format!("cannot loop the footage: {e}"));
+                    }
+                }
+                gst::MessageView::Eos(_) if is_file => return Outcome::Finished,
+                gst::MessageView::Eos(_) => return Outcome::Failed("the server ended the stream".into()),
+                _ => {}
+            }
+        }
+        let now = base.elapsed().as_millis() as i64;
+        let last = last_frame.load(Ordering::Relaxed);
+        let silent_for = Duration::from_millis((now - last.max(0)) as u64);
+        let limit = if last < 0 { first_frame_grace } else { task.stall };
+        if silent_for > limit && !(is_file && matches!(ctx.pacing, Pacing::Unthrottled { lossless: true })) {
+            task.health.set_state(StreamState::Stalled);
+            return Outcome::Failed(format!("no frame for {:.1} s (stalled)", silent_for.as_secs_f32()));
+        }
+    }
+}
+
+/// Belt and braces: even though credentials are never put into the pipeline's location, scrub them from
+/// any message that might echo them.
+fn redact(msg: &str, source: &SourceUrl) -> String {
+    match source {
+        SourceUrl::Rtsp { password: Some(p), .. } if !p.is_empty() => msg.replace(p.as_str(), "***"),
+        _ => msg.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_exponentially_with_jitter_and_a_cap() {
+        let b = Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(2), reset_after: Duration::from_secs(1) };
+        for _ in 0..100 {
+            let d0 = b.delay(0);
+            assert!(d0 >= Duration::from_millis(50) && d0 <= Duration::from_millis(100), "{d0:?}");
+            let d3 = b.delay(3);
+            assert!(d3 >= Duration::from_millis(400) && d3 <= Duration::from_millis(800), "{d3:?}");
+            let d30 = b.delay(30);
+            assert!(d30 >= Duration::from_secs(1) && d30 <= Duration::from_secs(2), "{d30:?}");
+        }
+    }
+
+    #[test]
+    fn redaction_scrubs_the_password() {
+        let src = SourceUrl::Rtsp { url: "rtsp://h/s".into(), user: Some("u".into()), password: Some("hunter2".into()) };
+        assert_eq!(redact("auth hunter2 failed", &src), "auth *** failed");
+    }
+}

@@ -1,0 +1,262 @@
+//! The worker pool between ingest and analysis, lock-free on the frame path.
+//!
+//! Each camera has a one-frame slot (latest frame wins; a replaced frame is counted as dropped) and a
+//! `scheduled` flag. A camera whose flag goes up is put on the ready queue once; a worker that takes it off
+//! holds the claim: it takes the frame and the camera's analyser (which travels with the claim, so
+//! per-camera state is never shared and never locked), runs one batched inference for every camera it
+//! claimed, analyses, then releases. Memory is bounded by construction: one frame per camera in slots, one
+//! batch per worker, and a ready queue no longer than the number of cameras.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam::channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam::queue::ArrayQueue;
+
+use crate::frame::Frame;
+use crate::health::CameraHealth;
+use crate::histogram::Histogram;
+use crate::infer::{Detection, Detector, InferError};
+
+/// What a camera does with its detections. Owned by one worker at a time.
+pub trait Analyser: Send {
+    fn analyse(&mut self, frame: &Frame, detections: &[Detection]);
+}
+
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    pub workers: usize,
+    pub max_batch: usize,
+    /// Once a worker holds one frame, how long it waits for more to fill a batch.
+    pub batch_wait: Duration,
+}
+
+/// Throughput and latency, shared lock-free between workers and readers.
+#[derive(Default)]
+pub struct PoolStats {
+    pub inference_ms: Histogram,
+    /// From a frame's arrival at the pool to its detections being analysed.
+    pub latency_ms: Histogram,
+    pub frames_analysed: AtomicU64,
+    pub batches: AtomicU64,
+    pub inference_errors: AtomicU64,
+}
+
+impl PoolStats {
+    pub fn mean_batch(&self) -> f64 {
+        let b = self.batches.load(Ordering::Relaxed);
+        if b == 0 { 0.0 } else { self.frames_analysed.load(Ordering::Relaxed) as f64 / b as f64 }
+    }
+}
+
+struct Slot {
+    frame: ArrayQueue<Frame>,
+    scheduled: AtomicBool,
+    analyser: ArrayQueue<Box<dyn Analyser>>,
+    health: Arc<CameraHealth>,
+}
+
+struct Shared {
+    slots: Vec<Slot>,
+    ready_tx: Sender<usize>,
+    stats: PoolStats,
+    stop: AtomicBool,
+}
+
+impl Shared {
+    fn schedule(&self, camera: usize) {
+        // Pairs with the fence in `release`: either we see the flag down and enqueue, or the releasing
+        // worker sees our frame and enqueues. Never both, never neither.
+        fence(Ordering::SeqCst);
+        if !self.slots[camera].scheduled.swap(true, Ordering::SeqCst) {
+            // Capacity equals the camera count and each camera is queued at most once: never full.
+            let _ = self.ready_tx.try_send(camera);
+        }
+    }
+
+    fn release(&self, camera: usize) {
+        let slot = &self.slots[camera];
+        slot.scheduled.store(false, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        if !slot.frame.is_empty() {
+            self.schedule(camera);
+        }
+    }
+}
+
+/// Ingest's handle for handing frames to the pool. Cheap to clone.
+#[derive(Clone)]
+pub struct FrameSink {
+    shared: Arc<Shared>,
+}
+
+impl FrameSink {
+    /// Live mode: the newest frame replaces an unanalysed one, which is counted as dropped.
+    pub fn push(&self, frame: Frame) {
+        let camera = frame.camera;
+        let slot = &self.shared.slots[camera];
+        if slot.frame.force_push(frame).is_some() {
+            slot.health.frames_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        self.shared.schedule(camera);
+    }
+
+    /// Replay mode for evaluation: waits for the slot instead of dropping, so every frame is analysed.
+    pub fn push_lossless(&self, mut frame: Frame) {
+        let camera = frame.camera;
+        loop {
+            match self.shared.slots[camera].frame.push(frame) {
+                Ok(()) => break,
+                Err(back) => {
+                    frame = back;
+                    if self.shared.stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+        self.shared.schedule(camera);
+    }
+
+    pub fn cameras(&self) -> usize {
+        self.shared.slots.len()
+    }
+}
+
+pub struct Pool {
+    shared: Arc<Shared>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl Pool {
+    /// Starts `config.workers` workers, each with its own detector from `make_detector`. Fails if any
+    /// detector cannot be built, so a bad model is a start-up error, not a silent worker death.
+    pub fn start(
+        config: &PoolConfig,
+        cameras: Vec<(Arc<CameraHealth>, Box<dyn Analyser>)>,
+        make_detector: impl Fn() -> Result<Detector, InferError>,
+    ) -> Result<(Pool, FrameSink), InferError> {
+        let (ready_tx, ready_rx) = crossbeam::channel::bounded(cameras.len().max(1));
+        let slots = cameras
+            .into_iter()
+            .map(|(health, analyser)| {
+                let a = ArrayQueue::new(1);
+                let _ = a.push(analyser);
+                Slot { frame: ArrayQueue::new(1), scheduled: AtomicBool::new(false), analyser: a, health }
+            })
+            .collect();
+        let shared = Arc::new(Shared { slots, ready_tx, stats: PoolStats::default(), stop: AtomicBool::new(false) });
+        let detectors = (0..config.workers.max(1)).map(|_| make_detector()).collect::<Result<Vec<_>, _>>()?;
+        let workers = detectors
+            .into_iter()
+            .enumerate()
+            .map(|(i, detector)| {
+                let w = Worker::new(shared.clone(), ready_rx.clone(), detector, config);
+                std::thread::Builder::new()
+                    .name(format!("sw-worker-{i}"))
+                    .spawn(move || w.run())
+                    .expect("spawning a worker thread")
+            })
+            .collect();
+        Ok((Pool { shared: shared.clone(), workers }, FrameSink { shared }))
+    }
+
+    pub fn stats(&self) -> &PoolStats {
+        &self.shared.stats
+    }
+
+    /// Stops the workers after their current batch.
+    pub fn shutdown(self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        for w in self.workers {
+            let _ = w.join();
+        }
+    }
+}
+
+struct Worker {
+    shared: Arc<Shared>,
+    ready_rx: Receiver<usize>,
+    detector: Detector,
+    batch_wait: Duration,
+    claimed: Vec<usize>,
+    frames: Vec<Frame>,
+    detections: Vec<Vec<Detection>>,
+}
+
+impl Worker {
+    fn new(shared: Arc<Shared>, ready_rx: Receiver<usize>, detector: Detector, config: &PoolConfig) -> Self {
+        let batch = detector.max_batch().min(config.max_batch.max(1));
+        Self {
+            shared,
+            ready_rx,
+            batch_wait: config.batch_wait,
+            claimed: Vec::with_capacity(batch),
+            frames: Vec::with_capacity(batch),
+            detections: (0..batch).map(|_| Vec::with_capacity(64)).collect(),
+            detector,
+        }
+    }
+
+    fn run(mut self) {
+        let batch = self.detections.len();
+        while !self.shared.stop.load(Ordering::Relaxed) {
+            match self.ready_rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(camera) => self.claimed.push(camera),
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            let deadline = Instant::now() + self.batch_wait;
+            while self.claimed.len() < batch {
+                match self.ready_rx.recv_deadline(deadline) {
+                    Ok(camera) => self.claimed.push(camera),
+                    Err(_) => break,
+                }
+            }
+            self.process();
+        }
+    }
+
+    fn process(&mut self) {
+        let shared = &*self.shared;
+        for &camera in &self.claimed {
+            if let Some(f) = shared.slots[camera].frame.pop() {
+                self.frames.push(f);
+            }
+        }
+        if !self.frames.is_empty() {
+            let started = Instant::now();
+            let n = self.frames.len();
+            match self.detector.detect(&self.frames, &mut self.detections[..n]) {
+                Ok(()) => {
+                    let stats = &shared.stats;
+                    stats.inference_ms.record_ms(started.elapsed().as_secs_f64() * 1e3);
+                    stats.batches.fetch_add(1, Ordering::Relaxed);
+                    stats.frames_analysed.fetch_add(n as u64, Ordering::Relaxed);
+                    for (frame, dets) in self.frames.iter().zip(&self.detections) {
+                        let slot = &shared.slots[frame.camera];
+                        if let Some(mut analyser) = slot.analyser.pop() {
+                            analyser.analyse(frame, dets);
+                            let _ = slot.analyser.push(analyser);
+                        }
+                        slot.health.frames_analysed.fetch_add(1, Ordering::Relaxed);
+                        stats.latency_ms.record_ms(frame.received.elapsed().as_secs_f64() * 1e3);
+                    }
+                }
+                Err(e) => {
+                    shared.stats.inference_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(error = %e, frames = n, "inference failed; frames skipped");
+                }
+            }
+        }
+        // Frames go back to GStreamer's buffer pool here, before the claims are released.
+        self.frames.clear();
+        for &camera in &self.claimed {
+            shared.release(camera);
+        }
+        self.claimed.clear();
+    }
+}
