@@ -1,0 +1,427 @@
+//! `streetwatch silence add|list|expire`, `streetwatch alerts list`, `streetwatch outbox list|show|retry`:
+//! operators' access to the router's tables in the shared SQLite file. A silence added here applies to the
+//! running router at its next notice decision; no restart.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+
+use crate::types::{Clock, Severity, SystemClock, Timestamp};
+
+use super::config::{Dur, Matchers};
+use super::store::Store;
+
+#[derive(Debug, Subcommand)]
+pub enum AlertCommand {
+    /// Mute alerts matching camera, ward, rule or severity for a while.
+    #[command(subcommand)]
+    Silence(SilenceCommand),
+    /// Incidents the alert router knows.
+    #[command(subcommand)]
+    Alerts(AlertsCommand),
+    /// Notices decided and their deliveries.
+    #[command(subcommand)]
+    Outbox(OutboxCommand),
+}
+
+// Parsed once per process: the size of the `Add` variant does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Subcommand)]
+pub enum SilenceCommand {
+    /// Create a silence; prints its id.
+    Add(SilenceAdd),
+    /// List silences (active and scheduled; --all adds expired ones).
+    List {
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// End a silence now.
+    Expire { id: i64 },
+}
+
+#[derive(Debug, Args)]
+pub struct SilenceAdd {
+    /// Camera id to match (repeat for several).
+    #[arg(long)]
+    pub camera: Vec<String>,
+    /// Ward to match (repeat for several).
+    #[arg(long)]
+    pub ward: Vec<String>,
+    /// Rule name to match (repeat for several).
+    #[arg(long)]
+    pub rule: Vec<String>,
+    /// Severity to match: info, warning, critical (repeat for several).
+    #[arg(long, value_parser = parse_severity)]
+    pub severity: Vec<Severity>,
+    /// Start: RFC 3339 (`2026-11-23T22:00:00+07:00`) or `now`.
+    #[arg(long, default_value = "now")]
+    pub starts: String,
+    /// End: RFC 3339; overrides --duration.
+    #[arg(long)]
+    pub ends: Option<String>,
+    /// How long from the start, e.g. `2h`, `30m`.
+    #[arg(long, default_value = "1h")]
+    pub duration: String,
+    /// Why (required: the next shift must know).
+    #[arg(long)]
+    pub comment: String,
+    /// Who.
+    #[arg(long, default_value = "cli")]
+    pub created_by: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AlertsCommand {
+    /// List incidents, newest first.
+    List {
+        /// firing or resolved.
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OutboxCommand {
+    /// List deliveries (pending, sending, accepted, queued, delivered, undelivered, dead).
+    List {
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One delivery with every state change it went through.
+    Show { id: i64 },
+    /// Put a dead-lettered or undelivered delivery back in the queue (after fixing the cause).
+    Retry { id: i64 },
+}
+
+fn parse_severity(s: &str) -> Result<Severity, String> {
+    match s {
+        "info" => Ok(Severity::Info),
+        "warning" => Ok(Severity::Warning),
+        "critical" => Ok(Severity::Critical),
+        _ => Err(format!("unknown severity {s:?} (info, warning, critical)")),
+    }
+}
+
+/// Days from 1970-01-01 to a civil date (Howard Hinnant's days-from-civil).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// `now`, or RFC 3339 `YYYY-MM-DDTHH:MM[:SS](Z|±HH:MM)`.
+fn parse_time(text: &str, now: Timestamp) -> anyhow::Result<Timestamp> {
+    if text == "now" {
+        return Ok(now);
+    }
+    let bad = || {
+        anyhow::anyhow!("bad time {text:?}: use RFC 3339 like 2026-11-23T22:00:00+07:00, or now")
+    };
+    let b = text.as_bytes();
+    if b.len() < 17
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't' | b' ')
+        || b[13] != b':'
+    {
+        return Err(bad());
+    }
+    let num = |r: std::ops::Range<usize>| -> anyhow::Result<i64> {
+        text.get(r).and_then(|s| s.parse().ok()).ok_or_else(bad)
+    };
+    let (y, mo, d, h, mi) = (
+        num(0..4)?,
+        num(5..7)?,
+        num(8..10)?,
+        num(11..13)?,
+        num(14..16)?,
+    );
+    let (sec, rest) = if b.get(16) == Some(&b':') {
+        (num(17..19)?, &text[19..])
+    } else {
+        (0, &text[16..])
+    };
+    let offset_min = match rest {
+        "Z" | "z" => 0,
+        r if r.len() == 6 && (r.starts_with('+') || r.starts_with('-')) && &r[3..4] == ":" => {
+            let v = r[1..3].parse::<i64>().map_err(|_| bad())? * 60
+                + r[4..6].parse::<i64>().map_err(|_| bad())?;
+            if r.starts_with('-') { -v } else { v }
+        }
+        _ => return Err(bad()),
+    };
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
+        return Err(bad());
+    }
+    let secs = days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + sec - offset_min * 60;
+    Ok(Timestamp(secs * 1000))
+}
+
+/// Runs a command against the database at `db_path`, printing to stdout.
+pub fn run(cmd: AlertCommand, db_path: &Path) -> anyhow::Result<()> {
+    let stdout = std::io::stdout();
+    run_to(cmd, db_path, SystemClock.now(), &mut stdout.lock())
+}
+
+/// [`run`] with the time and the output given (for tests).
+pub fn run_to(
+    cmd: AlertCommand,
+    db_path: &Path,
+    now: Timestamp,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let store = Store::open(db_path).with_context(|| format!("open {}", db_path.display()))?;
+    match cmd {
+        AlertCommand::Silence(SilenceCommand::Add(a)) => {
+            let matchers = Matchers {
+                camera: a.camera,
+                ward: a.ward,
+                rule: a.rule,
+                severity: a.severity,
+                min_severity: None,
+            };
+            let starts = parse_time(&a.starts, now)?;
+            let ends = match &a.ends {
+                Some(e) => parse_time(e, now)?,
+                None => starts.plus_ms(Dur::parse(&a.duration).map_err(anyhow::Error::msg)?.ms()),
+            };
+            if a.comment.trim().is_empty() {
+                bail!("--comment must say why");
+            }
+            let id = store.add_silence(&matchers, starts, ends, &a.created_by, &a.comment, now)?;
+            writeln!(
+                out,
+                "silence {id} created: {} until {}",
+                starts.to_rfc3339(),
+                ends.to_rfc3339()
+            )?;
+        }
+        AlertCommand::Silence(SilenceCommand::List { all, json }) => {
+            let rows: Vec<_> = store
+                .silences(all)?
+                .into_iter()
+                .filter(|s| all || s.ends_at > now)
+                .collect();
+            if json {
+                for s in &rows {
+                    writeln!(out, "{}", serde_json::to_string(s)?)?;
+                }
+            } else {
+                writeln!(
+                    out,
+                    "{:>4}  {:<8}  {:<20}  {:<20}  {:<40}  COMMENT",
+                    "ID", "STATE", "STARTS", "ENDS", "MATCHERS"
+                )?;
+                for s in &rows {
+                    let state = match () {
+                        _ if s.expired_at.is_some() => "expired",
+                        _ if s.active_at(now) => "active",
+                        _ if s.starts_at > now => "pending",
+                        _ => "ended",
+                    };
+                    writeln!(
+                        out,
+                        "{:>4}  {:<8}  {:<20}  {:<20}  {:<40}  {} ({})",
+                        s.id,
+                        state,
+                        s.starts_at.to_rfc3339(),
+                        s.ends_at.to_rfc3339(),
+                        describe(&s.matchers),
+                        s.comment,
+                        s.created_by
+                    )?;
+                }
+            }
+        }
+        AlertCommand::Silence(SilenceCommand::Expire { id }) => {
+            store.expire_silence(id, now)?;
+            writeln!(out, "silence {id} expired")?;
+        }
+        AlertCommand::Alerts(AlertsCommand::List {
+            status,
+            limit,
+            json,
+        }) => {
+            if let Some(s) = &status
+                && s != "firing"
+                && s != "resolved"
+            {
+                bail!("--status is firing or resolved, not {s:?}");
+            }
+            let rows = store.alerts(status.as_deref(), limit)?;
+            if json {
+                for r in &rows {
+                    writeln!(out, "{}", serde_json::to_string(r)?)?;
+                }
+            } else {
+                writeln!(
+                    out,
+                    "{:<9} {:<8} {:<20} {:<14} {:<44} {:>6} {:>4}  SUMMARY / MUTED",
+                    "STATUS", "SEVERITY", "STARTED", "WARD", "INCIDENT", "NOTICE", "DUPS"
+                )?;
+                for r in &rows {
+                    let muted = r
+                        .muted_by
+                        .as_ref()
+                        .map(|m| format!(" [muted: {m}]"))
+                        .unwrap_or_default();
+                    writeln!(
+                        out,
+                        "{:<9} {:<8} {:<20} {:<14} {:<44} {:>6} {:>4}  {}{muted}",
+                        r.status,
+                        r.severity,
+                        r.started_at.to_rfc3339(),
+                        r.ward,
+                        r.key,
+                        r.last_notice_id
+                            .map(|n| n.to_string())
+                            .unwrap_or_else(|| "-".into()),
+                        r.duplicates,
+                        r.summary
+                    )?;
+                }
+            }
+        }
+        AlertCommand::Outbox(OutboxCommand::List { state, limit, json }) => {
+            let mut rows = store.deliveries(state.as_deref())?;
+            let skip = rows.len().saturating_sub(limit);
+            rows.drain(..skip);
+            if json {
+                for r in &rows {
+                    writeln!(out, "{}", serde_json::to_string(r)?)?;
+                }
+            } else {
+                writeln!(
+                    out,
+                    "{:>5} {:>6} {:<16} {:<7} {:<28} {:<11} {:>3} {:>4}  LAST REPLY / ERROR",
+                    "ID", "NOTICE", "RECEIVER", "CHANNEL", "TARGET", "STATE", "TRY", "DUPS"
+                )?;
+                for r in &rows {
+                    let note = r
+                        .last_error
+                        .as_deref()
+                        .or(r.gateway_reply.as_deref())
+                        .unwrap_or("");
+                    writeln!(
+                        out,
+                        "{:>5} {:>6} {:<16} {:<7} {:<28} {:<11} {:>3} {:>4}  {}",
+                        r.id,
+                        r.notice_id,
+                        r.receiver,
+                        r.channel,
+                        r.target,
+                        r.state,
+                        r.attempts,
+                        r.possible_duplicates,
+                        note
+                    )?;
+                }
+                let unrouted = store
+                    .notices()?
+                    .iter()
+                    .filter(|n| n.status != "queued")
+                    .count();
+                if unrouted > 0 {
+                    writeln!(
+                        out,
+                        "({unrouted} notices were held by flood control or had no receiver: no deliveries)"
+                    )?;
+                }
+            }
+        }
+        AlertCommand::Outbox(OutboxCommand::Show { id }) => {
+            let d = store
+                .delivery(id)?
+                .with_context(|| format!("no delivery {id}"))?;
+            writeln!(
+                out,
+                "delivery {} of notice {} to {} by {} ({})",
+                d.id, d.notice_id, d.receiver, d.channel, d.target
+            )?;
+            writeln!(
+                out,
+                "state {} after {} attempts; idempotency key {}",
+                d.state, d.attempts, d.idempotency_key
+            )?;
+            if let Some(s) = d.segments {
+                writeln!(out, "{s} SMS segment(s)")?;
+            }
+            writeln!(out, "body: {}", d.body)?;
+            for e in store.delivery_events(id)? {
+                writeln!(
+                    out,
+                    "  {}  {:<11}  {}",
+                    e.at.to_rfc3339(),
+                    e.state,
+                    e.detail.unwrap_or_default()
+                )?;
+            }
+        }
+        AlertCommand::Outbox(OutboxCommand::Retry { id }) => {
+            store.retry_delivery(id, now)?;
+            writeln!(out, "delivery {id} queued again")?;
+        }
+    }
+    Ok(())
+}
+
+fn describe(m: &Matchers) -> String {
+    let mut parts = Vec::new();
+    for (name, vals) in [("camera", &m.camera), ("ward", &m.ward), ("rule", &m.rule)] {
+        if !vals.is_empty() {
+            parts.push(format!("{name}={}", vals.join("|")));
+        }
+    }
+    if !m.severity.is_empty() {
+        parts.push(format!(
+            "severity={}",
+            m.severity
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join("|")
+        ));
+    }
+    parts.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_round_trips() {
+        let now = Timestamp(5);
+        assert_eq!(parse_time("now", now).unwrap(), now);
+        assert_eq!(
+            parse_time("2026-11-18T11:06:40Z", now).unwrap(),
+            Timestamp(1_795_000_000_000)
+        );
+        assert_eq!(
+            parse_time("2026-11-18T18:06:40+07:00", now).unwrap(),
+            Timestamp(1_795_000_000_000)
+        );
+        assert_eq!(
+            parse_time("2000-02-29T00:00Z", now).unwrap().to_rfc3339(),
+            "2000-02-29T00:00:00Z"
+        );
+        assert!(parse_time("2026-13-01T00:00:00Z", now).is_err());
+        assert!(parse_time("tomorrow", now).is_err());
+    }
+}

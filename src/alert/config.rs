@@ -1,0 +1,656 @@
+//! The `[alert]` table: routes, receivers, timings, inhibition, flood control and retries.
+//!
+//! Config is plain data (serde, `deny_unknown_fields`) and is checked once by [`AlertConfig::validate`]
+//! so that a typo in a receiver name or a phone number fails at start-up, not at 3 a.m. on the first alert.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::types::Severity;
+
+use super::sms::normalize_phone;
+
+/// A span of time written as `"30s"`, `"5m"`, `"1h30m"`, `"250ms"`, `"2d"` (or a bare number of seconds).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default, Serialize)]
+pub struct Dur(pub i64);
+
+impl Dur {
+    pub const fn secs(s: i64) -> Self {
+        Self(s * 1000)
+    }
+    pub const fn millis(ms: i64) -> Self {
+        Self(ms)
+    }
+    pub fn ms(self) -> i64 {
+        self.0
+    }
+    pub fn std(self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.0.max(0) as u64)
+    }
+
+    /// Parses `"1h30m"`-style text; units ms, s, m, h, d.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let t = text.trim();
+        if t.is_empty() {
+            return Err("empty duration".into());
+        }
+        if let Ok(secs) = t.parse::<i64>() {
+            return Ok(Self::secs(secs));
+        }
+        let mut total: i64 = 0;
+        let mut rest = t;
+        while !rest.is_empty() {
+            let digits = rest
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(rest.len());
+            if digits == 0 {
+                return Err(format!(
+                    "bad duration {text:?}: expected a number at {rest:?}"
+                ));
+            }
+            let n: i64 = rest[..digits]
+                .parse()
+                .map_err(|_| format!("bad duration {text:?}: number too large"))?;
+            rest = &rest[digits..];
+            let unit_len = rest
+                .find(|c: char| c.is_ascii_digit())
+                .unwrap_or(rest.len());
+            let unit = &rest[..unit_len];
+            rest = &rest[unit_len..];
+            let scale = match unit {
+                "ms" => 1,
+                "s" => 1000,
+                "m" => 60_000,
+                "h" => 3_600_000,
+                "d" => 86_400_000,
+                _ => {
+                    return Err(format!(
+                        "bad duration {text:?}: unknown unit {unit:?} (use ms, s, m, h, d)"
+                    ));
+                }
+            };
+            total = total
+                .checked_add(
+                    n.checked_mul(scale)
+                        .ok_or_else(|| format!("duration {text:?} too large"))?,
+                )
+                .ok_or_else(|| format!("duration {text:?} too large"))?;
+        }
+        Ok(Self(total))
+    }
+}
+
+impl fmt::Display for Dur {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0;
+        if ms % 86_400_000 == 0 && ms != 0 {
+            write!(f, "{}d", ms / 86_400_000)
+        } else if ms % 3_600_000 == 0 && ms != 0 {
+            write!(f, "{}h", ms / 3_600_000)
+        } else if ms % 60_000 == 0 && ms != 0 {
+            write!(f, "{}m", ms / 60_000)
+        } else if ms % 1000 == 0 {
+            write!(f, "{}s", ms / 1000)
+        } else {
+            write!(f, "{ms}ms")
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Secs(i64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Secs(s) => Ok(Dur::secs(s)),
+            Raw::Text(t) => Dur::parse(&t).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// The alert router's configuration (the `[alert]` table). Every field has a default, so a config with no
+/// `[alert]` table runs: notices are then decided and recorded in the outbox with no receiver (see
+/// `alerts list` / `outbox list`) and logged, and nothing is sent.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertConfig {
+    /// Local time zone as minutes east of UTC, for times in notices and route hour windows (Vietnam: 420).
+    pub utc_offset_minutes: i32,
+    /// Root of the routing tree; its settings are inherited by child routes.
+    pub route: RouteConfig,
+    /// Where notices go; routes name them.
+    pub receivers: Vec<ReceiverConfig>,
+    /// Muting rules: camera health and severity.
+    pub inhibit: InhibitConfig,
+    /// At most `max_notices` per receiver per `window`, then one summary.
+    pub flood: FloodConfig,
+    /// Delivery retries for transient failures.
+    pub retry: RetryConfig,
+    /// Base of the short link to a snapshot put in SMS, e.g. `"https://sw.q1.vn/s/"`; the token is appended.
+    /// Without it SMS carry no link.
+    pub snapshot_base_url: Option<String>,
+    /// The HTTP listener for SMS delivery reports (Kannel `dlr-url`). Without it no reports are requested.
+    pub dlr: Option<DlrConfig>,
+    /// How long a closed incident's key is remembered in memory to drop late duplicates of it
+    /// (the database keeps it for good).
+    pub resolved_retention: Dur,
+}
+
+impl Default for AlertConfig {
+    fn default() -> Self {
+        Self {
+            utc_offset_minutes: 7 * 60,
+            route: RouteConfig::default(),
+            receivers: Vec::new(),
+            inhibit: InhibitConfig::default(),
+            flood: FloodConfig::default(),
+            retry: RetryConfig::default(),
+            snapshot_base_url: None,
+            dlr: None,
+            resolved_retention: Dur::secs(3600),
+        }
+    }
+}
+
+/// A node of the routing tree (Alertmanager semantics): an alert goes down the first child whose matchers and
+/// hours match (or every matching child, while a matching child has `continue = true`); the deepest matching
+/// node picks the receiver. Unset timings and group_by are inherited from the parent.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouteConfig {
+    /// Receiver name; inherited when unset. The root may leave it unset: then notices are recorded, not sent.
+    pub receiver: Option<String>,
+    /// Matchers: every listed field must match.
+    #[serde(rename = "match")]
+    pub matchers: Matchers,
+    /// Local time windows in which this route applies, e.g. `["22:00-06:00"]`; empty = always.
+    pub hours: Vec<String>,
+    /// Keep looking at later siblings after this route matched.
+    #[serde(rename = "continue")]
+    pub continue_matching: bool,
+    /// Labels that split alerts into groups (each group is one notice): any of
+    /// camera, ward, rule, zone, severity, or `"..."` for one group per incident.
+    pub group_by: Option<Vec<String>>,
+    /// How long a new group waits for more alerts before its first notice.
+    pub group_wait: Option<Dur>,
+    /// How long to wait before notifying about alerts added to a group that already notified.
+    pub group_interval: Option<Dur>,
+    /// How long to wait before repeating a notice for alerts still firing.
+    pub repeat_interval: Option<Dur>,
+    /// Child routes, tried in order.
+    pub routes: Vec<RouteConfig>,
+}
+
+/// Equality matchers; a field left empty matches anything, a list matches any of its values.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Matchers {
+    pub camera: Vec<String>,
+    pub ward: Vec<String>,
+    pub rule: Vec<String>,
+    pub severity: Vec<Severity>,
+    /// Matches this severity or a higher one.
+    pub min_severity: Option<Severity>,
+}
+
+/// A named destination with one or more channels.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiverConfig {
+    pub name: String,
+    /// Also notify when the incidents of a group close.
+    #[serde(default)]
+    pub send_resolved: bool,
+    /// Deliveries to this receiver in flight at once.
+    #[serde(default = "default_concurrency")]
+    pub max_concurrency: usize,
+    /// Deliveries started per second at most (0 = no limit).
+    #[serde(default)]
+    pub rate_per_second: f64,
+    pub sms: Option<SmsConfig>,
+    pub email: Option<EmailConfig>,
+    pub webhook: Option<WebhookConfig>,
+}
+
+fn default_concurrency() -> usize {
+    4
+}
+
+/// How SMS text is encoded.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SmsCoding {
+    /// GSM-7 when every character fits it, otherwise UCS-2.
+    #[default]
+    Auto,
+    /// Always UCS-2 (keeps Vietnamese diacritics; 70 characters per segment).
+    Ucs2,
+}
+
+/// HTTP method of the SMS gateway call.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum HttpMethod {
+    /// Parameters in the query string (Kannel `/cgi-bin/sendsms`).
+    #[default]
+    Get,
+    /// Parameters as an `application/x-www-form-urlencoded` body.
+    Post,
+}
+
+/// An HTTP SMS gateway; defaults speak Kannel's sendsms interface.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmsConfig {
+    /// e.g. `http://127.0.0.1:13013/cgi-bin/sendsms`.
+    pub url: String,
+    pub username: String,
+    pub password: String,
+    /// Recipients; Vietnamese `0xxxxxxxxx` is normalised to `+84xxxxxxxxx`.
+    pub numbers: Vec<String>,
+    /// Sender id shown on the phone (`from`).
+    pub sender: Option<String>,
+    #[serde(default)]
+    pub coding: SmsCoding,
+    /// Replace Vietnamese letters by their base letters so a notice fits GSM-7 (160 per segment).
+    #[serde(default)]
+    pub strip_diacritics: bool,
+    /// Refuse to send more segments than this (the text is cut to fit, ending with "…").
+    #[serde(default = "default_max_segments")]
+    pub max_segments: usize,
+    /// Text template; placeholders: {title} {rule} {camera} {camera_id} {ward} {time} {summary} {count}
+    /// {link} {ref} {more} {severity}.
+    #[serde(default = "default_sms_template")]
+    pub template: String,
+    #[serde(default)]
+    pub method: HttpMethod,
+    /// Renames of the gateway's parameters for gateways other than Kannel. Keys: username, password, to,
+    /// from, text, coding, charset, dlr_mask, dlr_url.
+    #[serde(default)]
+    pub param_names: BTreeMap<String, String>,
+    /// Extra fixed parameters sent with every message (e.g. `smsc = "viettel"`).
+    #[serde(default)]
+    pub extra_params: BTreeMap<String, String>,
+    /// Per-request timeout.
+    #[serde(default = "default_http_timeout")]
+    pub timeout: Dur,
+}
+
+fn default_max_segments() -> usize {
+    3
+}
+
+pub(crate) fn default_sms_template() -> String {
+    "{title} {rule}: {camera} (P. {ward}) {time}. {summary}.{more} {link} #{ref}".into()
+}
+
+fn default_http_timeout() -> Dur {
+    Dur::secs(10)
+}
+
+/// SMTP with STARTTLS and AUTH.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailConfig {
+    pub smtp_host: String,
+    #[serde(default = "default_smtp_port")]
+    pub smtp_port: u16,
+    /// Require STARTTLS (default). Turning it off sends in clear text: only for a relay on loopback.
+    #[serde(default = "default_true")]
+    pub starttls: bool,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// PEM file of a CA (or a self-signed server certificate) to trust besides the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// Name the server's certificate must carry; defaults to `smtp_host`.
+    pub tls_domain: Option<String>,
+    pub from: String,
+    pub to: Vec<String>,
+    #[serde(default = "default_smtp_timeout")]
+    pub timeout: Dur,
+}
+
+fn default_smtp_port() -> u16 {
+    587
+}
+fn default_true() -> bool {
+    true
+}
+fn default_smtp_timeout() -> Dur {
+    Dur::secs(30)
+}
+
+/// JSON POST signed with HMAC-SHA256.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    pub url: String,
+    /// Shared secret for the `X-Streetwatch-Signature` header.
+    pub secret: String,
+    #[serde(default = "default_http_timeout")]
+    pub timeout: Dur,
+}
+
+/// Muting rules, checked when a group is about to notify.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InhibitConfig {
+    /// A camera reported down or in maintenance mutes its rule alerts.
+    pub camera_health: bool,
+    /// Severity rules: a firing source alert mutes matching target alerts that share the `equal` labels.
+    pub rules: Vec<InhibitRule>,
+}
+
+impl Default for InhibitConfig {
+    fn default() -> Self {
+        Self {
+            camera_health: true,
+            rules: vec![InhibitRule {
+                source: Matchers {
+                    severity: vec![Severity::Critical],
+                    ..Matchers::default()
+                },
+                target: Matchers {
+                    severity: vec![Severity::Info, Severity::Warning],
+                    ..Matchers::default()
+                },
+                equal: vec!["camera".into()],
+            }],
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InhibitRule {
+    pub source: Matchers,
+    pub target: Matchers,
+    /// Labels that must be equal between source and target (camera, ward, rule, zone).
+    #[serde(default)]
+    pub equal: Vec<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FloodConfig {
+    /// Notices per receiver per window before the rest are held back (0 = no limit).
+    pub max_notices: u32,
+    pub window: Dur,
+}
+
+impl Default for FloodConfig {
+    fn default() -> Self {
+        Self {
+            max_notices: 10,
+            window: Dur::secs(600),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// First retry after this long; doubled (times `multiplier`) per attempt.
+    pub initial_backoff: Dur,
+    pub max_backoff: Dur,
+    pub multiplier: f64,
+    /// Fraction of each backoff drawn at random (0.2 = ±20 %) so retries of many deliveries spread out.
+    pub jitter: f64,
+    /// A delivery still failing this long after it was decided goes to dead-letter.
+    pub give_up_after: Dur,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            initial_backoff: Dur::secs(1),
+            max_backoff: Dur::secs(300),
+            multiplier: 2.0,
+            jitter: 0.2,
+            give_up_after: Dur::secs(24 * 3600),
+        }
+    }
+}
+
+/// The delivery-report listener.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DlrConfig {
+    /// Address to listen on, e.g. `127.0.0.1:8088` (port 0 picks a free one).
+    pub listen: SocketAddr,
+    /// Base URL the gateway can reach the listener at; defaults to `http://{listen}`.
+    pub public_url: Option<String>,
+}
+
+/// What is wrong with a config, in the operator's words.
+#[derive(Debug, thiserror::Error)]
+#[error("alert config: {0}")]
+pub struct ConfigError(pub String);
+
+/// The labels `group_by` and `equal` may name.
+pub(crate) const LABELS: &[&str] = &["camera", "ward", "rule", "zone", "severity"];
+
+impl AlertConfig {
+    /// Parses the contents of an `[alert]` table (without the header), mainly for tests and tools.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let cfg: Self = toml::from_str(text).map_err(|e| ConfigError(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks cross-references and values that serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let err = |m: String| Err(ConfigError(m));
+        let mut names = HashSet::new();
+        for r in &self.receivers {
+            if !names.insert(r.name.as_str()) {
+                return err(format!("receiver {:?} is defined twice", r.name));
+            }
+            if r.sms.is_none() && r.email.is_none() && r.webhook.is_none() {
+                return err(format!(
+                    "receiver {:?} has no sms, email or webhook",
+                    r.name
+                ));
+            }
+            if r.max_concurrency == 0 {
+                return err(format!(
+                    "receiver {:?}: max_concurrency must be at least 1",
+                    r.name
+                ));
+            }
+            if !(r.rate_per_second >= 0.0 && r.rate_per_second.is_finite()) {
+                return err(format!(
+                    "receiver {:?}: rate_per_second must be ≥ 0",
+                    r.name
+                ));
+            }
+            if let Some(s) = &r.sms {
+                url::Url::parse(&s.url)
+                    .map_err(|e| ConfigError(format!("receiver {:?}: sms url: {e}", r.name)))?;
+                if s.numbers.is_empty() {
+                    return err(format!("receiver {:?}: sms has no numbers", r.name));
+                }
+                for n in &s.numbers {
+                    normalize_phone(n)
+                        .map_err(|e| ConfigError(format!("receiver {:?}: {e}", r.name)))?;
+                }
+                if s.max_segments == 0 {
+                    return err(format!(
+                        "receiver {:?}: sms max_segments must be at least 1",
+                        r.name
+                    ));
+                }
+                for k in s.param_names.keys() {
+                    if !super::sms::PARAM_KEYS.contains(&k.as_str()) {
+                        return err(format!(
+                            "receiver {:?}: unknown sms param_names key {k:?} (known: {})",
+                            r.name,
+                            super::sms::PARAM_KEYS.join(", ")
+                        ));
+                    }
+                }
+                super::template::check(&s.template).map_err(|e| {
+                    ConfigError(format!("receiver {:?}: sms template: {e}", r.name))
+                })?;
+            }
+            if let Some(e) = &r.email {
+                if e.to.is_empty() {
+                    return err(format!("receiver {:?}: email has no `to`", r.name));
+                }
+                for a in e.to.iter().chain(std::iter::once(&e.from)) {
+                    a.parse::<lettre::message::Mailbox>().map_err(|x| {
+                        ConfigError(format!("receiver {:?}: bad address {a:?}: {x}", r.name))
+                    })?;
+                }
+                if let Some(ca) = &e.ca_file
+                    && !ca.is_file()
+                {
+                    return err(format!(
+                        "receiver {:?}: ca_file {} does not exist",
+                        r.name,
+                        ca.display()
+                    ));
+                }
+            }
+            if let Some(w) = &r.webhook {
+                url::Url::parse(&w.url)
+                    .map_err(|e| ConfigError(format!("receiver {:?}: webhook url: {e}", r.name)))?;
+                if w.secret.len() < 16 {
+                    return err(format!(
+                        "receiver {:?}: webhook secret must be at least 16 bytes",
+                        r.name
+                    ));
+                }
+            }
+        }
+        self.validate_route(&self.route, &names, true)?;
+        for rule in &self.inhibit.rules {
+            for l in &rule.equal {
+                if !LABELS.contains(&l.as_str()) || l == "severity" {
+                    return err(format!(
+                        "inhibit rule: cannot compare label {l:?} (use camera, ward, rule, zone)"
+                    ));
+                }
+            }
+        }
+        if self.flood.max_notices > 0 && self.flood.window.ms() <= 0 {
+            return err("flood.window must be positive".into());
+        }
+        let r = &self.retry;
+        if r.initial_backoff.ms() <= 0 || r.max_backoff < r.initial_backoff {
+            return err("retry: need 0 < initial_backoff ≤ max_backoff".into());
+        }
+        if !(r.multiplier >= 1.0 && r.multiplier.is_finite() && (0.0..=1.0).contains(&r.jitter)) {
+            return err("retry: multiplier must be ≥ 1 and jitter within 0..1".into());
+        }
+        if let Some(base) = &self.snapshot_base_url {
+            url::Url::parse(base).map_err(|e| ConfigError(format!("snapshot_base_url: {e}")))?;
+        }
+        if !(-14 * 60..=14 * 60).contains(&self.utc_offset_minutes) {
+            return err("utc_offset_minutes must be within ±840".into());
+        }
+        Ok(())
+    }
+
+    fn validate_route(
+        &self,
+        r: &RouteConfig,
+        receivers: &HashSet<&str>,
+        root: bool,
+    ) -> Result<(), ConfigError> {
+        if let Some(name) = &r.receiver
+            && !receivers.contains(name.as_str())
+        {
+            return Err(ConfigError(format!(
+                "route names unknown receiver {name:?}"
+            )));
+        }
+        if root && (!r.hours.is_empty() || r.matchers != Matchers::default()) {
+            return Err(ConfigError(
+                "the root route matches everything: no match or hours on it".into(),
+            ));
+        }
+        for h in &r.hours {
+            super::route::HourWindow::parse(h).map_err(ConfigError)?;
+        }
+        if let Some(g) = &r.group_by {
+            for l in g {
+                if l != "..." && !LABELS.contains(&l.as_str()) {
+                    return Err(ConfigError(format!(
+                        "group_by label {l:?} unknown (use camera, ward, rule, zone, severity or \"...\")"
+                    )));
+                }
+            }
+        }
+        for (what, d) in [
+            ("group_interval", r.group_interval),
+            ("repeat_interval", r.repeat_interval),
+        ] {
+            if let Some(d) = d
+                && d.ms() <= 0
+            {
+                return Err(ConfigError(format!("{what} must be positive")));
+            }
+        }
+        if let Some(d) = r.group_wait
+            && d.ms() < 0
+        {
+            return Err(ConfigError("group_wait must not be negative".into()));
+        }
+        for c in &r.routes {
+            self.validate_route(c, receivers, false)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn receiver(&self, name: &str) -> Option<&ReceiverConfig> {
+        self.receivers.iter().find(|r| r.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_and_print() {
+        assert_eq!(Dur::parse("30s").unwrap(), Dur::secs(30));
+        assert_eq!(Dur::parse("1h30m").unwrap(), Dur::secs(5400));
+        assert_eq!(Dur::parse("250ms").unwrap(), Dur::millis(250));
+        assert_eq!(Dur::parse("45").unwrap(), Dur::secs(45));
+        assert!(Dur::parse("5x").is_err());
+        assert!(Dur::parse("m").is_err());
+        assert_eq!(Dur::secs(300).to_string(), "5m");
+        assert_eq!(Dur::millis(1500).to_string(), "1500ms");
+    }
+
+    #[test]
+    fn empty_config_is_valid_and_sends_nothing() {
+        let c = AlertConfig::from_toml("").unwrap();
+        assert!(c.receivers.is_empty());
+        assert!(c.route.receiver.is_none());
+    }
+
+    #[test]
+    fn config_errors_name_the_problem() {
+        let e = AlertConfig::from_toml("[route]\nreceiver = \"nobody\"\n").unwrap_err();
+        assert!(e.to_string().contains("unknown receiver \"nobody\""), "{e}");
+        let e = AlertConfig::from_toml("[route]\ngroup_by = [\"colour\"]\n").unwrap_err();
+        assert!(e.to_string().contains("colour"), "{e}");
+        let e = AlertConfig::from_toml("typo = 1\n").unwrap_err();
+        assert!(e.to_string().contains("typo"), "{e}");
+        let e = AlertConfig::from_toml(
+            "[[receivers]]\nname = \"p\"\n[receivers.sms]\nurl = \"http://x/\"\nusername = \"u\"\npassword = \"p\"\nnumbers = [\"12\"]\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("phone number"), "{e}");
+    }
+}

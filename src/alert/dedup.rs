@@ -1,0 +1,268 @@
+//! Dedup, twice: incident events by key as they arrive (a replayed or repeated event changes nothing), and
+//! notices by group as they leave (the notification log: a group whose alerts were already told is not told
+//! again until something changes or `repeat_interval` passes). Both survive a restart: alerts and the log are
+//! in SQLite, so a router that crashed does not page anyone twice for what it had already sent.
+
+use std::collections::{BTreeSet, HashMap};
+
+use crate::types::{IncidentEvent, IncidentPhase, Timestamp};
+
+use super::model::Alert;
+
+/// What admission decided about one event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// A new incident.
+    New,
+    /// A newer state of a firing incident (count, summary, severity); it is not news by itself.
+    Changed,
+    /// The incident closed.
+    Resolved,
+    /// Dropped: the reason.
+    Duplicate(&'static str),
+}
+
+/// The alerts the router knows, by incident key.
+#[derive(Default)]
+pub(crate) struct Dedup {
+    alerts: HashMap<String, Alert>,
+}
+
+impl Dedup {
+    pub(crate) fn get(&self, key: &str) -> Option<&Alert> {
+        self.alerts.get(key)
+    }
+
+    pub(crate) fn contains(&self, key: &str) -> bool {
+        self.alerts.contains_key(key)
+    }
+
+    pub(crate) fn insert(&mut self, a: Alert) {
+        self.alerts.insert(a.key.clone(), a);
+    }
+
+    pub(crate) fn firing(&self) -> impl Iterator<Item = &Alert> + Clone {
+        self.alerts.values().filter(|a| a.firing())
+    }
+
+    /// Applies `ev` to the known state and says whether it is news.
+    pub(crate) fn admit(&mut self, ev: &IncidentEvent) -> (Admission, Option<&Alert>) {
+        let key = ev.key.to_string();
+        let admission = match (self.alerts.get_mut(&key), ev.phase) {
+            (None, IncidentPhase::Closed) => {
+                Admission::Duplicate("close of an incident never seen open")
+            }
+            // An update with no open seen (the analyser restarted, or the open was lost upstream) still
+            // describes a live incident: take it as new rather than drop it.
+            (None, IncidentPhase::Opened | IncidentPhase::Updated) => {
+                self.alerts.insert(key.clone(), Alert::from_event(ev));
+                Admission::New
+            }
+            (Some(a), _) if !a.firing() => Admission::Duplicate("event after the incident closed"),
+            (Some(_), IncidentPhase::Opened) => Admission::Duplicate("repeated open"),
+            (Some(a), _) if ev.at < a.updated_at => {
+                Admission::Duplicate("older than the state already seen")
+            }
+            (Some(a), IncidentPhase::Updated) => {
+                if ev.at == a.updated_at
+                    && ev.count == a.count
+                    && ev.summary == a.summary
+                    && ev.severity == a.severity
+                {
+                    Admission::Duplicate("repeated update")
+                } else {
+                    a.updated_at = ev.at;
+                    a.count = ev.count;
+                    a.summary = ev.summary.clone();
+                    a.severity = ev.severity;
+                    Admission::Changed
+                }
+            }
+            (Some(a), IncidentPhase::Closed) => {
+                a.updated_at = ev.at;
+                a.ended_at = Some(ev.at);
+                if !ev.summary.is_empty() {
+                    a.summary = ev.summary.clone();
+                }
+                Admission::Resolved
+            }
+        };
+        (admission, self.alerts.get(&key))
+    }
+
+    /// Forgets alerts resolved before `cutoff` (the database keeps them) and returns their keys.
+    pub(crate) fn prune(&mut self, cutoff: Timestamp) -> Vec<String> {
+        let old: Vec<String> = self
+            .alerts
+            .values()
+            .filter(|a| a.ended_at.is_some_and(|e| e < cutoff))
+            .map(|a| a.key.clone())
+            .collect();
+        for k in &old {
+            self.alerts.remove(k);
+        }
+        old
+    }
+}
+
+/// What was last told to a receiver about a group.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct LogEntry {
+    pub firing: BTreeSet<String>,
+    pub resolved: BTreeSet<String>,
+    pub notified_at: Timestamp,
+}
+
+/// Alertmanager's "needs update": new firing alerts, newly resolved ones (when the receiver wants those), or
+/// the repeat interval passed with alerts still firing.
+pub(crate) fn needs_notice(
+    prev: Option<&LogEntry>,
+    firing: &BTreeSet<String>,
+    resolved: &BTreeSet<String>,
+    send_resolved: bool,
+    repeat_ms: i64,
+    now: Timestamp,
+) -> bool {
+    let Some(prev) = prev else {
+        return !firing.is_empty();
+    };
+    if !firing.is_subset(&prev.firing) {
+        return true;
+    }
+    if send_resolved
+        && resolved
+            .iter()
+            .any(|k| prev.firing.contains(k) && !prev.resolved.contains(k))
+    {
+        return true;
+    }
+    !firing.is_empty() && now.since(prev.notified_at) >= repeat_ms
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{CameraId, IncidentKey, RuleKind, Severity};
+
+    fn ev(phase: IncidentPhase, at: i64, count: u32) -> IncidentEvent {
+        IncidentEvent {
+            key: IncidentKey {
+                camera: CameraId::new("c1"),
+                rule: "crowd".into(),
+                zone: "plaza".into(),
+                episode: Timestamp(1000),
+            },
+            phase,
+            at: Timestamp(at),
+            kind: RuleKind::Crowding,
+            severity: Severity::Warning,
+            camera_name: "C1".into(),
+            ward: "W".into(),
+            summary: format!("{count} people"),
+            count,
+            snapshot: None,
+        }
+    }
+
+    #[test]
+    fn events_are_admitted_once_and_in_order() {
+        let mut d = Dedup::default();
+        assert_eq!(
+            d.admit(&ev(IncidentPhase::Opened, 1000, 5)).0,
+            Admission::New
+        );
+        assert!(matches!(
+            d.admit(&ev(IncidentPhase::Opened, 1000, 5)).0,
+            Admission::Duplicate(_)
+        ));
+        assert_eq!(
+            d.admit(&ev(IncidentPhase::Updated, 2000, 6)).0,
+            Admission::Changed
+        );
+        assert!(matches!(
+            d.admit(&ev(IncidentPhase::Updated, 2000, 6)).0,
+            Admission::Duplicate(_)
+        ));
+        assert!(matches!(
+            d.admit(&ev(IncidentPhase::Updated, 1500, 7)).0,
+            Admission::Duplicate(_)
+        ));
+        assert_eq!(
+            d.admit(&ev(IncidentPhase::Closed, 3000, 0)).0,
+            Admission::Resolved
+        );
+        assert!(matches!(
+            d.admit(&ev(IncidentPhase::Updated, 4000, 8)).0,
+            Admission::Duplicate(_)
+        ));
+        assert_eq!(d.prune(Timestamp(3001)).len(), 1);
+        assert!(!d.contains("c1/crowd/plaza/1000"));
+    }
+
+    #[test]
+    fn notice_needed_only_for_news_or_repeat() {
+        let set = |k: &[&str]| k.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+        let none = set(&[]);
+        assert!(needs_notice(
+            None,
+            &set(&["a"]),
+            &none,
+            false,
+            1000,
+            Timestamp(0)
+        ));
+        assert!(!needs_notice(
+            None,
+            &none,
+            &set(&["a"]),
+            true,
+            1000,
+            Timestamp(0)
+        ));
+        let prev = LogEntry {
+            firing: set(&["a"]),
+            resolved: none.clone(),
+            notified_at: Timestamp(0),
+        };
+        assert!(!needs_notice(
+            Some(&prev),
+            &set(&["a"]),
+            &none,
+            false,
+            1000,
+            Timestamp(999)
+        ));
+        assert!(needs_notice(
+            Some(&prev),
+            &set(&["a"]),
+            &none,
+            false,
+            1000,
+            Timestamp(1000)
+        ));
+        assert!(needs_notice(
+            Some(&prev),
+            &set(&["a", "b"]),
+            &none,
+            false,
+            1000,
+            Timestamp(1)
+        ));
+        assert!(!needs_notice(
+            Some(&prev),
+            &none,
+            &set(&["a"]),
+            false,
+            1000,
+            Timestamp(5000)
+        ));
+        assert!(needs_notice(
+            Some(&prev),
+            &none,
+            &set(&["a"]),
+            true,
+            1000,
+            Timestamp(1)
+        ));
+    }
+}

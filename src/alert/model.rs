@@ -1,0 +1,114 @@
+//! The router's own view of an incident (an "alert", as in Alertmanager) and of a notice.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::types::{IncidentEvent, Severity, Timestamp};
+
+/// One incident as the router tracks it: its labels and latest state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    /// The incident key, `camera/rule/zone/episode`.
+    pub key: String,
+    pub camera: String,
+    pub camera_name: String,
+    pub ward: String,
+    pub rule: String,
+    pub zone: String,
+    /// Rule family (`crowding`, …), for wording.
+    pub kind: String,
+    pub severity: Severity,
+    pub started_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub ended_at: Option<Timestamp>,
+    pub summary: String,
+    pub count: u32,
+    pub snapshot: Option<String>,
+    /// Token of the snapshot's short link (`{snapshot_base_url}{token}`): a hash, so links cannot be guessed
+    /// from camera names.
+    pub snapshot_token: Option<String>,
+}
+
+impl Alert {
+    pub fn from_event(ev: &IncidentEvent) -> Self {
+        let key = ev.key.to_string();
+        let snapshot_token = ev.snapshot.as_ref().map(|p| snapshot_token(&key, p));
+        Self {
+            camera: ev.key.camera.to_string(),
+            camera_name: ev.camera_name.clone(),
+            ward: ev.ward.clone(),
+            rule: ev.key.rule.clone(),
+            zone: ev.key.zone.clone(),
+            kind: ev.kind.as_str().to_string(),
+            severity: ev.severity,
+            started_at: ev.at,
+            updated_at: ev.at,
+            ended_at: None,
+            summary: ev.summary.clone(),
+            count: ev.count,
+            snapshot: ev.snapshot.clone(),
+            snapshot_token,
+            key,
+        }
+    }
+
+    pub fn firing(&self) -> bool {
+        self.ended_at.is_none()
+    }
+
+    /// A label's value by name (the names `group_by`, `equal` and matchers use).
+    pub fn label(&self, name: &str) -> &str {
+        match name {
+            "camera" => &self.camera,
+            "ward" => &self.ward,
+            "rule" => &self.rule,
+            "zone" => &self.zone,
+            "severity" => self.severity.as_str(),
+            _ => "",
+        }
+    }
+}
+
+/// 12 hex characters of sha256(key, path): short enough for SMS, long enough not to be guessed.
+fn snapshot_token(key: &str, path: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(key.as_bytes());
+    h.update([0]);
+    h.update(path.as_bytes());
+    hex::encode(&h.finalize()[..6])
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoticeKind {
+    /// Alerts of one group.
+    Alerts,
+    /// Flood control's summary of notices held back in a window.
+    FloodSummary,
+}
+
+impl NoticeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NoticeKind::Alerts => "alerts",
+            NoticeKind::FloodSummary => "flood_summary",
+        }
+    }
+}
+
+/// What one notice says; stored as JSON with the notice so every delivery can be re-rendered and audited.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NoticePayload {
+    pub kind: NoticeKind,
+    pub group_key: String,
+    pub group_labels: BTreeMap<String, String>,
+    pub firing: Vec<Alert>,
+    pub resolved: Vec<Alert>,
+    /// For a flood summary: how many notices were held back, and over which span.
+    pub held: u32,
+    pub held_since: Option<Timestamp>,
+    /// For a flood summary: held notices per ward.
+    pub held_by_ward: BTreeMap<String, u32>,
+}

@@ -1,0 +1,400 @@
+//! The durable outbox. The router writes a notice and its deliveries in the same transaction as the decision
+//! to notify; notifier tasks move each delivery through its states, recording every change in
+//! `alert_delivery_events`:
+//!
+//! ```text
+//! pending ──claim──▶ sending ──▶ accepted ──dlr──▶ delivered | undelivered
+//!    ▲                  │    └──▶ queued (gateway holds it) ──dlr──▶ delivered | undelivered
+//!    └──transient────────┤
+//!                       └──permanent / gave up──▶ dead
+//! ```
+//! A delivery is marked `sending` before the request goes out, so a crash mid-send leaves it `sending`; on
+//! restart it goes back to `pending` with `possible_duplicates` counted: at most one duplicate, never a loss.
+
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use sha2::{Digest, Sha256};
+
+use crate::types::Timestamp;
+
+use super::AlertError;
+use super::config::{ReceiverConfig, RetryConfig};
+use super::gsm;
+use super::model::NoticePayload;
+use super::notify::Outcome;
+use super::store::{DeliveryRow, delivery_from_row};
+use super::template::{self, Ctx};
+
+/// One delivery the decision creates.
+pub(crate) struct NewDelivery {
+    pub channel: &'static str,
+    pub target: String,
+    pub body: String,
+    pub segments: Option<i64>,
+}
+
+/// Renders a notice into one delivery per channel and target of `receiver`: an SMS per number (so one bad
+/// number fails alone), one e-mail to all recipients, one webhook call.
+pub(crate) fn deliveries_for(
+    receiver: &ReceiverConfig,
+    payload: &NoticePayload,
+    ctx: &Ctx<'_>,
+) -> Vec<NewDelivery> {
+    let mut out = Vec::new();
+    if let Some(sms) = &receiver.sms {
+        let text = template::sms_text(sms, payload, ctx);
+        let segments = gsm::segments(&text).count as i64;
+        for n in &sms.numbers {
+            // Validated at start-up, so the number normalises.
+            let target = super::sms::normalize_phone(n).unwrap_or_else(|_| n.clone());
+            out.push(NewDelivery {
+                channel: "sms",
+                target,
+                body: text.clone(),
+                segments: Some(segments),
+            });
+        }
+    }
+    if let Some(email) = &receiver.email {
+        out.push(NewDelivery {
+            channel: "email",
+            target: email.to.join(", "),
+            body: template::email(payload, ctx).to_string(),
+            segments: None,
+        });
+    }
+    if let Some(hook) = &receiver.webhook {
+        out.push(NewDelivery {
+            channel: "webhook",
+            target: hook.url.clone(),
+            body: template::webhook(payload, ctx).to_string(),
+            segments: None,
+        });
+    }
+    out
+}
+
+/// Stable per delivery: the notice, channel and target never change, so retries and a restart reuse it.
+fn idempotency_key(notice_id: i64, channel: &str, target: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(format!("streetwatch-notice:{notice_id}:{channel}:{target}"));
+    hex::encode(&h.finalize()[..16])
+}
+
+#[allow(clippy::too_many_arguments)] // one column each; a struct would only restate the table
+pub(crate) fn insert_notice(
+    tx: &Transaction<'_>,
+    now: Timestamp,
+    kind: &str,
+    route: &str,
+    group_key: &str,
+    receiver: Option<&str>,
+    status: &str,
+    payload: &NoticePayload,
+) -> Result<i64, AlertError> {
+    let json = serde_json::to_string(payload)
+        .map_err(|e| AlertError::Db(format!("encode notice: {e}")))?;
+    tx.prepare_cached(
+        "INSERT INTO alert_notices (created_at, kind, route, group_key, receiver, status, firing, resolved, payload) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?
+    .execute(params![
+        now.0,
+        kind,
+        route,
+        group_key,
+        receiver,
+        status,
+        payload.firing.len() as i64,
+        payload.resolved.len() as i64,
+        json
+    ])?;
+    Ok(tx.last_insert_rowid())
+}
+
+pub(crate) fn insert_delivery(
+    tx: &Transaction<'_>,
+    notice_id: i64,
+    receiver: &str,
+    d: &NewDelivery,
+    now: Timestamp,
+) -> Result<i64, AlertError> {
+    tx.prepare_cached(
+        "INSERT INTO alert_deliveries (notice_id, receiver, channel, target, idempotency_key, body, segments, state, \
+         next_attempt_at, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', ?8, ?8, ?8)",
+    )?
+    .execute(params![
+        notice_id,
+        receiver,
+        d.channel,
+        d.target,
+        idempotency_key(notice_id, d.channel, &d.target),
+        d.body,
+        d.segments,
+        now.0
+    ])?;
+    let id = tx.last_insert_rowid();
+    event(tx, id, now, "pending", "decided")?;
+    Ok(id)
+}
+
+fn event(
+    conn: &Connection,
+    id: i64,
+    now: Timestamp,
+    state: &str,
+    detail: &str,
+) -> Result<(), AlertError> {
+    conn.prepare_cached("INSERT INTO alert_delivery_events (delivery_id, at, state, detail) VALUES (?1, ?2, ?3, ?4)")?
+        .execute(params![id, now.0, state, detail])?;
+    Ok(())
+}
+
+/// After a crash: deliveries caught mid-send go back to the queue, counted as possible duplicates.
+pub(crate) fn recover_interrupted(
+    conn: &mut Connection,
+    now: Timestamp,
+) -> Result<usize, AlertError> {
+    let tx = conn.transaction()?;
+    let ids: Vec<i64> = {
+        let mut stmt = tx.prepare("SELECT id FROM alert_deliveries WHERE state = 'sending'")?;
+        stmt.query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?
+    };
+    for id in &ids {
+        tx.execute(
+            "UPDATE alert_deliveries SET state = 'pending', possible_duplicates = possible_duplicates + 1, \
+             next_attempt_at = ?2, updated_at = ?2 WHERE id = ?1",
+            params![id, now.0],
+        )?;
+        event(
+            &tx,
+            *id,
+            now,
+            "pending",
+            "the previous attempt was interrupted (crash); a resend may duplicate it",
+        )?;
+    }
+    tx.commit()?;
+    Ok(ids.len())
+}
+
+/// Pending deliveries whose time has come, oldest first.
+pub(crate) fn due(
+    conn: &Connection,
+    now: Timestamp,
+    limit: usize,
+) -> Result<Vec<DeliveryRow>, AlertError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, notice_id, receiver, channel, target, idempotency_key, body, segments, state, attempts, \
+         next_attempt_at, created_at, updated_at, last_error, gateway_reply, possible_duplicates \
+         FROM alert_deliveries WHERE state = 'pending' AND next_attempt_at <= ?1 \
+         ORDER BY next_attempt_at, id LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![now.0, limit as i64], delivery_from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// When the next pending delivery falls due.
+pub(crate) fn next_due(conn: &Connection) -> Result<Option<Timestamp>, AlertError> {
+    let t: Option<i64> = conn
+        .prepare_cached(
+            "SELECT MIN(next_attempt_at) FROM alert_deliveries WHERE state = 'pending'",
+        )?
+        .query_row([], |r| r.get(0))?;
+    Ok(t.map(Timestamp))
+}
+
+/// Claims a delivery for one attempt; false if something else changed it meanwhile.
+pub(crate) fn mark_sending(conn: &Connection, id: i64, now: Timestamp) -> Result<bool, AlertError> {
+    let n = conn
+        .prepare_cached(
+            "UPDATE alert_deliveries SET state = 'sending', attempts = attempts + 1, updated_at = ?2 \
+             WHERE id = ?1 AND state = 'pending'",
+        )?
+        .execute(params![id, now.0])?;
+    if n == 1 {
+        event(conn, id, now, "sending", "attempt started")?;
+    }
+    Ok(n == 1)
+}
+
+/// Marks a delivery that cannot be sent at all (e.g. its receiver left the config).
+pub(crate) fn dead_letter(
+    conn: &Connection,
+    id: i64,
+    now: Timestamp,
+    reason: &str,
+) -> Result<(), AlertError> {
+    conn.execute(
+        "UPDATE alert_deliveries SET state = 'dead', last_error = ?3, updated_at = ?2 WHERE id = ?1",
+        params![id, now.0, reason],
+    )?;
+    event(conn, id, now, "dead", reason)
+}
+
+/// Exponential backoff with jitter for the `attempts`-th failure.
+pub(crate) fn backoff_ms(cfg: &RetryConfig, attempts: i64) -> i64 {
+    let exp = cfg.multiplier.powi((attempts.max(1) - 1).min(60) as i32);
+    let base = (cfg.initial_backoff.ms() as f64 * exp).min(cfg.max_backoff.ms() as f64);
+    let spread = base * cfg.jitter * (2.0 * fastrand::f64() - 1.0);
+    (base + spread).max(1.0) as i64
+}
+
+/// Records the outcome of an attempt.
+pub(crate) fn finish(
+    conn: &mut Connection,
+    d: &DeliveryRow,
+    outcome: &Outcome,
+    retry: &RetryConfig,
+    now: Timestamp,
+) -> Result<(), AlertError> {
+    let tx = conn.transaction()?;
+    let attempts = d.attempts + 1;
+    match outcome {
+        Outcome::Accepted { state, reply } => {
+            tx.execute(
+                "UPDATE alert_deliveries SET state = ?3, gateway_reply = ?4, last_error = NULL, updated_at = ?2 \
+                 WHERE id = ?1 AND state = 'sending'",
+                params![d.id, now.0, state, reply],
+            )?;
+            event(&tx, d.id, now, state, reply)?;
+        }
+        Outcome::Permanent(reason) => {
+            tx.execute(
+                "UPDATE alert_deliveries SET state = 'dead', last_error = ?3, updated_at = ?2 WHERE id = ?1",
+                params![d.id, now.0, reason],
+            )?;
+            event(&tx, d.id, now, "dead", reason)?;
+        }
+        Outcome::Transient { error, maybe_sent } => {
+            let since: i64 = tx.query_row(
+                "SELECT COALESCE(retried_at, created_at) FROM alert_deliveries WHERE id = ?1",
+                [d.id],
+                |r| r.get(0),
+            )?;
+            if now.since(Timestamp(since)) >= retry.give_up_after.ms() {
+                let reason = format!(
+                    "gave up after {attempts} attempts over {}: {error}",
+                    retry.give_up_after
+                );
+                tx.execute(
+                    "UPDATE alert_deliveries SET state = 'dead', last_error = ?3, updated_at = ?2 WHERE id = ?1",
+                    params![d.id, now.0, reason],
+                )?;
+                event(&tx, d.id, now, "dead", &reason)?;
+            } else {
+                let next = now.plus_ms(backoff_ms(retry, attempts));
+                tx.execute(
+                    "UPDATE alert_deliveries SET state = 'pending', last_error = ?3, next_attempt_at = ?4, \
+                     possible_duplicates = possible_duplicates + ?5, updated_at = ?2 WHERE id = ?1",
+                    params![d.id, now.0, error, next.0, i64::from(*maybe_sent)],
+                )?;
+                let detail = format!(
+                    "attempt {attempts} failed: {error}; retry at {}",
+                    next.to_rfc3339()
+                );
+                event(&tx, d.id, now, "pending", &detail)?;
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// Applies a delivery report from the gateway. `status` is Kannel's: 1 delivered, 2 undelivered,
+/// 4 buffered, 8 accepted by the SMSC, 16 rejected by the SMSC. False if the id and key do not match.
+pub(crate) fn apply_dlr(
+    conn: &mut Connection,
+    id: i64,
+    key: &str,
+    status: i64,
+    answer: &str,
+    now: Timestamp,
+) -> Result<bool, AlertError> {
+    let tx = conn.transaction()?;
+    let row: Option<(String, String)> = tx
+        .query_row(
+            "SELECT idempotency_key, state FROM alert_deliveries WHERE id = ?1 AND channel = 'sms'",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let Some((full_key, state)) = row else {
+        return Ok(false);
+    };
+    if key.len() < 16 || !full_key.starts_with(key) {
+        return Ok(false);
+    }
+    let (new_state, what) = match status {
+        1 => ("delivered", "delivered to the phone"),
+        2 => ("undelivered", "the network could not deliver it"),
+        16 => ("undelivered", "rejected by the SMSC"),
+        4 => (state.as_str(), "buffered by the SMSC"),
+        8 => (state.as_str(), "accepted by the SMSC"),
+        _ => (state.as_str(), "unknown report type"),
+    };
+    // A report never undoes "delivered" (reports for parts of a long SMS can come in any order).
+    let new_state = if state == "delivered" {
+        "delivered"
+    } else {
+        new_state
+    };
+    tx.execute(
+        "UPDATE alert_deliveries SET state = ?2, updated_at = ?3 WHERE id = ?1",
+        params![id, new_state, now.0],
+    )?;
+    event(
+        &tx,
+        id,
+        now,
+        new_state,
+        &format!("report {status}: {what}; {answer}"),
+    )?;
+    tx.commit()?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alert::config::Dur;
+
+    #[test]
+    fn backoff_grows_caps_and_jitters() {
+        let cfg = RetryConfig {
+            initial_backoff: Dur::secs(1),
+            max_backoff: Dur::secs(8),
+            multiplier: 2.0,
+            jitter: 0.2,
+            give_up_after: Dur::secs(3600),
+        };
+        for (attempt, base) in [
+            (1, 1000.0),
+            (2, 2000.0),
+            (3, 4000.0),
+            (4, 8000.0),
+            (9, 8000.0),
+        ] {
+            for _ in 0..50 {
+                let b = backoff_ms(&cfg, attempt) as f64;
+                assert!(
+                    (base * 0.8 - 1.0..=base * 1.2 + 1.0).contains(&b),
+                    "attempt {attempt}: {b}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn idempotency_keys_are_stable_and_distinct() {
+        assert_eq!(
+            idempotency_key(1, "sms", "+84901234567"),
+            idempotency_key(1, "sms", "+84901234567")
+        );
+        assert_ne!(
+            idempotency_key(1, "sms", "+84901234567"),
+            idempotency_key(2, "sms", "+84901234567")
+        );
+        assert_eq!(idempotency_key(1, "sms", "x").len(), 32);
+    }
+}

@@ -1,0 +1,457 @@
+//! The router core: synchronous, clock-free (time is an argument), so timelines are tested by calling
+//! `submit(ev, t)` and `tick(t)` with made-up times. The service wraps it in a thread.
+//!
+//! Stage order, as events arrive: dedup (by incident key) → route (receiver, grouping, timings; routes are
+//! chosen before grouping, as in Alertmanager, so each route can group and time its own way) → group.
+//! As a group falls due: inhibit → silence (both judged at notice time, so a silence added or a camera that
+//! went down while the group waited still counts) → dedup against the notification log → flood control →
+//! outbox. Each decision and its outbox rows are one SQLite transaction.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+
+use crate::types::{CameraId, IncidentEvent, Severity, Timestamp};
+
+use super::AlertError;
+use super::config::AlertConfig;
+use super::dedup::{Admission, Dedup, LogEntry, needs_notice};
+use super::flood::Flood;
+use super::group::Groups;
+use super::inhibit::{CameraHealth, Inhibitor};
+use super::model::{Alert, NoticeKind, NoticePayload};
+use super::outbox;
+use super::route::{Route, local_minute};
+use super::silence::silenced_by;
+use super::store;
+use super::template::Ctx;
+
+/// Counters since the router opened.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RouterStats {
+    pub events: u64,
+    pub duplicates: u64,
+    pub notices_queued: u64,
+    pub notices_held: u64,
+    pub notices_unrouted: u64,
+    pub flood_summaries: u64,
+    pub deliveries: u64,
+}
+
+pub struct Router {
+    cfg: AlertConfig,
+    conn: Connection,
+    root: Route,
+    dedup: Dedup,
+    inhibit: Inhibitor,
+    groups: Groups,
+    nflog: HashMap<(String, String), LogEntry>,
+    flood: Flood,
+    stats: RouterStats,
+}
+
+const ALERT_COLUMNS: &str = "key, camera, camera_name, ward, rule, zone, kind, severity, started_at, updated_at, \
+     ended_at, summary, count, snapshot, snapshot_token";
+
+fn alert_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Alert> {
+    let sev: String = r.get(7)?;
+    Ok(Alert {
+        key: r.get(0)?,
+        camera: r.get(1)?,
+        camera_name: r.get(2)?,
+        ward: r.get(3)?,
+        rule: r.get(4)?,
+        zone: r.get(5)?,
+        kind: r.get(6)?,
+        severity: match sev.as_str() {
+            "critical" => Severity::Critical,
+            "warning" => Severity::Warning,
+            _ => Severity::Info,
+        },
+        started_at: Timestamp(r.get(8)?),
+        updated_at: Timestamp(r.get(9)?),
+        ended_at: r.get::<_, Option<i64>>(10)?.map(Timestamp),
+        summary: r.get(11)?,
+        count: r.get(12)?,
+        snapshot: r.get(13)?,
+        snapshot_token: r.get(14)?,
+    })
+}
+
+fn save_alert(tx: &Transaction<'_>, a: &Alert) -> Result<(), AlertError> {
+    tx.prepare_cached(
+        "INSERT INTO alert_alerts (key, camera, camera_name, ward, rule, zone, kind, severity, status, started_at, \
+         updated_at, ended_at, summary, count, snapshot, snapshot_token) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16) \
+         ON CONFLICT(key) DO UPDATE SET severity = ?8, status = ?9, updated_at = ?11, ended_at = ?12, \
+         summary = ?13, count = ?14, events = events + 1",
+    )?
+    .execute(params![
+        a.key,
+        a.camera,
+        a.camera_name,
+        a.ward,
+        a.rule,
+        a.zone,
+        a.kind,
+        a.severity.as_str(),
+        if a.firing() { "firing" } else { "resolved" },
+        a.started_at.0,
+        a.updated_at.0,
+        a.ended_at.map(|t| t.0),
+        a.summary,
+        a.count,
+        a.snapshot,
+        a.snapshot_token
+    ])?;
+    Ok(())
+}
+
+fn keys(alerts: &[Alert]) -> BTreeSet<String> {
+    alerts.iter().map(|a| a.key.clone()).collect()
+}
+
+impl Router {
+    /// Opens the database and restores the state a previous run left: known alerts, groups of live alerts
+    /// (due again after their `group_wait`), the notification log and flood windows.
+    pub fn open(cfg: &AlertConfig, db_path: &Path, now: Timestamp) -> Result<Self, AlertError> {
+        cfg.validate()?;
+        let conn = store::open(db_path)?;
+        let mut dedup = Dedup::default();
+        {
+            let sql = format!(
+                "SELECT {ALERT_COLUMNS} FROM alert_alerts WHERE status = 'firing' OR ended_at >= ?1 ORDER BY started_at"
+            );
+            let mut stmt = conn.prepare(&sql)?;
+            let cutoff = now.plus_ms(-cfg.resolved_retention.ms());
+            for a in stmt.query_map([cutoff.0], alert_from_row)? {
+                dedup.insert(a?);
+            }
+        }
+        let mut nflog = HashMap::new();
+        {
+            let mut stmt = conn.prepare(
+                "SELECT group_key, receiver, firing, resolved, notified_at FROM alert_nflog",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, i64>(4)?,
+                ))
+            })?;
+            for row in rows {
+                let (g, r, f, res, at) = row?;
+                nflog.insert(
+                    (g, r),
+                    LogEntry {
+                        firing: serde_json::from_str(&f).unwrap_or_default(),
+                        resolved: serde_json::from_str(&res).unwrap_or_default(),
+                        notified_at: Timestamp(at),
+                    },
+                );
+            }
+        }
+        let flood = Flood::restore(&cfg.flood, &conn)?;
+        let mut router = Self {
+            root: Route::compile(&cfg.route),
+            inhibit: Inhibitor::new(&cfg.inhibit),
+            cfg: cfg.clone(),
+            conn,
+            dedup,
+            groups: Groups::default(),
+            nflog,
+            flood,
+            stats: RouterStats::default(),
+        };
+        let restored: Vec<Alert> = router.dedup.firing().cloned().collect();
+        for a in &restored {
+            router.route_alert(a, now);
+        }
+        Ok(router)
+    }
+
+    fn route_alert(&mut self, a: &Alert, now: Timestamp) {
+        let minute = local_minute(now, self.cfg.utc_offset_minutes);
+        for route in self.root.routes_for(a, minute) {
+            let (gk, labels) = route.group_key(a);
+            self.groups.insert(route, gk, labels, &a.key, now);
+        }
+    }
+
+    /// One event through dedup, routing and grouping.
+    pub fn submit(&mut self, ev: &IncidentEvent, now: Timestamp) -> Result<Admission, AlertError> {
+        Ok(self.submit_batch(std::slice::from_ref(ev), now)?[0])
+    }
+
+    /// Several events in one transaction (one fsync). If the transaction fails, the in-memory state may be
+    /// ahead of the database: reopen the router, which rebuilds it from the database, and resubmit.
+    pub fn submit_batch(
+        &mut self,
+        events: &[IncidentEvent],
+        now: Timestamp,
+    ) -> Result<Vec<Admission>, AlertError> {
+        let mut out = Vec::with_capacity(events.len());
+        let mut new_alerts = Vec::new();
+        let tx = self.conn.transaction()?;
+        for ev in events {
+            self.stats.events += 1;
+            let key = ev.key.to_string();
+            if !self.dedup.contains(&key) {
+                let sql = format!("SELECT {ALERT_COLUMNS} FROM alert_alerts WHERE key = ?1");
+                if let Some(a) = tx
+                    .prepare_cached(&sql)?
+                    .query_row([&key], alert_from_row)
+                    .optional()?
+                {
+                    self.dedup.insert(a);
+                }
+            }
+            let (admission, alert) = self.dedup.admit(ev);
+            match (admission, alert) {
+                (Admission::Duplicate(why), _) => {
+                    self.stats.duplicates += 1;
+                    tracing::debug!(incident = %key, why, "duplicate incident event dropped");
+                    tx.prepare_cached(
+                        "UPDATE alert_alerts SET duplicates = duplicates + 1 WHERE key = ?1",
+                    )?
+                    .execute([&key])?;
+                }
+                (_, Some(a)) => {
+                    save_alert(&tx, a)?;
+                    if admission == Admission::New {
+                        new_alerts.push(a.clone());
+                    }
+                }
+                (_, None) => {}
+            }
+            out.push(admission);
+        }
+        tx.commit()?;
+        for a in &new_alerts {
+            self.route_alert(a, now);
+        }
+        Ok(out)
+    }
+
+    /// Records a camera's health for inhibition; applies at the next notice decision.
+    pub fn set_camera_health(&mut self, camera: &CameraId, health: CameraHealth) {
+        self.inhibit.set_health(camera.as_str(), health);
+    }
+
+    /// When `tick` next has something to do.
+    pub fn next_deadline(&self) -> Option<Timestamp> {
+        match (self.groups.next_deadline(), self.flood.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    pub fn stats(&self) -> RouterStats {
+        self.stats
+    }
+
+    /// Live groups (for benchmarks and tests).
+    pub fn group_count(&self) -> usize {
+        self.groups.len()
+    }
+
+    /// Flushes the groups due at `now` and closes flood windows; returns the ids of notices written.
+    pub fn tick(&mut self, now: Timestamp) -> Result<Vec<i64>, AlertError> {
+        let due = self.groups.due(now);
+        let mut flood = self.flood.clone();
+        let summaries = flood.close_windows(now);
+        let pruned = self
+            .dedup
+            .prune(now.plus_ms(-self.cfg.resolved_retention.ms()));
+        if due.is_empty() && summaries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let silences = if due.is_empty() {
+            Vec::new()
+        } else {
+            store::load_silences(&self.conn, false)?
+        };
+        let mut stats = self.stats;
+        let mut ids = Vec::new();
+        let mut log_updates = Vec::new();
+        let tx = self.conn.transaction()?;
+        for gk in &due {
+            let Some(g) = self.groups.get_mut(gk) else {
+                continue;
+            };
+            g.alerts.retain(|k| !pruned.contains(k));
+            let (mut firing, mut resolved) = (Vec::new(), Vec::new());
+            for key in &g.alerts {
+                let Some(a) = self.dedup.get(key) else {
+                    continue;
+                };
+                let muted = self
+                    .inhibit
+                    .muted_by(a, self.dedup.firing())
+                    .or_else(|| silenced_by(&silences, a, now).map(|id| format!("silence {id}")));
+                tx.prepare_cached("UPDATE alert_alerts SET muted_by = ?2 WHERE key = ?1")?
+                    .execute(params![key, muted])?;
+                if muted.is_some() {
+                    continue;
+                }
+                if a.firing() {
+                    firing.push(a.clone())
+                } else {
+                    resolved.push(a.clone())
+                }
+            }
+            let receiver = g.receiver.as_deref().and_then(|r| self.cfg.receiver(r));
+            let send_resolved = receiver.is_some_and(|r| r.send_resolved);
+            let log_key = (gk.clone(), g.receiver.clone().unwrap_or_default());
+            let (fset, rset) = (keys(&firing), keys(&resolved));
+            if !needs_notice(
+                self.nflog.get(&log_key),
+                &fset,
+                &rset,
+                send_resolved,
+                g.repeat_interval.ms(),
+                now,
+            ) {
+                continue;
+            }
+            if !send_resolved {
+                resolved.clear();
+            }
+            let ward = firing
+                .first()
+                .or(resolved.first())
+                .map(|a| a.ward.clone())
+                .unwrap_or_default();
+            let payload = NoticePayload {
+                kind: NoticeKind::Alerts,
+                group_key: gk.clone(),
+                group_labels: g.labels.clone(),
+                firing,
+                resolved,
+                held: 0,
+                held_since: None,
+                held_by_ward: BTreeMap::new(),
+            };
+            let status = match &g.receiver {
+                None => "unrouted",
+                Some(r) if flood.admit(r, &ward, now) => "queued",
+                Some(_) => "held",
+            };
+            let id = outbox::insert_notice(
+                &tx,
+                now,
+                "alerts",
+                &g.route_id,
+                gk,
+                g.receiver.as_deref(),
+                status,
+                &payload,
+            )?;
+            for a in payload.firing.iter().chain(payload.resolved.iter()) {
+                tx.prepare_cached("UPDATE alert_alerts SET last_notice_id = ?2 WHERE key = ?1")?
+                    .execute(params![a.key, id])?;
+            }
+            match (status, receiver) {
+                ("queued", Some(r)) => {
+                    stats.notices_queued += 1;
+                    stats.deliveries += write_deliveries(&self.cfg, &tx, id, r, &payload, now)?;
+                    ids.push(id);
+                }
+                ("held", _) => stats.notices_held += 1,
+                _ => {
+                    stats.notices_unrouted += 1;
+                    tracing::info!(notice = id, group = %gk, firing = payload.firing.len(),
+                        "notice decided with no receiver configured for its route (recorded, not sent)");
+                }
+            }
+            let entry = LogEntry {
+                firing: fset,
+                resolved: if send_resolved { rset } else { BTreeSet::new() },
+                notified_at: now,
+            };
+            tx.prepare_cached(
+                "INSERT INTO alert_nflog (group_key, receiver, firing, resolved, notified_at) VALUES (?1, ?2, ?3, ?4, ?5) \
+                 ON CONFLICT(group_key, receiver) DO UPDATE SET firing = ?3, resolved = ?4, notified_at = ?5",
+            )?
+            .execute(params![
+                log_key.0,
+                log_key.1,
+                serde_json::to_string(&entry.firing).unwrap_or_default(),
+                serde_json::to_string(&entry.resolved).unwrap_or_default(),
+                now.0
+            ])?;
+            log_updates.push((log_key, entry));
+        }
+        for (receiver, w) in &summaries {
+            let payload = NoticePayload {
+                kind: NoticeKind::FloodSummary,
+                group_key: format!("flood:{receiver}"),
+                group_labels: BTreeMap::new(),
+                firing: Vec::new(),
+                resolved: Vec::new(),
+                held: w.held,
+                held_since: Some(w.start),
+                held_by_ward: w.held_by_ward.clone(),
+            };
+            let id = outbox::insert_notice(
+                &tx,
+                now,
+                "flood_summary",
+                "-",
+                &payload.group_key,
+                Some(receiver),
+                "queued",
+                &payload,
+            )?;
+            if let Some(r) = self.cfg.receiver(receiver) {
+                stats.deliveries += write_deliveries(&self.cfg, &tx, id, r, &payload, now)?;
+            }
+            stats.flood_summaries += 1;
+            ids.push(id);
+        }
+        flood.persist(&tx)?;
+        tx.commit()?;
+        // Committed: now the in-memory state may follow.
+        self.flood = flood;
+        self.stats = stats;
+        self.nflog.extend(log_updates);
+        for gk in &due {
+            let Some(g) = self.groups.get_mut(gk) else {
+                continue;
+            };
+            let dedup = &self.dedup;
+            g.alerts.retain(|k| dedup.get(k).is_some_and(Alert::firing));
+            if g.alerts.is_empty() {
+                self.groups.remove(gk);
+            } else {
+                g.next_flush = now.plus_ms(g.group_interval.ms());
+            }
+        }
+        Ok(ids)
+    }
+}
+
+fn write_deliveries(
+    cfg: &AlertConfig,
+    tx: &Transaction<'_>,
+    notice_id: i64,
+    receiver: &super::config::ReceiverConfig,
+    payload: &NoticePayload,
+    now: Timestamp,
+) -> Result<u64, AlertError> {
+    let ctx = Ctx {
+        notice_id,
+        offset_minutes: cfg.utc_offset_minutes,
+        link_base: cfg.snapshot_base_url.as_deref(),
+        created_at: now,
+    };
+    let deliveries = outbox::deliveries_for(receiver, payload, &ctx);
+    for d in &deliveries {
+        outbox::insert_delivery(tx, notice_id, &receiver.name, d, now)?;
+    }
+    Ok(deliveries.len() as u64)
+}

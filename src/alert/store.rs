@@ -1,0 +1,406 @@
+//! The alert tables in the shared SQLite file, and the read side used by the CLI (and later the API).
+//!
+//! Each user of the file opens its own connection (WAL lets readers and one writer work at once);
+//! `busy_timeout` absorbs the other writers' short transactions.
+
+use std::path::Path;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+
+use crate::types::Timestamp;
+
+use super::AlertError;
+use super::config::Matchers;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS alert_alerts (
+    key TEXT PRIMARY KEY,
+    camera TEXT NOT NULL, camera_name TEXT NOT NULL, ward TEXT NOT NULL, rule TEXT NOT NULL,
+    zone TEXT NOT NULL, kind TEXT NOT NULL, severity TEXT NOT NULL,
+    status TEXT NOT NULL,                 -- firing | resolved
+    started_at INTEGER NOT NULL, updated_at INTEGER NOT NULL, ended_at INTEGER,
+    summary TEXT NOT NULL, count INTEGER NOT NULL, snapshot TEXT, snapshot_token TEXT,
+    events INTEGER NOT NULL DEFAULT 1,     -- events accepted for this incident
+    duplicates INTEGER NOT NULL DEFAULT 0, -- events dropped as duplicates or stale
+    muted_by TEXT,                         -- why the last notice left it out (silence:ID, inhibited:…)
+    last_notice_id INTEGER
+);
+CREATE INDEX IF NOT EXISTS alert_alerts_status ON alert_alerts(status, updated_at);
+CREATE TABLE IF NOT EXISTS alert_notices (
+    id INTEGER PRIMARY KEY,
+    created_at INTEGER NOT NULL,
+    kind TEXT NOT NULL,                    -- alerts | flood_summary
+    route TEXT NOT NULL, group_key TEXT NOT NULL,
+    receiver TEXT,                         -- NULL: no receiver configured for this route
+    status TEXT NOT NULL,                  -- queued | held (flood control) | unrouted
+    firing INTEGER NOT NULL, resolved INTEGER NOT NULL,
+    payload TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS alert_notices_receiver ON alert_notices(receiver, created_at);
+CREATE TABLE IF NOT EXISTS alert_deliveries (
+    id INTEGER PRIMARY KEY,
+    notice_id INTEGER NOT NULL REFERENCES alert_notices(id),
+    receiver TEXT NOT NULL, channel TEXT NOT NULL, target TEXT NOT NULL,
+    idempotency_key TEXT NOT NULL UNIQUE,
+    body TEXT NOT NULL,                    -- what is sent: SMS text, or JSON for e-mail and webhook
+    segments INTEGER,                      -- SMS only
+    state TEXT NOT NULL,                   -- pending | sending | accepted | queued | delivered | undelivered | dead
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL,
+    created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL,
+    last_error TEXT, gateway_reply TEXT,
+    possible_duplicates INTEGER NOT NULL DEFAULT 0,
+    retried_at INTEGER                     -- put back in the queue by hand; restarts the give-up clock
+);
+CREATE INDEX IF NOT EXISTS alert_deliveries_due ON alert_deliveries(state, next_attempt_at);
+CREATE TABLE IF NOT EXISTS alert_delivery_events (
+    id INTEGER PRIMARY KEY,
+    delivery_id INTEGER NOT NULL,
+    at INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    detail TEXT
+);
+CREATE INDEX IF NOT EXISTS alert_delivery_events_delivery ON alert_delivery_events(delivery_id);
+CREATE TABLE IF NOT EXISTS alert_nflog (
+    group_key TEXT NOT NULL, receiver TEXT NOT NULL,
+    firing TEXT NOT NULL, resolved TEXT NOT NULL,  -- JSON arrays of alert keys last notified
+    notified_at INTEGER NOT NULL,
+    PRIMARY KEY (group_key, receiver)
+);
+CREATE TABLE IF NOT EXISTS alert_flood (
+    receiver TEXT PRIMARY KEY,
+    window_start INTEGER NOT NULL, sent INTEGER NOT NULL, held INTEGER NOT NULL,
+    held_by_ward TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS alert_silences (
+    id INTEGER PRIMARY KEY,
+    matchers TEXT NOT NULL,
+    starts_at INTEGER NOT NULL, ends_at INTEGER NOT NULL,
+    created_by TEXT NOT NULL, comment TEXT NOT NULL,
+    created_at INTEGER NOT NULL, expired_at INTEGER
+);
+";
+
+/// Opens (creating if needed) the database file with the alert tables.
+pub(crate) fn open(path: &Path) -> Result<Connection, AlertError> {
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| AlertError::Db(format!("create {}: {e}", dir.display())))?;
+    }
+    let conn = Connection::open(path)
+        .map_err(|e| AlertError::Db(format!("open {}: {e}", path.display())))?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    // WAL: readers (CLI, API) never block the router. synchronous=FULL: a decision that committed survives a
+    // power cut, not only a crash; the router batches events into one transaction to keep that cheap.
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.execute_batch(SCHEMA)?;
+    Ok(conn)
+}
+
+/// One incident as `alerts list` shows it.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct AlertRow {
+    pub key: String,
+    pub camera: String,
+    pub ward: String,
+    pub rule: String,
+    pub severity: String,
+    pub status: String,
+    pub started_at: Timestamp,
+    pub ended_at: Option<Timestamp>,
+    pub summary: String,
+    pub events: i64,
+    pub duplicates: i64,
+    pub muted_by: Option<String>,
+    pub last_notice_id: Option<i64>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct NoticeRow {
+    pub id: i64,
+    pub created_at: Timestamp,
+    pub kind: String,
+    pub route: String,
+    pub group_key: String,
+    pub receiver: Option<String>,
+    pub status: String,
+    pub firing: i64,
+    pub resolved: i64,
+    pub payload: String,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct DeliveryRow {
+    pub id: i64,
+    pub notice_id: i64,
+    pub receiver: String,
+    pub channel: String,
+    pub target: String,
+    pub idempotency_key: String,
+    pub body: String,
+    pub segments: Option<i64>,
+    pub state: String,
+    pub attempts: i64,
+    pub next_attempt_at: Timestamp,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub last_error: Option<String>,
+    pub gateway_reply: Option<String>,
+    pub possible_duplicates: i64,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct DeliveryEvent {
+    pub delivery_id: i64,
+    pub at: Timestamp,
+    pub state: String,
+    pub detail: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Silence {
+    pub id: i64,
+    pub matchers: Matchers,
+    pub starts_at: Timestamp,
+    pub ends_at: Timestamp,
+    pub created_by: String,
+    pub comment: String,
+    pub created_at: Timestamp,
+    pub expired_at: Option<Timestamp>,
+}
+
+impl Silence {
+    pub fn active_at(&self, now: Timestamp) -> bool {
+        self.expired_at.is_none() && self.starts_at <= now && now < self.ends_at
+    }
+}
+
+/// Read and admin access to the alert tables, for the CLI, tests and the API.
+pub struct Store {
+    conn: Connection,
+}
+
+const DELIVERY_COLUMNS: &str = "id, notice_id, receiver, channel, target, idempotency_key, body, segments, state, \
+     attempts, next_attempt_at, created_at, updated_at, last_error, gateway_reply, possible_duplicates";
+
+pub(crate) fn delivery_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryRow> {
+    Ok(DeliveryRow {
+        id: r.get(0)?,
+        notice_id: r.get(1)?,
+        receiver: r.get(2)?,
+        channel: r.get(3)?,
+        target: r.get(4)?,
+        idempotency_key: r.get(5)?,
+        body: r.get(6)?,
+        segments: r.get(7)?,
+        state: r.get(8)?,
+        attempts: r.get(9)?,
+        next_attempt_at: Timestamp(r.get(10)?),
+        created_at: Timestamp(r.get(11)?),
+        updated_at: Timestamp(r.get(12)?),
+        last_error: r.get(13)?,
+        gateway_reply: r.get(14)?,
+        possible_duplicates: r.get(15)?,
+    })
+}
+
+pub(crate) fn load_silences(
+    conn: &Connection,
+    include_inactive: bool,
+) -> Result<Vec<Silence>, AlertError> {
+    let sql = if include_inactive {
+        "SELECT id, matchers, starts_at, ends_at, created_by, comment, created_at, expired_at FROM alert_silences ORDER BY id"
+    } else {
+        "SELECT id, matchers, starts_at, ends_at, created_by, comment, created_at, expired_at FROM alert_silences \
+         WHERE expired_at IS NULL ORDER BY id"
+    };
+    let mut stmt = conn.prepare_cached(sql)?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, i64>(2)?,
+            r.get::<_, i64>(3)?,
+            r.get::<_, String>(4)?,
+            r.get::<_, String>(5)?,
+            r.get::<_, i64>(6)?,
+            r.get::<_, Option<i64>>(7)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, m, s, e, by, comment, created, expired) = row?;
+        let matchers: Matchers = serde_json::from_str(&m)
+            .map_err(|x| AlertError::Db(format!("silence {id}: bad matchers: {x}")))?;
+        out.push(Silence {
+            id,
+            matchers,
+            starts_at: Timestamp(s),
+            ends_at: Timestamp(e),
+            created_by: by,
+            comment,
+            created_at: Timestamp(created),
+            expired_at: expired.map(Timestamp),
+        });
+    }
+    Ok(out)
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Self, AlertError> {
+        Ok(Self { conn: open(path)? })
+    }
+
+    /// Incidents, newest first; `status` filters on firing / resolved.
+    pub fn alerts(&self, status: Option<&str>, limit: usize) -> Result<Vec<AlertRow>, AlertError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT key, camera, ward, rule, severity, status, started_at, ended_at, summary, events, duplicates, \
+             muted_by, last_notice_id FROM alert_alerts WHERE ?1 IS NULL OR status = ?1 \
+             ORDER BY updated_at DESC, key LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![status, limit as i64], |r| {
+            Ok(AlertRow {
+                key: r.get(0)?,
+                camera: r.get(1)?,
+                ward: r.get(2)?,
+                rule: r.get(3)?,
+                severity: r.get(4)?,
+                status: r.get(5)?,
+                started_at: Timestamp(r.get(6)?),
+                ended_at: r.get::<_, Option<i64>>(7)?.map(Timestamp),
+                summary: r.get(8)?,
+                events: r.get(9)?,
+                duplicates: r.get(10)?,
+                muted_by: r.get(11)?,
+                last_notice_id: r.get(12)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Notices in decision order.
+    pub fn notices(&self) -> Result<Vec<NoticeRow>, AlertError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, created_at, kind, route, group_key, receiver, status, firing, resolved, payload \
+             FROM alert_notices ORDER BY id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(NoticeRow {
+                id: r.get(0)?,
+                created_at: Timestamp(r.get(1)?),
+                kind: r.get(2)?,
+                route: r.get(3)?,
+                group_key: r.get(4)?,
+                receiver: r.get(5)?,
+                status: r.get(6)?,
+                firing: r.get(7)?,
+                resolved: r.get(8)?,
+                payload: r.get(9)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Deliveries in decision order; `state` filters.
+    pub fn deliveries(&self, state: Option<&str>) -> Result<Vec<DeliveryRow>, AlertError> {
+        let sql = format!(
+            "SELECT {DELIVERY_COLUMNS} FROM alert_deliveries WHERE ?1 IS NULL OR state = ?1 ORDER BY id"
+        );
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = stmt.query_map(params![state], delivery_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn delivery(&self, id: i64) -> Result<Option<DeliveryRow>, AlertError> {
+        let sql = format!("SELECT {DELIVERY_COLUMNS} FROM alert_deliveries WHERE id = ?1");
+        Ok(self
+            .conn
+            .query_row(&sql, [id], delivery_from_row)
+            .optional()?)
+    }
+
+    /// Every state change of one delivery, oldest first.
+    pub fn delivery_events(&self, id: i64) -> Result<Vec<DeliveryEvent>, AlertError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT delivery_id, at, state, detail FROM alert_delivery_events WHERE delivery_id = ?1 ORDER BY id",
+        )?;
+        let rows = stmt.query_map([id], |r| {
+            Ok(DeliveryEvent {
+                delivery_id: r.get(0)?,
+                at: Timestamp(r.get(1)?),
+                state: r.get(2)?,
+                detail: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Silences; without `all`, only those not expired by hand.
+    pub fn silences(&self, all: bool) -> Result<Vec<Silence>, AlertError> {
+        load_silences(&self.conn, all)
+    }
+
+    /// Creates a silence; the running router applies it at its next notice decision.
+    pub fn add_silence(
+        &self,
+        matchers: &Matchers,
+        starts_at: Timestamp,
+        ends_at: Timestamp,
+        created_by: &str,
+        comment: &str,
+        now: Timestamp,
+    ) -> Result<i64, AlertError> {
+        if matchers == &Matchers::default() {
+            return Err(AlertError::Invalid(
+                "a silence needs at least one matcher".into(),
+            ));
+        }
+        if ends_at <= starts_at {
+            return Err(AlertError::Invalid(
+                "a silence must end after it starts".into(),
+            ));
+        }
+        let m = serde_json::to_string(matchers).map_err(|e| AlertError::Invalid(e.to_string()))?;
+        self.conn.execute(
+            "INSERT INTO alert_silences (matchers, starts_at, ends_at, created_by, comment, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![m, starts_at.0, ends_at.0, created_by, comment, now.0],
+        )?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    /// Ends a silence now. Errors if it does not exist or was already expired.
+    pub fn expire_silence(&self, id: i64, now: Timestamp) -> Result<(), AlertError> {
+        let n = self.conn.execute(
+            "UPDATE alert_silences SET expired_at = ?2, ends_at = MIN(ends_at, ?2) WHERE id = ?1 AND expired_at IS NULL",
+            params![id, now.0],
+        )?;
+        if n == 0 {
+            return Err(AlertError::Invalid(format!("no active silence {id}")));
+        }
+        Ok(())
+    }
+
+    /// Puts a dead-lettered delivery back in the queue (after the cause was fixed), keeping its idempotency key.
+    pub fn retry_delivery(&self, id: i64, now: Timestamp) -> Result<(), AlertError> {
+        let n = self.conn.execute(
+            "UPDATE alert_deliveries SET state = 'pending', next_attempt_at = ?2, updated_at = ?2, retried_at = ?2 \
+             WHERE id = ?1 AND state IN ('dead', 'undelivered')",
+            params![id, now.0],
+        )?;
+        if n == 0 {
+            return Err(AlertError::Invalid(format!(
+                "delivery {id} is not dead-lettered or undelivered"
+            )));
+        }
+        self.conn.execute(
+            "INSERT INTO alert_delivery_events (delivery_id, at, state, detail) VALUES (?1, ?2, 'pending', 'retried by hand')",
+            params![id, now.0],
+        )?;
+        Ok(())
+    }
+}

@@ -1,0 +1,394 @@
+//! Wording of notices: Vietnamese SMS from a configurable template, e-mail (plain text and HTML) and the
+//! webhook's JSON. Rendered when the notice is decided and stored with each delivery, so what was sent can
+//! always be read back.
+
+use serde_json::json;
+
+use crate::types::Timestamp;
+
+use super::config::SmsConfig;
+use super::gsm;
+use super::model::{Alert, NoticeKind, NoticePayload};
+
+const PLACEHOLDERS: &[&str] = &[
+    "title",
+    "rule",
+    "camera",
+    "camera_id",
+    "ward",
+    "time",
+    "summary",
+    "count",
+    "link",
+    "ref",
+    "more",
+    "severity",
+];
+
+/// Checks that a template's placeholders are known and its braces balanced.
+pub(crate) fn check(template: &str) -> Result<(), String> {
+    let mut rest = template;
+    while let Some(open) = rest.find(['{', '}']) {
+        if rest[open..].starts_with('}') {
+            return Err(format!("unmatched '}}' in {template:?}"));
+        }
+        let after = &rest[open + 1..];
+        let close = after
+            .find('}')
+            .ok_or_else(|| format!("unclosed '{{' in {template:?}"))?;
+        let name = &after[..close];
+        if !PLACEHOLDERS.contains(&name) {
+            return Err(format!(
+                "unknown placeholder {{{name}}} (known: {})",
+                PLACEHOLDERS.join(", ")
+            ));
+        }
+        rest = &after[close + 1..];
+    }
+    Ok(())
+}
+
+fn fill(template: &str, value: impl Fn(&str) -> String) -> String {
+    let mut out = String::with_capacity(template.len() + 64);
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        match after.find('}') {
+            Some(close) => {
+                out.push_str(&value(&after[..close]));
+                rest = &after[close + 1..];
+            }
+            None => {
+                out.push_str(&rest[open..]);
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// A rule family in the operations centre's words.
+pub(crate) fn rule_name(kind: &str) -> &str {
+    match kind {
+        "crowding" => "Tụ tập đông người",
+        "loitering" => "Lảng vảng",
+        "illegal_parking" => "Đỗ xe trái phép",
+        "sidewalk" => "Lấn chiếm vỉa hè",
+        "street_vending" => "Bán hàng rong",
+        "line_crossing" => "Vượt vạch",
+        "wrong_way" => "Đi ngược chiều",
+        other => other,
+    }
+}
+
+/// `HH:MM DD/MM` in local time.
+pub(crate) fn local_time(t: Timestamp, offset_minutes: i32) -> String {
+    let s = t.plus_ms(i64::from(offset_minutes) * 60_000).to_rfc3339();
+    format!("{} {}/{}", &s[11..16], &s[8..10], &s[5..7])
+}
+
+pub(crate) fn snapshot_link(a: &Alert, base: Option<&str>) -> Option<String> {
+    Some(format!("{}{}", base?, a.snapshot_token.as_deref()?))
+}
+
+/// Everything the wording needs besides the payload.
+pub(crate) struct Ctx<'a> {
+    pub notice_id: i64,
+    pub offset_minutes: i32,
+    pub link_base: Option<&'a str>,
+    pub created_at: Timestamp,
+}
+
+fn title(p: &NoticePayload) -> &'static str {
+    match p.firing.first() {
+        Some(a) if a.severity == crate::types::Severity::Critical => "[KHẨN]",
+        Some(_) => "[CẢNH BÁO]",
+        None => "[ĐÃ KẾT THÚC]",
+    }
+}
+
+/// The alert a short notice speaks about: the most severe firing one, else the first resolved.
+fn lead(p: &NoticePayload) -> Option<&Alert> {
+    p.firing
+        .iter()
+        .max_by_key(|a| (a.severity, std::cmp::Reverse(a.started_at)))
+        .or(p.resolved.first())
+}
+
+fn tidy(text: &str) -> String {
+    let mut out = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    for (from, to) in [("..", "."), (" .", "."), ("( ", "("), (" )", ")")] {
+        while out.contains(from) {
+            out = out.replace(from, to);
+        }
+    }
+    out.trim().to_string()
+}
+
+/// The SMS text for one notice, within the receiver's segment budget.
+pub(crate) fn sms_text(cfg: &SmsConfig, p: &NoticePayload, ctx: &Ctx<'_>) -> String {
+    let text = match (p.kind, lead(p)) {
+        (NoticeKind::FloodSummary, _) | (_, None) => flood_sms(p, ctx),
+        (NoticeKind::Alerts, Some(a)) => {
+            let others = p.firing.len() + p.resolved.len() - 1;
+            tidy(&fill(&cfg.template, |name| match name {
+                "title" => title(p).to_string(),
+                "rule" => rule_name(&a.kind).to_string(),
+                "camera" => a.camera_name.clone(),
+                "camera_id" => a.camera.clone(),
+                "ward" => a.ward.clone(),
+                "time" => local_time(
+                    if a.firing() {
+                        a.started_at
+                    } else {
+                        a.updated_at
+                    },
+                    ctx.offset_minutes,
+                ),
+                "summary" => a.summary.clone(),
+                "count" => a.count.to_string(),
+                "link" => snapshot_link(a, ctx.link_base).unwrap_or_default(),
+                "ref" => ctx.notice_id.to_string(),
+                "more" if others > 0 => format!(" (+{others} khác)"),
+                "severity" => a.severity.as_str().to_string(),
+                _ => String::new(),
+            }))
+        }
+    };
+    let text = if cfg.strip_diacritics {
+        gsm::strip_diacritics(&text)
+    } else {
+        text
+    };
+    gsm::truncate_to_segments(&text, cfg.max_segments)
+}
+
+fn wards(p: &NoticePayload) -> String {
+    p.held_by_ward
+        .iter()
+        .map(|(w, n)| format!("{w}: {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn flood_sms(p: &NoticePayload, ctx: &Ctx<'_>) -> String {
+    format!(
+        "[CẢNH BÁO] Chống tràn: {} thông báo khác từ {} chưa gửi ({}). Xem trung tâm chỉ huy. #{}",
+        p.held,
+        local_time(p.held_since.unwrap_or(ctx.created_at), ctx.offset_minutes),
+        wards(p),
+        ctx.notice_id
+    )
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// E-mail subject, plain-text and HTML bodies, and the snapshots to attach.
+pub(crate) fn email(p: &NoticePayload, ctx: &Ctx<'_>) -> serde_json::Value {
+    let subject = match (p.kind, lead(p)) {
+        (NoticeKind::FloodSummary, _) | (_, None) => {
+            format!(
+                "[streetwatch] Chống tràn: {} thông báo chưa gửi #{}",
+                p.held, ctx.notice_id
+            )
+        }
+        (NoticeKind::Alerts, Some(a)) => {
+            let n = p.firing.len() + p.resolved.len();
+            let more = if n > 1 {
+                format!(" (+{} khác)", n - 1)
+            } else {
+                String::new()
+            };
+            format!(
+                "[streetwatch] {} {}: {} (P. {}){more} #{}",
+                title(p),
+                rule_name(&a.kind),
+                a.camera_name,
+                a.ward,
+                ctx.notice_id
+            )
+        }
+    };
+    let mut text = String::new();
+    let mut html = String::from("<html><body style=\"font-family:sans-serif\">");
+    html.push_str(&format!("<h2>{}</h2>", html_escape(&subject)));
+    if p.kind == NoticeKind::FloodSummary {
+        let line = format!(
+            "Chống tràn: {} thông báo khác từ {} chưa được gửi. Theo phường: {}.",
+            p.held,
+            local_time(p.held_since.unwrap_or(ctx.created_at), ctx.offset_minutes),
+            wards(p)
+        );
+        text.push_str(&line);
+        text.push('\n');
+        html.push_str(&format!("<p>{}</p>", html_escape(&line)));
+    }
+    for (heading, alerts) in [("Đang diễn ra", &p.firing), ("Đã kết thúc", &p.resolved)] {
+        if alerts.is_empty() {
+            continue;
+        }
+        text.push_str(&format!("{heading}:\n"));
+        html.push_str(&format!(
+            "<h3>{heading}</h3><table border=\"1\" cellpadding=\"4\" style=\"border-collapse:collapse\">\
+             <tr><th>Thời gian</th><th>Camera</th><th>Phường</th><th>Loại</th><th>Mức</th><th>Mô tả</th><th>Ảnh</th></tr>"
+        ));
+        for a in alerts.iter() {
+            let link = snapshot_link(a, ctx.link_base);
+            text.push_str(&format!(
+                "- {} | {} ({}) | P. {} | {} | {} | {}{}\n  mã sự cố: {}\n",
+                local_time(a.started_at, ctx.offset_minutes),
+                a.camera_name,
+                a.camera,
+                a.ward,
+                rule_name(&a.kind),
+                a.severity.as_str(),
+                a.summary,
+                link.as_ref()
+                    .map(|l| format!(" | ảnh: {l}"))
+                    .unwrap_or_default(),
+                a.key
+            ));
+            html.push_str(&format!(
+                "<tr><td>{}</td><td>{} <small>({})</small></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                local_time(a.started_at, ctx.offset_minutes),
+                html_escape(&a.camera_name),
+                html_escape(&a.camera),
+                html_escape(&a.ward),
+                rule_name(&a.kind),
+                a.severity.as_str(),
+                html_escape(&a.summary),
+                link.map(|l| format!("<a href=\"{0}\">{0}</a>", html_escape(&l))).unwrap_or_default()
+            ));
+        }
+        html.push_str("</table>");
+    }
+    text.push_str(&format!("\nThông báo #{} — streetwatch\n", ctx.notice_id));
+    html.push_str(&format!(
+        "<p><small>Thông báo #{} — streetwatch</small></p></body></html>",
+        ctx.notice_id
+    ));
+    // At most three snapshots: enough to see the scene, small enough for a phone's mail client.
+    let attachments: Vec<&str> = p
+        .firing
+        .iter()
+        .filter_map(|a| a.snapshot.as_deref())
+        .take(3)
+        .collect();
+    json!({ "subject": subject, "text": text, "html": html, "attachments": attachments })
+}
+
+/// The webhook's JSON document.
+pub(crate) fn webhook(p: &NoticePayload, ctx: &Ctx<'_>) -> serde_json::Value {
+    let alert = |a: &Alert| {
+        json!({
+            "key": a.key, "status": if a.firing() { "firing" } else { "resolved" },
+            "camera": a.camera, "camera_name": a.camera_name, "ward": a.ward, "rule": a.rule, "zone": a.zone,
+            "kind": a.kind, "severity": a.severity, "summary": a.summary, "count": a.count,
+            "started_at": a.started_at.to_rfc3339(), "ended_at": a.ended_at.map(|t| t.to_rfc3339()),
+            "snapshot_url": snapshot_link(a, ctx.link_base),
+        })
+    };
+    json!({
+        "notice_id": ctx.notice_id,
+        "kind": p.kind.as_str(),
+        "status": if p.firing.is_empty() { "resolved" } else { "firing" },
+        "created_at": ctx.created_at.to_rfc3339(),
+        "group_key": p.group_key,
+        "group_labels": p.group_labels,
+        "alerts": p.firing.iter().chain(p.resolved.iter()).map(alert).collect::<Vec<_>>(),
+        "held": p.held,
+        "held_by_ward": p.held_by_ward,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alert::config::AlertConfig;
+    use crate::types::Severity;
+    use std::collections::BTreeMap;
+
+    fn alert() -> Alert {
+        Alert {
+            key: "d1-nh-03/plaza-crowd/plaza/1795000000000".into(),
+            camera: "d1-nh-03".into(),
+            camera_name: "Nguyễn Huệ / Lê Lợi".into(),
+            ward: "Bến Nghé".into(),
+            rule: "plaza-crowd".into(),
+            zone: "plaza".into(),
+            kind: "crowding".into(),
+            severity: Severity::Warning,
+            started_at: Timestamp(1_795_000_000_000),
+            updated_at: Timestamp(1_795_000_000_000),
+            ended_at: None,
+            summary: "7 người trong vùng 45 giây".into(),
+            count: 7,
+            snapshot: None,
+            snapshot_token: Some("3fa2c1d0e9b8".into()),
+        }
+    }
+
+    fn sms_cfg(strip: bool) -> SmsConfig {
+        let toml = format!(
+            "[[receivers]]\nname = \"p\"\n[receivers.sms]\nurl = \"http://x/\"\nusername = \"u\"\npassword = \"p\"\n\
+             numbers = [\"0901234567\"]\nstrip_diacritics = {strip}\n"
+        );
+        AlertConfig::from_toml(&toml).unwrap().receivers[0]
+            .sms
+            .clone()
+            .unwrap()
+    }
+
+    fn payload() -> NoticePayload {
+        NoticePayload {
+            kind: NoticeKind::Alerts,
+            group_key: "g".into(),
+            group_labels: BTreeMap::new(),
+            firing: vec![alert()],
+            resolved: vec![],
+            held: 0,
+            held_since: None,
+            held_by_ward: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn templates_are_checked() {
+        assert!(check("{title} {ward}").is_ok());
+        assert!(check("{nope}").unwrap_err().contains("nope"));
+        assert!(check("{title").is_err());
+        assert!(check("a}").is_err());
+    }
+
+    #[test]
+    fn vietnamese_sms_and_its_stripped_form_fits_one_segment() {
+        let ctx = Ctx {
+            notice_id: 42,
+            offset_minutes: 420,
+            link_base: Some("https://sw.q1.vn/s/"),
+            created_at: Timestamp(1_795_000_000_000),
+        };
+        let full = sms_text(&sms_cfg(false), &payload(), &ctx);
+        assert_eq!(
+            full,
+            "[CẢNH BÁO] Tụ tập đông người: Nguyễn Huệ / Lê Lợi (P. Bến Nghé) 18:06 18/11. \
+             7 người trong vùng 45 giây. https://sw.q1.vn/s/3fa2c1d0e9b8 #42"
+        );
+        assert_eq!(gsm::segments(&full).alphabet, gsm::Alphabet::Ucs2);
+        assert_eq!(gsm::segments(&full).count, 3);
+        let plain = sms_text(&sms_cfg(true), &payload(), &ctx);
+        assert!(
+            plain.starts_with("[CANH BAO] Tu tap dong nguoi: Nguyen Hue / Le Loi (P. Ben Nghe)"),
+            "{plain}"
+        );
+        let s = gsm::segments(&plain);
+        assert_eq!((s.alphabet, s.count), (gsm::Alphabet::Gsm7, 1), "{plain}");
+    }
+}
