@@ -1,0 +1,205 @@
+//! SMS through a real Kannel (bearerbox + smsbox + fakesmsc): what the phone would get, its segment count,
+//! delivery reports, and the gateway's refusals.
+
+#[path = "support/alert_peers.rs"]
+mod peers;
+#[path = "support/alert_util.rs"]
+mod util;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use peers::{KANNEL_PASS, KANNEL_USER, Kannel};
+use streetwatch::alert::{AlertConfig, AlertService, Store, gsm};
+use streetwatch::types::SystemClock;
+use tempfile::TempDir;
+use util::{opened, settled, snapshot_jpeg, wait_deliveries};
+
+fn sms_receiver(name: &str, url: &str, password: &str, numbers: &[&str], strip: bool) -> String {
+    format!(
+        r#"
+[[receivers]]
+name = "{name}"
+[receivers.sms]
+url = "{url}"
+username = "{KANNEL_USER}"
+password = "{password}"
+numbers = {numbers:?}
+sender = "CAQ1"
+strip_diacritics = {strip}
+max_segments = 4
+"#
+    )
+}
+
+const FAST: &str = r#"
+snapshot_base_url = "https://sw.q1.vn/s/"
+[dlr]
+listen = "127.0.0.1:0"
+[retry]
+initial_backoff = "100ms"
+max_backoff = "400ms"
+"#;
+
+#[test]
+fn vietnamese_sms_arrives_whole_with_its_segment_count_and_delivery_report() {
+    let kannel = Kannel::start();
+    let dir = TempDir::new().unwrap();
+    let db = dir.path().join("sw.db");
+    let url = kannel.sendsms_url();
+    let cfg = format!(
+        "{FAST}{}{}\n[route]\nreceiver = \"post-ucs2\"\ngroup_wait = \"0s\"\n[[route.routes]]\nreceiver = \"post-ucs2\"\ncontinue = true\n[[route.routes]]\nreceiver = \"post-plain\"\n",
+        sms_receiver("post-ucs2", &url, KANNEL_PASS, &["0901 234 567"], false),
+        sms_receiver("post-plain", &url, KANNEL_PASS, &["0912345678"], true),
+    );
+    let alert = AlertService::start(
+        AlertConfig::from_toml(&cfg).unwrap(),
+        &db,
+        Arc::new(SystemClock),
+    )
+    .unwrap();
+    alert.submit(opened(
+        "d1-nh-03",
+        "Bến Nghé",
+        Some(&snapshot_jpeg(dir.path())),
+    ));
+
+    let got = kannel.wait_received(2, Duration::from_secs(20));
+    let rows = wait_deliveries(
+        &db,
+        Duration::from_secs(20),
+        "both SMS delivered (report 1)",
+        |r| r.len() == 2 && r.iter().all(|d| d.state == "delivered"),
+    );
+    for d in &rows {
+        let sms = got
+            .iter()
+            .find(|s| s.to == d.target)
+            .unwrap_or_else(|| panic!("no SMS to {}: {got:?}", d.target));
+        let seg = gsm::segments(&d.body);
+        assert_eq!(
+            sms.text(),
+            d.body,
+            "the phone gets exactly the text decided"
+        );
+        assert_eq!(sms.parts, seg.count, "parts on the air = segments counted");
+        assert_eq!(Some(seg.count as i64), d.segments);
+        assert_eq!(sms.ucs2, seg.alphabet == gsm::Alphabet::Ucs2);
+        assert_eq!(sms.from, "CAQ1");
+        assert!(
+            d.body.contains("https://sw.q1.vn/s/"),
+            "short link to the snapshot: {}",
+            d.body
+        );
+        assert!(d.body.ends_with(&format!("#{}", d.notice_id)), "{}", d.body);
+    }
+    let ucs2 = rows.iter().find(|d| d.target == "+84901234567").unwrap();
+    assert!(
+        ucs2.body
+            .starts_with("[CẢNH BÁO] Tụ tập đông người: Nguyễn Huệ / Lê Lợi (P. Bến Nghé)"),
+        "{}",
+        ucs2.body
+    );
+    assert!(
+        gsm::segments(&ucs2.body).count > 1,
+        "Vietnamese with diacritics needs UCS-2 and several parts"
+    );
+    let plain = rows.iter().find(|d| d.target == "+84912345678").unwrap();
+    assert!(
+        plain
+            .body
+            .starts_with("[CANH BAO] Tu tap dong nguoi: Nguyen Hue / Le Loi (P. Ben Nghe)"),
+        "{}",
+        plain.body
+    );
+    assert_eq!(
+        (gsm::segments(&plain.body).alphabet, plain.segments),
+        (gsm::Alphabet::Gsm7, Some(1))
+    );
+
+    let events = Store::open(&db).unwrap().delivery_events(ucs2.id).unwrap();
+    let states: Vec<&str> = events.iter().map(|e| e.state.as_str()).collect();
+    assert_eq!(
+        &states[..3],
+        ["pending", "sending", "accepted"],
+        "{events:?}"
+    );
+    assert!(events.iter().any(
+        |e| e.state == "delivered" && e.detail.as_deref().unwrap_or("").starts_with("report 1")
+    ));
+    assert!(
+        events[2]
+            .detail
+            .as_deref()
+            .unwrap_or("")
+            .contains("0: Accepted for delivery"),
+        "{events:?}"
+    );
+    alert.shutdown();
+}
+
+#[test]
+fn bad_credentials_and_a_denied_number_are_dead_lettered_without_retries() {
+    let kannel = Kannel::start();
+    let dir = TempDir::new().unwrap();
+    let db = dir.path().join("sw.db");
+    let url = kannel.sendsms_url();
+    let cfg = format!(
+        "{FAST}{}{}\n[route]\nreceiver = \"post\"\ngroup_wait = \"0s\"\n[[route.routes]]\nreceiver = \"post\"\ncontinue = true\n[[route.routes]]\nreceiver = \"wrong-pass\"\n",
+        // The first number is on the gateway's black list.
+        sms_receiver(
+            "post",
+            &url,
+            KANNEL_PASS,
+            &["0900000123", "0901234567"],
+            true
+        ),
+        sms_receiver(
+            "wrong-pass",
+            &url,
+            "not-the-password",
+            &["0987654321"],
+            true
+        ),
+    );
+    let alert = AlertService::start(
+        AlertConfig::from_toml(&cfg).unwrap(),
+        &db,
+        Arc::new(SystemClock),
+    )
+    .unwrap();
+    alert.submit(opened("d1-nh-03", "Bến Nghé", None));
+    wait_deliveries(
+        &db,
+        Duration::from_secs(20),
+        "three settled deliveries",
+        |r| r.len() == 3 && r.iter().all(settled),
+    );
+    // Long enough for several retries had any been scheduled (backoff starts at 100 ms).
+    std::thread::sleep(Duration::from_millis(1500));
+    let rows = Store::open(&db).unwrap().deliveries(None).unwrap();
+    let by = |t: &str| rows.iter().find(|d| d.target == t).unwrap();
+    let denied = by("+84900000123");
+    assert_eq!((denied.state.as_str(), denied.attempts), ("dead", 1));
+    assert!(
+        denied.last_error.as_deref().unwrap().contains("400")
+            && denied.last_error.as_deref().unwrap().contains("denied"),
+        "{denied:?}"
+    );
+    let auth = by("+84987654321");
+    assert_eq!((auth.state.as_str(), auth.attempts), ("dead", 1));
+    assert_eq!(
+        auth.last_error.as_deref(),
+        Some("HTTP 403: Authorization failed for sendsms")
+    );
+    let ok = by("+84901234567");
+    assert!(
+        matches!(ok.state.as_str(), "accepted" | "delivered"),
+        "{ok:?}"
+    );
+    assert_eq!(ok.attempts, 1);
+    let got = kannel.received();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].to, "+84901234567");
+    alert.shutdown();
+}

@@ -1,0 +1,89 @@
+//! Helpers shared by the alert integration tests: incidents, a snapshot JPEG, and polling the outbox.
+
+#![allow(dead_code)] // each test binary includes this file and uses what it needs
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use streetwatch::alert::{DeliveryRow, Store};
+use streetwatch::types::{
+    CameraId, Clock, IncidentEvent, IncidentKey, IncidentPhase, RuleKind, Severity, SystemClock,
+};
+
+/// An opened crowding incident at the current time on `camera` in `ward`.
+pub fn opened(camera: &str, ward: &str, snapshot: Option<&Path>) -> IncidentEvent {
+    let now = SystemClock.now();
+    IncidentEvent {
+        key: IncidentKey {
+            camera: CameraId::new(camera),
+            rule: "plaza-crowd".into(),
+            zone: "plaza".into(),
+            episode: now,
+        },
+        phase: IncidentPhase::Opened,
+        at: now,
+        kind: RuleKind::Crowding,
+        severity: Severity::Warning,
+        camera_name: "Nguyễn Huệ / Lê Lợi".into(),
+        ward: ward.into(),
+        summary: "7 người trong vùng 45 giây".into(),
+        count: 7,
+        snapshot: snapshot.map(|p| p.display().to_string()),
+    }
+}
+
+/// Writes a small JPEG (a gradient) as an incident snapshot.
+pub fn snapshot_jpeg(dir: &Path) -> PathBuf {
+    let img = image::RgbImage::from_fn(96, 64, |x, y| {
+        image::Rgb([(x * 2) as u8, (y * 3) as u8, 128])
+    });
+    let path = dir.join("snapshot.jpg");
+    img.save(&path).unwrap();
+    path
+}
+
+/// Polls the outbox until `done` holds for the deliveries, or panics after `timeout` showing them.
+pub fn wait_deliveries(
+    db: &Path,
+    timeout: Duration,
+    what: &str,
+    done: impl Fn(&[DeliveryRow]) -> bool,
+) -> Vec<DeliveryRow> {
+    let store = Store::open(db).unwrap();
+    let deadline = Instant::now() + timeout;
+    loop {
+        let rows = store.deliveries(None).unwrap();
+        if done(&rows) {
+            return rows;
+        }
+        if Instant::now() > deadline {
+            let dump: Vec<String> = rows
+                .iter()
+                .map(|d| {
+                    format!(
+                        "#{} {} {} {} tries={} err={:?} reply={:?}",
+                        d.id,
+                        d.channel,
+                        d.target,
+                        d.state,
+                        d.attempts,
+                        d.last_error,
+                        d.gateway_reply
+                    )
+                })
+                .collect();
+            panic!(
+                "timed out after {timeout:?} waiting for {what}; deliveries:\n{}",
+                dump.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+pub fn settled(d: &DeliveryRow) -> bool {
+    matches!(
+        d.state.as_str(),
+        "accepted" | "queued" | "delivered" | "undelivered" | "dead"
+    )
+}
