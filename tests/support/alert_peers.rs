@@ -423,6 +423,9 @@ pub struct Smtp {
     child: Option<Child>,
 }
 
+/// Debian's interpreter, the one python3-aiosmtpd installs into (a pyenv `python3` on PATH lacks it).
+const PYTHON: &str = "/usr/bin/python3";
+
 pub const SMTP_USER: &str = "alerts@q1.police.vn";
 pub const SMTP_PASS: &str = "mail-s3cret";
 
@@ -441,12 +444,12 @@ fn openssl(dir: &Path, args: &[&str]) {
 
 impl Smtp {
     pub fn start() -> Self {
-        let probe = Command::new("python3")
+        let probe = Command::new(PYTHON)
             .args(["-c", "import aiosmtpd"])
             .output();
         assert!(
             probe.as_ref().is_ok_and(|o| o.status.success()),
-            "python3 with aiosmtpd is missing: install the Debian package python3-aiosmtpd (scripts/setup.sh does)"
+            "{PYTHON} with aiosmtpd is missing: install the Debian package python3-aiosmtpd (scripts/setup.sh does)"
         );
         let dir = TempDir::new().unwrap();
         let d = dir.path();
@@ -511,7 +514,7 @@ impl Smtp {
         );
         let port = free_port();
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/smtp_server.py");
-        let mut child = Command::new("python3")
+        let mut child = Command::new(PYTHON)
             .arg(script)
             .args([
                 "--port",
@@ -555,7 +558,7 @@ impl Smtp {
             return Vec::new();
         }
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/read_mail.py");
-        let out = Command::new("python3")
+        let out = Command::new(PYTHON)
             .arg(script)
             .arg(&maildir)
             .output()
