@@ -48,10 +48,10 @@ impl FootageServer {
                     points.add_factory(&format!("/{}", mount.trim_start_matches('/')), factory);
                 }
                 match server.attach(Some(&ctx)) {
-                    Ok(id) => {
+                    // The source lives in this thread's private context and goes with it.
+                    Ok(_source) => {
                         let _ = tx.send(Ok((server.bound_port() as u16, main_loop.clone())));
                         main_loop.run();
-                        id.remove();
                     }
                     Err(e) => {
                         let _ = tx.send(Err(format!("cannot listen on 127.0.0.1:{port}: {e}")));

@@ -62,6 +62,8 @@ enum Outcome {
     Stopped,
     /// A file reached its end and files do not loop.
     Finished,
+    /// The server ended a stream that had been delivering frames: reconnect promptly.
+    Ended,
     Failed(String),
 }
 
@@ -71,15 +73,19 @@ pub fn supervise(task: CameraTask, ctx: Arc<Context>) {
     loop {
         health.set_state(StreamState::Connecting);
         let started = Instant::now();
-        match run_once(&task, &ctx) {
+        let outcome = run_once(&task, &ctx);
+        match outcome {
             Outcome::Stopped => break,
             Outcome::Finished => {
                 tracing::info!(camera = %health.camera, "footage finished");
                 break;
             }
-            Outcome::Failed(reason) => {
-                let reason = redact(&reason, &task.spec.source);
-                if started.elapsed() >= ctx.backoff.reset_after {
+            Outcome::Ended | Outcome::Failed(_) => {
+                let (reason, healthy) = match outcome {
+                    Outcome::Failed(r) => (redact(&r, &task.spec.source), started.elapsed() >= ctx.backoff.reset_after),
+                    _ => ("the server ended the stream".to_string(), true),
+                };
+                if healthy {
                     attempt = 0;
                 }
                 let delay = ctx.backoff.delay(attempt);
@@ -160,7 +166,8 @@ fn watch(task: &CameraTask, ctx: &Context, pipeline: &gst::Pipeline, last_frame:
                     }
                 }
                 gst::MessageView::Eos(_) if is_file => return Outcome::Finished,
-                gst::MessageView::Eos(_) => return Outcome::Failed("the server ended the stream".into()),
+                gst::MessageView::Eos(_) if last_frame.load(Ordering::Relaxed) >= 0 => return Outcome::Ended,
+                gst::MessageView::Eos(_) => return Outcome::Failed("the server ended the stream before any frame".into()),
                 _ => {}
             }
         }

@@ -1,0 +1,100 @@
+//! Shared helpers for integration tests: fixture paths, footage decoding, the model, child processes.
+#![allow(dead_code)] // each test file uses a different subset
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use gstreamer_app as gst_app;
+use gstreamer_video as gst_video;
+
+use streetwatch::infer::{self, ModelManifest};
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn footage(name: &str) -> PathBuf {
+    root().join("fixtures/footage").join(name)
+}
+
+pub fn nanodet() -> Arc<ModelManifest> {
+    infer::init_runtime(&infer::default_runtime_path()).expect("ONNX Runtime (run scripts/setup.sh)");
+    Arc::new(ModelManifest::load(&root().join("models/nanodet_g_416_coco.toml")).expect("NanoDet manifest"))
+}
+
+/// Decodes `file` at `fps` into RGB images `width` wide, with their media time in ms.
+pub fn decode_frames(file: &Path, fps: u32, width: u32) -> Vec<(i64, image::RgbImage)> {
+    gst::init().unwrap();
+    let desc = format!(
+        "filesrc location={} ! qtdemux ! h264parse ! avdec_h264 ! videorate drop-only=true ! video/x-raw,framerate={fps}/1 \
+         ! videoconvert ! videoscale ! video/x-raw,format=RGB,width={width},pixel-aspect-ratio=1/1 ! appsink name=sink sync=false",
+        file.display()
+    );
+    let pipeline = gst::parse::launch(&desc).unwrap().downcast::<gst::Pipeline>().unwrap();
+    let sink = pipeline.by_name("sink").unwrap().dynamic_cast::<gst_app::AppSink>().unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let mut out = Vec::new();
+    while let Ok(sample) = sink.pull_sample() {
+        let info = gst_video::VideoInfo::from_caps(sample.caps().unwrap()).unwrap();
+        let buf = sample.buffer().unwrap();
+        let map = buf.map_readable().unwrap();
+        let (w, h, stride) = (info.width() as usize, info.height() as usize, info.stride()[0] as usize);
+        let mut px = Vec::with_capacity(w * h * 3);
+        for row in 0..h {
+            px.extend_from_slice(&map[row * stride..row * stride + w * 3]);
+        }
+        let ms = buf.pts().map_or(0, |p| p.mseconds() as i64);
+        out.push((ms, image::RgbImage::from_raw(w as u32, h as u32, px).unwrap()));
+    }
+    pipeline.set_state(gst::State::Null).unwrap();
+    out
+}
+
+/// A child process killed on drop.
+pub struct ChildGuard(pub Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `streetwatch serve-footage` in its own process, so a test can kill or freeze the server.
+pub fn serve_footage(port: u16, mounts: &[(&str, &Path)]) -> (ChildGuard, u16) {
+    use std::io::BufRead;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_streetwatch"));
+    cmd.arg("serve-footage").arg("--port").arg(port.to_string());
+    for (m, f) in mounts {
+        cmd.arg(format!("{m}={}", f.display()));
+    }
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("spawn serve-footage");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let mut port = 0;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if line == "ready" {
+            break;
+        }
+        port = line.rsplit_once(':').unwrap().1.split('/').next().unwrap().parse().unwrap();
+    }
+    assert_ne!(port, 0, "serve-footage did not start");
+    (ChildGuard(child), port)
+}
+
+/// Polls `cond` every 50 ms until it holds or `limit` passes; returns whether it held.
+pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cond()
+}
