@@ -11,7 +11,7 @@ pub use crowding::{Crowding, CrowdingParams, Transition};
 pub use geometry::Polygon;
 pub use snapshot::{SnapshotRequest, render as render_snapshot};
 
-use crate::config::{CameraConfig, RuleConfig};
+use crate::config::CameraConfig;
 use crate::frame::Frame;
 use crate::infer::Detection;
 use crate::pool::Analyser;
@@ -61,16 +61,16 @@ impl CameraAnalyser {
             .rules
             .iter()
             .map(|r| {
-                let RuleConfig::Crowding { id, zone, min_people, min_seconds, clear_seconds, severity } = r;
+                let min_people = r.min_people.expect("validated by config");
                 Rule {
-                    id: id.get_ref().clone(),
-                    zone: zones.iter().position(|z| &z.id == zone.get_ref()).expect("validated by config"),
-                    severity: *severity,
-                    min_people: *min_people,
+                    id: r.id.get_ref().clone(),
+                    zone: zones.iter().position(|z| &z.id == r.zone.get_ref()).expect("validated by config"),
+                    severity: r.severity,
+                    min_people,
                     state: Crowding::new(CrowdingParams {
-                        min_people: *min_people,
-                        min_ms: (min_seconds * 1000.0) as i64,
-                        clear_ms: (clear_seconds * 1000.0) as i64,
+                        min_people,
+                        min_ms: (r.min_seconds * 1000.0) as i64,
+                        clear_ms: (r.clear_seconds * 1000.0) as i64,
                         update_every_ms: 30_000,
                     }),
                 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::types::Severity;
+use crate::types::{RuleKind, Severity};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -169,21 +169,22 @@ pub struct ZoneConfig {
     pub polygon: Spanned<Vec<[f32; 2]>>,
 }
 
+/// One rule on one zone. `kind` picks the rule; the fields it needs are checked for that kind.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, tag = "kind", rename_all = "snake_case")]
-pub enum RuleConfig {
-    /// At least `min_people` people stand in the zone for at least `min_seconds`.
-    Crowding {
-        id: Spanned<String>,
-        zone: Spanned<String>,
-        min_people: u32,
-        min_seconds: f32,
-        /// Seconds below the threshold before the incident closes (absorbs missed detections).
-        #[serde(default = "default_clear_seconds")]
-        clear_seconds: f32,
-        #[serde(default = "default_severity")]
-        severity: Severity,
-    },
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    pub kind: RuleKind,
+    pub id: Spanned<String>,
+    pub zone: Spanned<String>,
+    /// crowding: people needed in the zone.
+    pub min_people: Option<u32>,
+    /// How long the condition must hold before an incident opens.
+    pub min_seconds: f32,
+    /// Seconds the condition must be gone before the incident closes (absorbs missed detections).
+    #[serde(default = "default_clear_seconds")]
+    pub clear_seconds: f32,
+    #[serde(default = "default_severity")]
+    pub severity: Severity,
 }
 
 fn default_clear_seconds() -> f32 {
@@ -191,19 +192,6 @@ fn default_clear_seconds() -> f32 {
 }
 fn default_severity() -> Severity {
     Severity::Warning
-}
-
-impl RuleConfig {
-    pub fn id(&self) -> &Spanned<String> {
-        match self {
-            RuleConfig::Crowding { id, .. } => id,
-        }
-    }
-    pub fn zone(&self) -> &Spanned<String> {
-        match self {
-            RuleConfig::Crowding { zone, .. } => zone,
-        }
-    }
 }
 
 /// Where a camera's frames come from, after `${VAR}` expansion and credential extraction.
@@ -402,15 +390,21 @@ impl Validator<'_> {
             }
             let mut rule_ids = HashSet::new();
             for (ri, rule) in cam.rules.iter().enumerate() {
-                if !rule_ids.insert(rule.id().get_ref().as_str()) {
-                    return self.err(rule.id().span(), at(&format!("rules[{ri}].id")), format!("duplicate rule id `{}`", rule.id().get_ref()));
+                let key = |k: &str| at(&format!("rules[{ri}].{k}"));
+                if !rule_ids.insert(rule.id.get_ref().as_str()) {
+                    return self.err(rule.id.span(), key("id"), format!("duplicate rule id `{}`", rule.id.get_ref()));
                 }
-                if !zone_ids.contains(rule.zone().get_ref().as_str()) {
-                    return self.err(rule.zone().span(), at(&format!("rules[{ri}].zone")), format!("no zone `{}` on this camera", rule.zone().get_ref()));
+                if !zone_ids.contains(rule.zone.get_ref().as_str()) {
+                    return self.err(rule.zone.span(), key("zone"), format!("no zone `{}` on this camera", rule.zone.get_ref()));
                 }
-                let RuleConfig::Crowding { id, min_people, min_seconds, clear_seconds, .. } = rule;
-                if *min_people == 0 || *min_seconds < 0.0 || *clear_seconds < 0.0 {
-                    return self.err(id.span(), at(&format!("rules[{ri}]")), "min_people must be ≥ 1 and durations ≥ 0".into());
+                if rule.min_seconds < 0.0 || rule.clear_seconds < 0.0 {
+                    return self.err(rule.id.span(), key("min_seconds"), "durations must be ≥ 0".into());
+                }
+                match rule.kind {
+                    RuleKind::Crowding if rule.min_people.unwrap_or(0) == 0 => {
+                        return self.err(rule.id.span(), key("min_people"), "a crowding rule needs min_people ≥ 1".into());
+                    }
+                    RuleKind::Crowding => {}
                 }
             }
         }
