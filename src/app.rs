@@ -27,7 +27,11 @@ pub struct RunOptions {
 
 impl Default for RunOptions {
     fn default() -> Self {
-        Self { pacing: Pacing::Realtime, loop_files: true, backoff: Backoff::default() }
+        Self {
+            pacing: Pacing::Realtime,
+            loop_files: true,
+            backoff: Backoff::default(),
+        }
     }
 }
 
@@ -43,9 +47,14 @@ pub struct Pipeline {
 
 /// Loads the ONNX Runtime library and the model manifest named by the configuration.
 pub fn load_model(config: &Config) -> anyhow::Result<Arc<ModelManifest>> {
-    let lib = config.runtime.onnxruntime.as_ref().map(|p| config.resolve(p)).unwrap_or_else(infer::default_runtime_path);
+    let lib = config
+        .runtime
+        .onnxruntime
+        .as_ref()
+        .map(|p| config.resolve(p))
+        .unwrap_or_else(infer::default_runtime_path);
     infer::init_runtime(&lib)?;
-    let manifest = ModelManifest::load(&config.resolve(config.runtime.model.get_ref()))?;
+    let manifest = ModelManifest::load(&config.model_path())?;
     Ok(Arc::new(manifest))
 }
 
@@ -57,24 +66,39 @@ pub fn worker_count(config: &Config) -> usize {
 }
 
 impl Pipeline {
-    pub fn start(config: &Config, opts: RunOptions, clock: Arc<dyn Clock>) -> anyhow::Result<Pipeline> {
+    pub fn start(
+        config: &Config,
+        opts: RunOptions,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<Pipeline> {
         let manifest = load_model(config)?;
         let person = manifest
             .class_index("person")
-            .with_context(|| format!("model {} has no `person` label", manifest.name))? as u16;
-        let data_dir = config.resolve(&config.runtime.data_dir);
-        std::fs::create_dir_all(data_dir.join("snapshots")).with_context(|| format!("creating {}", data_dir.display()))?;
+            .with_context(|| format!("model {} has no `person` label", manifest.name))?
+            as u16;
+        let data_dir = config.data_dir();
+        std::fs::create_dir_all(data_dir.join("snapshots"))
+            .with_context(|| format!("creating {}", data_dir.display()))?;
         let db_path = data_dir.join("streetwatch.db");
         let store = Store::open(&db_path)?;
 
-        let health: Vec<Arc<CameraHealth>> =
-            config.cameras.iter().map(|c| Arc::new(CameraHealth::new(CameraId::new(c.id.get_ref())))).collect();
+        let health: Vec<Arc<CameraHealth>> = config
+            .cameras
+            .iter()
+            .map(|c| Arc::new(CameraHealth::new(CameraId::new(c.id.get_ref()))))
+            .collect();
         let (events_tx, events_rx) = crossbeam::channel::unbounded();
         let cameras: Vec<(Arc<CameraHealth>, Box<dyn Analyser>)> = config
             .cameras
             .iter()
             .zip(&health)
-            .map(|(c, h)| (h.clone(), Box::new(CameraAnalyser::new(c, person, events_tx.clone())) as Box<dyn Analyser>))
+            .map(|(c, h)| {
+                (
+                    h.clone(),
+                    Box::new(CameraAnalyser::new(c, person, events_tx.clone()))
+                        as Box<dyn Analyser>,
+                )
+            })
             .collect();
         drop(events_tx);
         let pool_config = PoolConfig {
@@ -83,7 +107,9 @@ impl Pipeline {
             batch_wait: Duration::from_millis(config.runtime.batch_wait_ms),
         };
         let threshold = config.runtime.score_threshold;
-        let (pool, frames) = Pool::start(&pool_config, cameras, || Detector::new(manifest.clone(), pool_config.max_batch, threshold))?;
+        let (pool, frames) = Pool::start(&pool_config, cameras, || {
+            Detector::new(manifest.clone(), pool_config.max_batch, threshold)
+        })?;
         let snapshots = data_dir.join("snapshots");
         let sink = std::thread::Builder::new()
             .name("sw-incidents".into())
@@ -91,7 +117,7 @@ impl Pipeline {
         let ingest = Ingest::start(
             CameraStream::from_config(config, &health),
             IngestOptions {
-                pipelines: config.resolve(&config.runtime.pipelines),
+                pipelines: config.pipelines_dir(),
                 pacing: opts.pacing,
                 loop_files: opts.loop_files,
                 backoff: opts.backoff,
@@ -100,7 +126,14 @@ impl Pipeline {
             clock.clone(),
         )?;
         tracing::info!(cameras = health.len(), workers = pool_config.workers, model = %manifest.name, db = %db_path.display(), "pipeline started");
-        Ok(Pipeline { ingest, pool, sink, health, clock, db_path })
+        Ok(Pipeline {
+            ingest,
+            pool,
+            sink,
+            health,
+            clock,
+            db_path,
+        })
     }
 
     pub fn health(&self) -> Vec<HealthSnapshot> {
@@ -131,13 +164,25 @@ impl Pipeline {
 
 /// Writes snapshots and incident rows and logs each lifecycle event. Runs off the frame path.
 fn incident_sink(events: Receiver<AnalysisEvent>, store: Store, snapshots: PathBuf) {
-    for AnalysisEvent { mut event, snapshot } in events {
+    for AnalysisEvent {
+        mut event,
+        snapshot,
+    } in events
+    {
         if let Some(req) = snapshot {
-            let name = format!("{}_{}_{}.jpg", event.key.camera, event.key.rule, event.key.episode.0);
+            let name = format!(
+                "{}_{}_{}.jpg",
+                event.key.camera, event.key.rule, event.key.episode.0
+            );
             let path = snapshots.join(name);
-            match render_snapshot(req).map_err(anyhow::Error::from).and_then(|jpeg| Ok(std::fs::write(&path, jpeg)?)) {
+            match render_snapshot(req)
+                .map_err(anyhow::Error::from)
+                .and_then(|jpeg| Ok(std::fs::write(&path, jpeg)?))
+            {
                 Ok(()) => event.snapshot = Some(path.display().to_string()),
-                Err(e) => tracing::error!(incident = %event.key, error = %e, "snapshot not written"),
+                Err(e) => {
+                    tracing::error!(incident = %event.key, error = %e, "snapshot not written")
+                }
             }
         }
         if let Err(e) = store.record(&event) {

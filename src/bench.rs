@@ -55,9 +55,18 @@ struct ProcSample {
 fn sample_proc() -> ProcSample {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     // Fields after the command name (which may contain spaces) start after the last ')'.
-    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, r)| r).split_whitespace().collect();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, r)| r)
+        .split_whitespace()
+        .collect();
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let field = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     // utime and stime are fields 14 and 15 of stat; index 11 and 12 after the ')'.
     let cpu_s = (field(11) + field(12)) / ticks;
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -69,7 +78,11 @@ fn sample_proc() -> ProcSample {
             .and_then(|v| v.parse::<f64>().ok())
             .unwrap_or(0.0)
     };
-    ProcSample { cpu_s, rss_mb: get("VmRSS:") / 1024.0, threads: get("Threads:") }
+    ProcSample {
+        cpu_s,
+        rss_mb: get("VmRSS:") / 1024.0,
+        threads: get("Threads:"),
+    }
 }
 
 fn bench_config(opts: &BenchOptions, urls: &[String]) -> anyhow::Result<Config> {
@@ -92,26 +105,59 @@ fn bench_config(opts: &BenchOptions, urls: &[String]) -> anyhow::Result<Config> 
 }
 
 pub fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
-    anyhow::ensure!(opts.cameras > 0 && opts.seconds > 0, "--cameras and --seconds must be positive");
-    let footage = std::fs::canonicalize(&opts.footage).with_context(|| format!("footage {}", opts.footage.display()))?;
-    let server = if opts.rtsp { Some(FootageServer::start(&[("bench".into(), footage.clone())], 0)?) } else { None };
+    anyhow::ensure!(
+        opts.cameras > 0 && opts.seconds > 0,
+        "--cameras and --seconds must be positive"
+    );
+    let footage = std::fs::canonicalize(&opts.footage)
+        .with_context(|| format!("footage {}", opts.footage.display()))?;
+    let server = if opts.rtsp {
+        Some(FootageServer::start(
+            &[("bench".into(), footage.clone())],
+            0,
+        )?)
+    } else {
+        None
+    };
     let urls: Vec<String> = (0..opts.cameras)
-        .map(|_| server.as_ref().map_or_else(|| footage.display().to_string(), |s| s.url("bench")))
+        .map(|_| {
+            server
+                .as_ref()
+                .map_or_else(|| footage.display().to_string(), |s| s.url("bench"))
+        })
         .collect();
     let config = bench_config(opts, &urls)?;
     crate::app::load_model(&config)?;
     let before = sample_proc();
-    let pipeline = Pipeline::start(&config, RunOptions { pacing: Pacing::Realtime, ..RunOptions::default() }, Arc::new(SystemClock))?;
+    let pipeline = Pipeline::start(
+        &config,
+        RunOptions {
+            pacing: Pacing::Realtime,
+            ..RunOptions::default()
+        },
+        Arc::new(SystemClock),
+    )?;
 
     // Warm up: every camera streaming (or 20 s), then measure from a clean slate.
     let warm = Instant::now();
-    while warm.elapsed() < Duration::from_secs(20) && !pipeline.camera_health().iter().all(|h| h.state() == StreamState::Streaming) {
+    while warm.elapsed() < Duration::from_secs(20)
+        && !pipeline
+            .camera_health()
+            .iter()
+            .all(|h| h.state() == StreamState::Streaming)
+    {
         std::thread::sleep(Duration::from_millis(100));
     }
     let totals = |p: &Pipeline| {
-        p.camera_health().iter().fold((0u64, 0u64, 0u64), |(d, a, x), h| {
-            (d + h.frames_decoded.load(Ordering::Relaxed), a + h.frames_analysed.load(Ordering::Relaxed), x + h.frames_dropped.load(Ordering::Relaxed))
-        })
+        p.camera_health()
+            .iter()
+            .fold((0u64, 0u64, 0u64), |(d, a, x), h| {
+                (
+                    d + h.frames_decoded.load(Ordering::Relaxed),
+                    a + h.frames_analysed.load(Ordering::Relaxed),
+                    x + h.frames_dropped.load(Ordering::Relaxed),
+                )
+            })
     };
     pipeline.stats().inference_ms.reset();
     pipeline.stats().latency_ms.reset();
@@ -156,7 +202,11 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
         threads_per_stream: round2((end_proc.threads - before.threads) / n),
     };
     let batch = stats.mean_batch();
-    let restarts: u64 = pipeline.camera_health().iter().map(|h| h.restarts.load(Ordering::Relaxed)).sum();
+    let restarts: u64 = pipeline
+        .camera_health()
+        .iter()
+        .map(|h| h.restarts.load(Ordering::Relaxed))
+        .sum();
     pipeline.shutdown();
     drop(server);
     if !opts.json || std::io::IsTerminal::is_terminal(&std::io::stderr()) {
@@ -165,23 +215,61 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
             report.cameras,
             report.seconds,
             footage.file_name().and_then(|n| n.to_str()).unwrap_or("?"),
-            if opts.rtsp { "RTSP/TCP on loopback" } else { "file" },
+            if opts.rtsp {
+                "RTSP/TCP on loopback"
+            } else {
+                "file"
+            },
             opts.fps,
-            if opts.keyframe_only { ", keyframes only" } else { "" },
+            if opts.keyframe_only {
+                ", keyframes only"
+            } else {
+                ""
+            },
             crate::app::worker_count(&config),
             opts.max_batch,
             std::thread::available_parallelism().map_or(1, |n| n.get()),
         );
     }
     let lines = [
-        ("frames decoded/s", format!("{:.1}", report.frames_decoded_per_s)),
-        ("frames analysed/s", format!("{:.1}", report.frames_analysed_per_s)),
-        ("inference ms p50 / p99", format!("{:.1} / {:.1} (mean batch {batch:.2})", report.inference_ms_p50, report.inference_ms_p99)),
-        ("latency ms p50 / p99", format!("{:.1} / {:.1} (capture to detections)", report.latency_ms_p50, report.latency_ms_p99)),
-        ("dropped frames", format!("{} (pool busy)", report.dropped_frames)),
+        (
+            "frames decoded/s",
+            format!("{:.1}", report.frames_decoded_per_s),
+        ),
+        (
+            "frames analysed/s",
+            format!("{:.1}", report.frames_analysed_per_s),
+        ),
+        (
+            "inference ms p50 / p99",
+            format!(
+                "{:.1} / {:.1} (mean batch {batch:.2})",
+                report.inference_ms_p50, report.inference_ms_p99
+            ),
+        ),
+        (
+            "latency ms p50 / p99",
+            format!(
+                "{:.1} / {:.1} (capture to detections)",
+                report.latency_ms_p50, report.latency_ms_p99
+            ),
+        ),
+        (
+            "dropped frames",
+            format!("{} (pool busy)", report.dropped_frames),
+        ),
         ("CPU", format!("{:.1} % of one core", report.cpu_percent)),
-        ("RSS per stream", format!("{:.1} MB (incl. the in-process RTSP server and model sessions, amortised)", report.rss_mb_per_stream)),
-        ("threads per stream", format!("{:.1}", report.threads_per_stream)),
+        (
+            "RSS per stream",
+            format!(
+                "{:.1} MB (incl. the in-process RTSP server and model sessions, amortised)",
+                report.rss_mb_per_stream
+            ),
+        ),
+        (
+            "threads per stream",
+            format!("{:.1}", report.threads_per_stream),
+        ),
         ("stream restarts", restarts.to_string()),
     ];
     for (k, v) in lines {

@@ -35,13 +35,18 @@ impl Frame {
 
     /// A tightly packed copy (for snapshots, which are rare).
     pub fn to_rgb_image(&self) -> image::RgbImage {
-        let (w, h, stride) = (self.width as usize, self.height as usize, self.stride as usize);
+        let (w, h, stride) = (
+            self.width as usize,
+            self.height as usize,
+            self.stride as usize,
+        );
         let src = self.rgb();
         let mut out = Vec::with_capacity(w * h * 3);
         for row in 0..h {
             out.extend_from_slice(&src[row * stride..row * stride + w * 3]);
         }
-        image::RgbImage::from_raw(self.width, self.height, out).expect("buffer sized from dimensions")
+        image::RgbImage::from_raw(self.width, self.height, out)
+            .expect("buffer sized from dimensions")
     }
 
     /// A frame from a packed RGB image (tests, stills, benchmarks).

@@ -105,7 +105,10 @@ impl CameraHealth {
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
     }
     pub fn last_error(&self) -> Option<String> {
-        self.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn snapshot(&self, now: Timestamp) -> HealthSnapshot {

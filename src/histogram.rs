@@ -13,7 +13,9 @@ pub struct Histogram {
 
 impl Default for Histogram {
     fn default() -> Self {
-        Self { buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect() }
+        Self {
+            buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+        }
     }
 }
 
@@ -30,7 +32,11 @@ impl Histogram {
 
     /// The q-quantile (0–1) in milliseconds: the upper edge of the bucket holding it; 0 when empty.
     pub fn quantile_ms(&self, q: f64) -> f64 {
-        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect();
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
         let total: u64 = counts.iter().sum();
         if total == 0 {
             return 0.0;
@@ -47,7 +53,9 @@ impl Histogram {
     }
 
     pub fn reset(&self) {
-        self.buckets.iter().for_each(|b| b.store(0, Ordering::Relaxed));
+        self.buckets
+            .iter()
+            .for_each(|b| b.store(0, Ordering::Relaxed));
     }
 }
 

@@ -14,7 +14,11 @@ use streetwatch::ingest::{self, FootageServer};
 use streetwatch::types::SystemClock;
 
 #[derive(Parser)]
-#[command(name = "streetwatch", version, about = "Watches street cameras and tells police command when something needs them")]
+#[command(
+    name = "streetwatch",
+    version,
+    about = "Watches street cameras and tells police command when something needs them"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -78,7 +82,10 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("STREETWATCH_LOG").unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("STREETWATCH_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     match run(Cli::parse()) {
@@ -103,10 +110,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let manifest = streetwatch::app::load_model(&config)?;
             let zones: usize = config.cameras.iter().map(|c| c.zones.len()).sum();
             let rules: usize = config.cameras.iter().map(|c| c.rules.len()).sum();
-            println!("{}: ok — {} cameras, {zones} zones, {rules} rules, model {}", file.display(), config.cameras.len(), manifest.name);
+            println!(
+                "{}: ok — {} cameras, {zones} zones, {rules} rules, model {}",
+                file.display(),
+                config.cameras.len(),
+                manifest.name
+            );
             Ok(())
         }
-        Command::Bench { cameras, seconds, footage, source, fps, full_decode, workers, batch, json } => {
+        Command::Bench {
+            cameras,
+            seconds,
+            footage,
+            source,
+            fps,
+            full_decode,
+            workers,
+            batch,
+            json,
+        } => {
             let opts = BenchOptions {
                 cameras,
                 seconds,
@@ -124,7 +146,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let mounts = mounts
                 .iter()
                 .map(|m| {
-                    let (name, file) = m.split_once('=').with_context(|| format!("`{m}` is not MOUNT=FILE"))?;
+                    let (name, file) = m
+                        .split_once('=')
+                        .with_context(|| format!("`{m}` is not MOUNT=FILE"))?;
                     Ok((name.to_string(), PathBuf::from(file)))
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
@@ -142,7 +166,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// The demo: fixture footage served over RTSP by this process, four cameras, SQLite under ./data.
 fn demo(seconds: Option<u64>) -> anyhow::Result<()> {
-    let root = if Path::new("pipelines/demo.toml").is_file() { PathBuf::from(".") } else { PathBuf::from(env!("CARGO_MANIFEST_DIR")) };
+    let root = if Path::new("pipelines/demo.toml").is_file() {
+        PathBuf::from(".")
+    } else {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    };
     let mounts: Vec<(String, PathBuf)> = [
         ("vtest", "vtest_h264.mp4"),
         ("parking", "parking_aisle_overhead_768x432.mp4"),
@@ -153,11 +181,16 @@ fn demo(seconds: Option<u64>) -> anyhow::Result<()> {
     .map(|(m, f)| (m.to_string(), ingest::fixture(f)))
     .collect();
     let server = FootageServer::start(&mounts, 0)?;
-    let text = std::fs::read_to_string(root.join("pipelines/demo.toml")).context("reading pipelines/demo.toml")?;
+    let text = std::fs::read_to_string(root.join("pipelines/demo.toml"))
+        .context("reading pipelines/demo.toml")?;
     let text = text.replace("${DEMO_RTSP_PORT}", &server.port().to_string());
     let mut config = Config::parse(&text, "pipelines/demo.toml", &root.join("pipelines"))?;
-    config.runtime.data_dir = std::env::current_dir()?.join("data");
-    println!("streetwatch demo: {} cameras from fixture footage at rtsp://127.0.0.1:{}/…, data in ./data (Ctrl-C stops)", config.cameras.len(), server.port());
+    config.runtime.data_dir = Some(std::env::current_dir()?.join("data"));
+    println!(
+        "streetwatch demo: {} cameras from fixture footage at rtsp://127.0.0.1:{}/…, data in ./data (Ctrl-C stops)",
+        config.cameras.len(),
+        server.port()
+    );
     let pipeline = Pipeline::start(&config, RunOptions::default(), Arc::new(SystemClock))?;
     serve_until_stopped(pipeline, seconds)
 }
@@ -188,7 +221,10 @@ fn serve_until_stopped(pipeline: Pipeline, seconds: Option<u64>) -> anyhow::Resu
 
 /// Blocks until Ctrl-C, SIGTERM or the deadline, calling `tick` about every 200 ms.
 fn wait_for_signal(limit: Option<Duration>, mut tick: impl FnMut()) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a current-thread runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread runtime");
     let deadline = limit.map(|d| tokio::time::Instant::now() + d);
     rt.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");

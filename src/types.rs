@@ -27,7 +27,9 @@ impl fmt::Display for CameraId {
 }
 
 /// Milliseconds since the Unix epoch. Frames, rules and the router all reason in this unit.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
 #[serde(transparent)]
 pub struct Timestamp(pub i64);
 
@@ -154,7 +156,11 @@ pub struct IncidentKey {
 
 impl fmt::Display for IncidentKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}/{}/{}", self.camera, self.rule, self.zone, self.episode.0)
+        write!(
+            f,
+            "{}/{}/{}/{}",
+            self.camera, self.rule, self.zone, self.episode.0
+        )
     }
 }
 
@@ -204,8 +210,14 @@ mod tests {
     #[test]
     fn rfc3339_formats_known_instants() {
         assert_eq!(Timestamp(0).to_rfc3339(), "1970-01-01T00:00:00Z");
-        assert_eq!(Timestamp(1_795_000_000_000).to_rfc3339(), "2026-11-18T11:06:40Z");
-        assert_eq!(Timestamp(951_782_400_000).to_rfc3339(), "2000-02-29T00:00:00Z");
+        assert_eq!(
+            Timestamp(1_795_000_000_000).to_rfc3339(),
+            "2026-11-18T11:06:40Z"
+        );
+        assert_eq!(
+            Timestamp(951_782_400_000).to_rfc3339(),
+            "2000-02-29T00:00:00Z"
+        );
     }
 
     #[test]

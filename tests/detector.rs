@@ -11,7 +11,9 @@ use streetwatch::types::Timestamp;
 
 fn detect(detector: &mut Detector, img: image::RgbImage) -> Vec<Detection> {
     let mut out = vec![Vec::new()];
-    detector.detect(&[Frame::from_rgb_image(0, Timestamp(0), img)], &mut out).unwrap();
+    detector
+        .detect(&[Frame::from_rgb_image(0, Timestamp(0), img)], &mut out)
+        .unwrap();
     out.pop().unwrap()
 }
 
@@ -30,13 +32,19 @@ fn nanodet_finds_the_people_on_vtest_at_20_seconds() {
     let mut detector = Detector::new(manifest, 4, 0.35).unwrap();
     // vtest_h264.mp4 at 20.0 s: nine pedestrians on the walkway and the grass; at least 3 must be found.
     let frames = support::decode_frames(&support::footage("vtest_h264.mp4"), 1, 416);
-    let (ms, img) = frames.into_iter().find(|(ms, _)| *ms == 20_000).expect("a frame at 20 s");
+    let (ms, img) = frames
+        .into_iter()
+        .find(|(ms, _)| *ms == 20_000)
+        .expect("a frame at 20 s");
     let dets = detect(&mut detector, img);
     let people = count(&dets, person);
     assert!(people >= 3, "found {people} people at {ms} ms: {dets:?}");
     for d in &dets {
         let b = d.bbox;
-        assert!(0.0 <= b.x1 && b.x1 < b.x2 && b.x2 <= 1.0 && 0.0 <= b.y1 && b.y1 < b.y2 && b.y2 <= 1.0, "{d:?}");
+        assert!(
+            0.0 <= b.x1 && b.x1 < b.x2 && b.x2 <= 1.0 && 0.0 <= b.y1 && b.y1 < b.y2 && b.y2 <= 1.0,
+            "{d:?}"
+        );
     }
 }
 
@@ -45,8 +53,17 @@ fn nanodet_batches_match_single_runs() {
     let manifest = support::nanodet();
     let mut batched = Detector::new(manifest.clone(), 3, 0.35).unwrap();
     let mut single = Detector::new(manifest, 1, 0.35).unwrap();
-    let imgs = [still("bus.jpg"), still("zidane.jpg"), support::decode_frames(&support::footage("vtest_h264.mp4"), 1, 416).swap_remove(10).1];
-    let frames: Vec<Frame> = imgs.iter().map(|i| Frame::from_rgb_image(0, Timestamp(0), i.clone())).collect();
+    let imgs = [
+        still("bus.jpg"),
+        still("zidane.jpg"),
+        support::decode_frames(&support::footage("vtest_h264.mp4"), 1, 416)
+            .swap_remove(10)
+            .1,
+    ];
+    let frames: Vec<Frame> = imgs
+        .iter()
+        .map(|i| Frame::from_rgb_image(0, Timestamp(0), i.clone()))
+        .collect();
     let mut out = vec![Vec::new(), Vec::new(), Vec::new()];
     batched.detect(&frames, &mut out).unwrap();
     for (img, got) in imgs.into_iter().zip(out) {
@@ -54,7 +71,10 @@ fn nanodet_batches_match_single_runs() {
         assert_eq!(got.len(), want.len());
         for (g, w) in got.iter().zip(&want) {
             assert_eq!(g.class, w.class);
-            assert!((g.score - w.score).abs() < 1e-3 && (g.bbox.x1 - w.bbox.x1).abs() < 1e-3, "{g:?} vs {w:?}");
+            assert!(
+                (g.score - w.score).abs() < 1e-3 && (g.bbox.x1 - w.bbox.x1).abs() < 1e-3,
+                "{g:?} vs {w:?}"
+            );
         }
     }
 }
@@ -62,7 +82,10 @@ fn nanodet_batches_match_single_runs() {
 #[test]
 fn nanodet_finds_people_and_the_bus_on_bus_jpg() {
     let manifest = support::nanodet();
-    let (person, bus) = (manifest.class_index("person").unwrap() as u16, manifest.class_index("bus").unwrap() as u16);
+    let (person, bus) = (
+        manifest.class_index("person").unwrap() as u16,
+        manifest.class_index("bus").unwrap() as u16,
+    );
     let mut detector = Detector::new(manifest, 1, 0.3).unwrap();
     let dets = detect(&mut detector, still("bus.jpg"));
     assert_eq!(count(&dets, bus), 1, "{dets:?}");
@@ -72,7 +95,10 @@ fn nanodet_finds_people_and_the_bus_on_bus_jpg() {
 #[test]
 fn yolov8_layout_decodes_a_real_ultralytics_export() {
     support::nanodet(); // loads the runtime
-    let manifest = Arc::new(ModelManifest::load(&support::root().join("fixtures/models/yolov8_fall.toml")).expect("YOLOv8 test model (run scripts/setup.sh)"));
+    let manifest = Arc::new(
+        ModelManifest::load(&support::root().join("fixtures/models/yolov8_fall.toml"))
+            .expect("YOLOv8 test model (run scripts/setup.sh)"),
+    );
     let mut detector = Detector::new(manifest.clone(), 4, 0.5).unwrap();
     assert_eq!(detector.max_batch(), 1, "the export fixes batch 1");
     // bus.jpg: three people standing ("Normal"), nobody fallen.
@@ -89,12 +115,19 @@ fn yolov8_layout_decodes_a_real_ultralytics_export() {
 fn a_corrupted_or_missing_model_is_a_clear_error() {
     support::nanodet();
     let dir = tempfile::tempdir().unwrap();
-    let manifest_text = std::fs::read_to_string(support::root().join("models/nanodet_g_416_coco.toml")).unwrap();
+    let manifest_text =
+        std::fs::read_to_string(support::root().join("models/nanodet_g_416_coco.toml")).unwrap();
     let path = dir.path().join("m.toml");
     std::fs::write(&path, &manifest_text).unwrap();
     let err = ModelManifest::load(&path).unwrap_err().to_string();
-    assert!(err.contains("nanodet_g_416_coco.onnx") && err.contains("cannot read"), "{err}");
+    assert!(
+        err.contains("nanodet_g_416_coco.onnx") && err.contains("cannot read"),
+        "{err}"
+    );
     std::fs::write(dir.path().join("nanodet_g_416_coco.onnx"), b"not a model").unwrap();
     let err = ModelManifest::load(&path).unwrap_err().to_string();
-    assert!(err.contains("sha256 is") && err.contains("the manifest expects"), "{err}");
+    assert!(
+        err.contains("sha256 is") && err.contains("the manifest expects"),
+        "{err}"
+    );
 }

@@ -7,7 +7,9 @@ pub struct Polygon {
 
 impl Polygon {
     pub fn new(points: &[[f32; 2]]) -> Self {
-        Self { points: points.iter().map(|&[x, y]| (x, y)).collect() }
+        Self {
+            points: points.iter().map(|&[x, y]| (x, y)).collect(),
+        }
     }
 
     /// Even-odd ray casting; points on the boundary may fall either way.
@@ -34,7 +36,14 @@ mod tests {
     #[test]
     fn concave_polygon() {
         // An L shape: the notch at the top right is outside.
-        let l = Polygon::new(&[[0.0, 0.0], [0.5, 0.0], [0.5, 0.5], [1.0, 0.5], [1.0, 1.0], [0.0, 1.0]]);
+        let l = Polygon::new(&[
+            [0.0, 0.0],
+            [0.5, 0.0],
+            [0.5, 0.5],
+            [1.0, 0.5],
+            [1.0, 1.0],
+            [0.0, 1.0],
+        ]);
         assert!(l.contains((0.25, 0.25)));
         assert!(l.contains((0.75, 0.75)));
         assert!(!l.contains((0.75, 0.25)));

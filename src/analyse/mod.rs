@@ -55,7 +55,10 @@ impl CameraAnalyser {
         let zones: Vec<Zone> = cam
             .zones
             .iter()
-            .map(|z| Zone { id: z.id.get_ref().clone(), polygon: Polygon::new(z.polygon.get_ref()) })
+            .map(|z| Zone {
+                id: z.id.get_ref().clone(),
+                polygon: Polygon::new(z.polygon.get_ref()),
+            })
             .collect();
         let rules = cam
             .rules
@@ -64,7 +67,10 @@ impl CameraAnalyser {
                 let min_people = r.min_people.expect("validated by config");
                 Rule {
                     id: r.id.get_ref().clone(),
-                    zone: zones.iter().position(|z| &z.id == r.zone.get_ref()).expect("validated by config"),
+                    zone: zones
+                        .iter()
+                        .position(|z| &z.id == r.zone.get_ref())
+                        .expect("validated by config"),
                     severity: r.severity,
                     min_people,
                     state: Crowding::new(CrowdingParams {
@@ -78,7 +84,11 @@ impl CameraAnalyser {
             .collect();
         Self {
             camera: CameraId::new(cam.id.get_ref()),
-            name: if cam.name.is_empty() { cam.id.get_ref().clone() } else { cam.name.clone() },
+            name: if cam.name.is_empty() {
+                cam.id.get_ref().clone()
+            } else {
+                cam.name.clone()
+            },
             ward: cam.ward.clone(),
             counts: vec![0; zones.len()],
             zones,
@@ -100,22 +110,44 @@ impl Analyser for CameraAnalyser {
         }
         for r in 0..self.rules.len() {
             let zone = self.rules[r].zone;
-            let Some(tr) = self.rules[r].state.observe(frame.captured_at, self.counts[zone]) else { continue };
+            let Some(tr) = self.rules[r]
+                .state
+                .observe(frame.captured_at, self.counts[zone])
+            else {
+                continue;
+            };
             let rule = &self.rules[r];
             let zone_id = &self.zones[zone].id;
             let secs = tr.duration_ms / 1000;
             let summary = match tr.phase {
-                IncidentPhase::Opened => format!("{} people in zone {zone_id} for {secs} s (threshold {})", tr.count, rule.min_people),
-                IncidentPhase::Updated => format!("crowd grew to {} people in zone {zone_id} ({secs} s)", tr.count),
-                IncidentPhase::Closed => format!("crowd in zone {zone_id} dispersed after {secs} s (peak {})", tr.count),
+                IncidentPhase::Opened => format!(
+                    "{} people in zone {zone_id} for {secs} s (threshold {})",
+                    tr.count, rule.min_people
+                ),
+                IncidentPhase::Updated => format!(
+                    "crowd grew to {} people in zone {zone_id} ({secs} s)",
+                    tr.count
+                ),
+                IncidentPhase::Closed => format!(
+                    "crowd in zone {zone_id} dispersed after {secs} s (peak {})",
+                    tr.count
+                ),
             };
             let snapshot = (tr.phase == IncidentPhase::Opened).then(|| SnapshotRequest {
                 image: frame.to_rgb_image(),
-                boxes: detections.iter().map(|d| (d.bbox, self.in_zone(zone, d))).collect(),
+                boxes: detections
+                    .iter()
+                    .map(|d| (d.bbox, self.in_zone(zone, d)))
+                    .collect(),
                 zone: self.zones[zone].polygon.points.clone(),
             });
             let event = IncidentEvent {
-                key: IncidentKey { camera: self.camera.clone(), rule: rule.id.clone(), zone: zone_id.clone(), episode: tr.episode },
+                key: IncidentKey {
+                    camera: self.camera.clone(),
+                    rule: rule.id.clone(),
+                    zone: zone_id.clone(),
+                    episode: tr.episode,
+                },
                 phase: tr.phase,
                 at: frame.captured_at,
                 kind: RuleKind::Crowding,

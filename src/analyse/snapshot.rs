@@ -29,7 +29,12 @@ pub fn render(req: SnapshotRequest) -> Result<Vec<u8>, image::ImageError> {
         let c = if *highlight { RED } else { GREY };
         let (x1, y1) = px((b.x1, b.y1));
         let (x2, y2) = px((b.x2, b.y2));
-        for (p, q) in [((x1, y1), (x2, y1)), ((x2, y1), (x2, y2)), ((x2, y2), (x1, y2)), ((x1, y2), (x1, y1))] {
+        for (p, q) in [
+            ((x1, y1), (x2, y1)),
+            ((x2, y1), (x2, y2)),
+            ((x2, y2), (x1, y2)),
+            ((x1, y2), (x1, y1)),
+        ] {
             line(&mut img, p, q, c, 2);
         }
     }
@@ -38,7 +43,13 @@ pub fn render(req: SnapshotRequest) -> Result<Vec<u8>, image::ImageError> {
     Ok(out)
 }
 
-fn line(img: &mut RgbImage, (x0, y0): (f32, f32), (x1, y1): (f32, f32), c: Rgb<u8>, thickness: i32) {
+fn line(
+    img: &mut RgbImage,
+    (x0, y0): (f32, f32),
+    (x1, y1): (f32, f32),
+    c: Rgb<u8>,
+    thickness: i32,
+) {
     let steps = (x1 - x0).abs().max((y1 - y0).abs()).ceil().max(1.0) as i32;
     for s in 0..=steps {
         let t = s as f32 / steps as f32;
@@ -62,7 +73,15 @@ mod tests {
     fn draws_box_and_zone_and_encodes_jpeg() {
         let req = SnapshotRequest {
             image: RgbImage::new(100, 50),
-            boxes: vec![(BBox { x1: 0.1, y1: 0.1, x2: 0.5, y2: 0.9 }, true)],
+            boxes: vec![(
+                BBox {
+                    x1: 0.1,
+                    y1: 0.1,
+                    x2: 0.5,
+                    y2: 0.9,
+                },
+                true,
+            )],
             zone: vec![(0.0, 0.0), (1.0, 0.0), (1.0, 1.0)],
         };
         let jpeg = render(req).unwrap();

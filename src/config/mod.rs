@@ -57,12 +57,10 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeConfig {
-    /// Folder for the SQLite database and snapshots.
-    #[serde(default = "default_data_dir")]
-    pub data_dir: PathBuf,
-    /// Model manifest (TOML beside the .onnx file).
-    #[serde(default = "default_model")]
-    pub model: Spanned<PathBuf>,
+    /// Folder for the SQLite database and snapshots (default: `data` in the working directory).
+    pub data_dir: Option<PathBuf>,
+    /// Model manifest (TOML beside the .onnx file); default: the NanoDet model shipped in `models/`.
+    pub model: Option<Spanned<PathBuf>>,
     /// Inference workers; 0 means one per core.
     #[serde(default)]
     pub workers: usize,
@@ -75,9 +73,8 @@ pub struct RuntimeConfig {
     /// Detections below this score are ignored.
     #[serde(default = "default_score_threshold")]
     pub score_threshold: f32,
-    /// Folder with the pipeline templates (`rtsp.pipeline`, `file.pipeline`).
-    #[serde(default = "default_pipelines")]
-    pub pipelines: PathBuf,
+    /// Folder with the pipeline templates (`rtsp.pipeline`, `file.pipeline`); default: the shipped `pipelines/`.
+    pub pipelines: Option<PathBuf>,
     /// Path of the ONNX Runtime shared library; empty means the set-up default (.deps/onnxruntime).
     #[serde(default)]
     pub onnxruntime: Option<PathBuf>,
@@ -86,27 +83,18 @@ pub struct RuntimeConfig {
 impl Default for RuntimeConfig {
     fn default() -> Self {
         Self {
-            data_dir: default_data_dir(),
-            model: Spanned::new(0..0, default_model_path()),
+            data_dir: None,
+            model: None,
             workers: 0,
             max_batch: default_max_batch(),
             batch_wait_ms: default_batch_wait_ms(),
             score_threshold: default_score_threshold(),
-            pipelines: default_pipelines(),
+            pipelines: None,
             onnxruntime: None,
         }
     }
 }
 
-fn default_data_dir() -> PathBuf {
-    PathBuf::from("data")
-}
-fn default_model_path() -> PathBuf {
-    PathBuf::from("models/nanodet_g_416_coco.toml")
-}
-fn default_model() -> Spanned<PathBuf> {
-    Spanned::new(0..0, default_model_path())
-}
 fn default_max_batch() -> usize {
     4
 }
@@ -116,8 +104,14 @@ fn default_batch_wait_ms() -> u64 {
 fn default_score_threshold() -> f32 {
     0.35
 }
-fn default_pipelines() -> PathBuf {
-    PathBuf::from("pipelines")
+/// A file shipped with streetwatch: from the working directory if it has one, else from the source tree.
+pub fn installed(rel: &str) -> PathBuf {
+    let local = Path::new(rel);
+    if local.exists() {
+        local.to_path_buf()
+    } else {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -233,7 +227,11 @@ impl SourceUrl {
         }
         if !expanded.contains("://") {
             let p = PathBuf::from(&expanded);
-            return Ok(SourceUrl::File(if p.is_absolute() { p } else { base_dir.join(p) }));
+            return Ok(SourceUrl::File(if p.is_absolute() {
+                p
+            } else {
+                base_dir.join(p)
+            }));
         }
         let mut url = url::Url::parse(&expanded).map_err(|e| {
             // The parser's message never contains the URL, so this cannot leak a password.
@@ -301,10 +299,7 @@ impl Config {
     /// Parses and validates configuration text; `file` names it in errors, `base_dir` resolves paths.
     pub fn parse(text: &str, file: &str, base_dir: &Path) -> Result<Config, ConfigError> {
         let mut config: Config = toml::from_str(text).map_err(|e| {
-            let (line, column) = e
-                .span()
-                .map(|s| line_col(text, s.start))
-                .unwrap_or((1, 1));
+            let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
             ConfigError::Parse {
                 file: file.to_string(),
                 line,
@@ -313,20 +308,52 @@ impl Config {
             }
         })?;
         config.base_dir = base_dir.to_path_buf();
-        Validator { text, file, config: &config }.validate()?;
+        Validator {
+            text,
+            file,
+            config: &config,
+        }
+        .validate()?;
         Ok(config)
     }
 
     /// Resolves a path from the file against the file's folder.
     pub fn resolve(&self, p: &Path) -> PathBuf {
-        if p.is_absolute() { p.to_path_buf() } else { self.base_dir.join(p) }
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+
+    pub fn model_path(&self) -> PathBuf {
+        self.runtime.model.as_ref().map_or_else(
+            || installed("models/nanodet_g_416_coco.toml"),
+            |m| self.resolve(m.get_ref()),
+        )
+    }
+
+    pub fn pipelines_dir(&self) -> PathBuf {
+        self.runtime
+            .pipelines
+            .as_ref()
+            .map_or_else(|| installed("pipelines"), |p| self.resolve(p))
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.runtime
+            .data_dir
+            .as_ref()
+            .map_or_else(|| PathBuf::from("data"), |d| self.resolve(d))
     }
 }
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let column = before.rfind('\n').map_or(before.chars().count(), |nl| before[nl + 1..].chars().count()) + 1;
+    let column = before.rfind('\n').map_or(before.chars().count(), |nl| {
+        before[nl + 1..].chars().count()
+    }) + 1;
     (line, column)
 }
 
@@ -337,7 +364,12 @@ struct Validator<'a> {
 }
 
 impl Validator<'_> {
-    fn err<T>(&self, span: std::ops::Range<usize>, key: String, message: String) -> Result<T, ConfigError> {
+    fn err<T>(
+        &self,
+        span: std::ops::Range<usize>,
+        key: String,
+        message: String,
+    ) -> Result<T, ConfigError> {
         let (line, column) = line_col(self.text, span.start);
         Err(ConfigError::Invalid {
             file: self.file.to_string(),
@@ -349,11 +381,16 @@ impl Validator<'_> {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        let rt = &self.config.runtime;
-        let model = self.config.resolve(rt.model.get_ref());
+        let model = self.config.model_path();
         if !model.is_file() {
+            let span = self
+                .config
+                .runtime
+                .model
+                .as_ref()
+                .map_or(0..0, |m| m.span());
             return self.err(
-                rt.model.span(),
+                span,
                 "runtime.model".into(),
                 format!("model manifest {} does not exist", model.display()),
             );
@@ -362,47 +399,90 @@ impl Validator<'_> {
         for (ci, cam) in self.config.cameras.iter().enumerate() {
             let at = |k: &str| format!("cameras[{ci}].{k}");
             let id = cam.id.get_ref();
-            if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-                return self.err(cam.id.span(), at("id"), format!("`{id}` is not a valid id (letters, digits, - _ .)"));
+            if id.is_empty()
+                || !id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                return self.err(
+                    cam.id.span(),
+                    at("id"),
+                    format!("`{id}` is not a valid id (letters, digits, - _ .)"),
+                );
             }
             if !ids.insert(id.as_str()) {
-                return self.err(cam.id.span(), at("id"), format!("duplicate camera id `{id}`"));
+                return self.err(
+                    cam.id.span(),
+                    at("id"),
+                    format!("duplicate camera id `{id}`"),
+                );
             }
             if let Err(message) = SourceUrl::parse(cam.url.get_ref(), &self.config.base_dir) {
                 return self.err(cam.url.span(), at("url"), message);
             }
             if !(cam.fps > 0.0 && cam.fps <= 60.0) {
-                return self.err(cam.url.span(), at("fps"), format!("fps must be in (0, 60], found {}", cam.fps));
+                return self.err(
+                    cam.url.span(),
+                    at("fps"),
+                    format!("fps must be in (0, 60], found {}", cam.fps),
+                );
             }
             let mut zone_ids = HashSet::new();
             for (zi, zone) in cam.zones.iter().enumerate() {
                 let key = at(&format!("zones[{zi}].polygon"));
                 let pts = zone.polygon.get_ref();
                 if pts.len() < 3 {
-                    return self.err(zone.polygon.span(), key, format!("a polygon needs at least 3 points, found {}", pts.len()));
+                    return self.err(
+                        zone.polygon.span(),
+                        key,
+                        format!("a polygon needs at least 3 points, found {}", pts.len()),
+                    );
                 }
-                if let Some([x, y]) = pts.iter().find(|[x, y]| !(0.0..=1.0).contains(x) || !(0.0..=1.0).contains(y)) {
+                if let Some([x, y]) = pts
+                    .iter()
+                    .find(|[x, y]| !(0.0..=1.0).contains(x) || !(0.0..=1.0).contains(y))
+                {
                     return self.err(zone.polygon.span(), key, format!("point [{x}, {y}] is outside 0–1 (coordinates are fractions of the frame)"));
                 }
                 if !zone_ids.insert(zone.id.get_ref().as_str()) {
-                    return self.err(zone.id.span(), at(&format!("zones[{zi}].id")), format!("duplicate zone id `{}`", zone.id.get_ref()));
+                    return self.err(
+                        zone.id.span(),
+                        at(&format!("zones[{zi}].id")),
+                        format!("duplicate zone id `{}`", zone.id.get_ref()),
+                    );
                 }
             }
             let mut rule_ids = HashSet::new();
             for (ri, rule) in cam.rules.iter().enumerate() {
                 let key = |k: &str| at(&format!("rules[{ri}].{k}"));
                 if !rule_ids.insert(rule.id.get_ref().as_str()) {
-                    return self.err(rule.id.span(), key("id"), format!("duplicate rule id `{}`", rule.id.get_ref()));
+                    return self.err(
+                        rule.id.span(),
+                        key("id"),
+                        format!("duplicate rule id `{}`", rule.id.get_ref()),
+                    );
                 }
                 if !zone_ids.contains(rule.zone.get_ref().as_str()) {
-                    return self.err(rule.zone.span(), key("zone"), format!("no zone `{}` on this camera", rule.zone.get_ref()));
+                    return self.err(
+                        rule.zone.span(),
+                        key("zone"),
+                        format!("no zone `{}` on this camera", rule.zone.get_ref()),
+                    );
                 }
                 if rule.min_seconds < 0.0 || rule.clear_seconds < 0.0 {
-                    return self.err(rule.id.span(), key("min_seconds"), "durations must be ≥ 0".into());
+                    return self.err(
+                        rule.id.span(),
+                        key("min_seconds"),
+                        "durations must be ≥ 0".into(),
+                    );
                 }
                 match rule.kind {
                     RuleKind::Crowding if rule.min_people.unwrap_or(0) == 0 => {
-                        return self.err(rule.id.span(), key("min_people"), "a crowding rule needs min_people ≥ 1".into());
+                        return self.err(
+                            rule.id.span(),
+                            key("min_people"),
+                            "a crowding rule needs min_people ≥ 1".into(),
+                        );
                     }
                     RuleKind::Crowding => {}
                 }
@@ -442,8 +522,13 @@ min_seconds = 10
         let src = SourceUrl::parse(c.cameras[0].url.get_ref(), &c.base_dir).unwrap();
         assert_eq!(src.redacted(), "rtsp://***@10.1.2.3:554/stream1");
         assert!(!format!("{src:?}").contains("s3cret"));
-        let SourceUrl::Rtsp { user, password, .. } = src else { panic!() };
-        assert_eq!((user.as_deref(), password.as_deref()), (Some("admin"), Some("s3cret")));
+        let SourceUrl::Rtsp { user, password, .. } = src else {
+            panic!()
+        };
+        assert_eq!(
+            (user.as_deref(), password.as_deref()),
+            (Some("admin"), Some("s3cret"))
+        );
     }
 
     fn message(text: &str) -> String {
@@ -459,31 +544,61 @@ min_seconds = 10
 
     #[test]
     fn short_polygon_and_out_of_range_points_are_located() {
-        let m = message(&CAMERA.replace("[[0.1, 0.1], [0.9, 0.1], [0.9, 0.9]]", "[[0.1, 0.1], [0.9, 0.1]]"));
-        assert!(m.starts_with("test.toml:7:11: cameras[0].zones[0].polygon: a polygon needs at least 3 points"), "{m}");
+        let m = message(&CAMERA.replace(
+            "[[0.1, 0.1], [0.9, 0.1], [0.9, 0.9]]",
+            "[[0.1, 0.1], [0.9, 0.1]]",
+        ));
+        assert!(
+            m.starts_with(
+                "test.toml:7:11: cameras[0].zones[0].polygon: a polygon needs at least 3 points"
+            ),
+            "{m}"
+        );
         let m = message(&CAMERA.replace("[0.9, 0.9]", "[1.5, 0.9]"));
-        assert!(m.contains("test.toml:7:11: cameras[0].zones[0].polygon: point [1.5, 0.9] is outside 0–1"), "{m}");
+        assert!(
+            m.contains(
+                "test.toml:7:11: cameras[0].zones[0].polygon: point [1.5, 0.9] is outside 0–1"
+            ),
+            "{m}"
+        );
     }
 
     #[test]
     fn duplicate_camera_id_points_at_the_second() {
         let m = message(&format!("{CAMERA}{CAMERA}"));
-        assert!(m.starts_with("test.toml:16:6: cameras[1].id: duplicate camera id `cam-1`"), "{m}");
+        assert!(
+            m.starts_with("test.toml:16:6: cameras[1].id: duplicate camera id `cam-1`"),
+            "{m}"
+        );
     }
 
     #[test]
     fn bad_url_and_missing_model_are_located() {
-        let m = message(&CAMERA.replace("rtsp://admin:s3cret@10.1.2.3:554/stream1", "rtsp://admin:s3cret@[::1/x"));
-        assert!(m.starts_with("test.toml:4:7: cameras[0].url: not a valid URL"), "{m}");
+        let m = message(&CAMERA.replace(
+            "rtsp://admin:s3cret@10.1.2.3:554/stream1",
+            "rtsp://admin:s3cret@[::1/x",
+        ));
+        assert!(
+            m.starts_with("test.toml:4:7: cameras[0].url: not a valid URL"),
+            "{m}"
+        );
         assert!(!m.contains("s3cret"), "{m}");
-        let m = message(&format!("[runtime]\nmodel = \"models/nope.toml\"\n{CAMERA}"));
-        assert!(m.starts_with("test.toml:2:9: runtime.model: model manifest"), "{m}");
+        let m = message(&format!(
+            "[runtime]\nmodel = \"models/nope.toml\"\n{CAMERA}"
+        ));
+        assert!(
+            m.starts_with("test.toml:2:9: runtime.model: model manifest"),
+            "{m}"
+        );
     }
 
     #[test]
     fn rule_on_unknown_zone_is_rejected() {
         let m = message(&CAMERA.replace("zone = \"plaza\"", "zone = \"plaze\""));
-        assert!(m.contains("cameras[0].rules[0].zone: no zone `plaze`"), "{m}");
+        assert!(
+            m.contains("cameras[0].rules[0].zone: no zone `plaze`"),
+            "{m}"
+        );
     }
 
     #[test]
@@ -492,6 +607,10 @@ min_seconds = 10
         unsafe { std::env::set_var("SW_TEST_PASS", "p@ss") };
         let src = SourceUrl::parse("rtsp://u:${SW_TEST_PASS}@h/s", Path::new(".")).unwrap();
         assert_eq!(src.redacted(), "rtsp://***@h/s");
-        assert!(SourceUrl::parse("rtsp://u:${SW_UNSET_VAR_X}@h/s", Path::new(".")).unwrap_err().contains("SW_UNSET_VAR_X"));
+        assert!(
+            SourceUrl::parse("rtsp://u:${SW_UNSET_VAR_X}@h/s", Path::new("."))
+                .unwrap_err()
+                .contains("SW_UNSET_VAR_X")
+        );
     }
 }

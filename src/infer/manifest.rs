@@ -95,7 +95,9 @@ impl ModelManifest {
         let model = m.model_path();
         let bytes = std::fs::read(&model).map_err(|e| InferError::ModelFile {
             path: model.clone(),
-            message: format!("cannot read: {e} (run scripts/setup.sh, or fix `file` in the manifest)"),
+            message: format!(
+                "cannot read: {e} (run scripts/setup.sh, or fix `file` in the manifest)"
+            ),
         })?;
         let actual = hex::encode(Sha256::digest(&bytes));
         if !actual.eq_ignore_ascii_case(&m.sha256) {
@@ -108,7 +110,10 @@ impl ModelManifest {
     }
 
     pub fn model_path(&self) -> PathBuf {
-        self.path.parent().unwrap_or(Path::new(".")).join(&self.file)
+        self.path
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join(&self.file)
     }
 
     pub fn class_index(&self, label: &str) -> Option<usize> {

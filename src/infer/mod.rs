@@ -14,6 +14,27 @@ use ort::value::TensorRef;
 
 pub use manifest::{ModelManifest, OutputLayout};
 pub use postprocess::{BBox, Detection, nms};
+
+/// Decodes one image's raw output (`anchors` rows in `layout`) into detections in frame fractions.
+/// Exposed for benchmarks; [`Detector::detect`] calls it for every frame.
+pub fn decode_output(
+    layout: OutputLayout,
+    classes: usize,
+    score_threshold: f32,
+    data: &[f32],
+    anchors: usize,
+    place: &Placement,
+    out: &mut Vec<Detection>,
+) {
+    let p = DecodeParams {
+        layout,
+        classes,
+        score_threshold,
+        iou_threshold: 0.5,
+        max_detections: 300,
+    };
+    postprocess::decode(&p, data, anchors, place, out);
+}
 pub use preprocess::{Letterboxer, Placement};
 
 use crate::frame::Frame;
@@ -40,9 +61,11 @@ pub fn default_runtime_path() -> PathBuf {
         return PathBuf::from(p);
     }
     let rel = Path::new(".deps/onnxruntime/libonnxruntime.so.1.31.1");
-    let from_exe = std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.ancestors().find(|d| d.join(rel).is_file()).map(|d| d.join(rel)));
+    let from_exe = std::env::current_exe().ok().and_then(|exe| {
+        exe.ancestors()
+            .find(|d| d.join(rel).is_file())
+            .map(|d| d.join(rel))
+    });
     if rel.is_file() {
         rel.to_path_buf()
     } else {
@@ -67,10 +90,13 @@ pub fn init_runtime(lib: &Path) -> Result<(), InferError> {
         let builder = ort::init_from(lib).map_err(|e| e.to_string())?;
         builder.with_name("streetwatch").with_telemetry(false).build().map_err(|e| e.to_string())
     });
-    outcome.as_ref().map(|_| ()).map_err(|message| InferError::Runtime {
-        path: lib.to_path_buf(),
-        message: message.clone(),
-    })
+    outcome
+        .as_ref()
+        .map(|_| ())
+        .map_err(|message| InferError::Runtime {
+            path: lib.to_path_buf(),
+            message: message.clone(),
+        })
 }
 
 /// One worker's detector: a session plus reusable input and output buffers.
@@ -87,9 +113,16 @@ pub struct Detector {
 
 impl Detector {
     /// Builds a single-threaded session. `max_batch` is capped at 1 for models with a fixed batch of 1.
-    pub fn new(manifest: Arc<ModelManifest>, max_batch: usize, score_threshold: f32) -> Result<Self, InferError> {
+    pub fn new(
+        manifest: Arc<ModelManifest>,
+        max_batch: usize,
+        score_threshold: f32,
+    ) -> Result<Self, InferError> {
         let model = manifest.name.clone();
-        let err = |message: String| InferError::Session { model: model.clone(), message };
+        let err = |message: String| InferError::Session {
+            model: model.clone(),
+            message,
+        };
         let env = runtime().map_err(&err)?;
         let session = Session::builder(env)
             .map_err(|e| err(e.to_string()))?
@@ -106,16 +139,36 @@ impl Detector {
             .iter()
             .find(|i| i.name() == manifest.input.name)
             .ok_or_else(|| err(format!("has no input named `{}`", manifest.input.name)))?;
-        let shape = input.dtype().tensor_shape().ok_or_else(|| err("input is not a tensor".into()))?;
+        let shape = input
+            .dtype()
+            .tensor_shape()
+            .ok_or_else(|| err("input is not a tensor".into()))?;
         let dims: Vec<i64> = shape.iter().copied().collect();
         let (h, w) = (manifest.input.height as i64, manifest.input.width as i64);
-        if dims.len() != 4 || dims[1] != 3 || (dims[2] > 0 && dims[2] != h) || (dims[3] > 0 && dims[3] != w) {
-            return Err(err(format!("input shape {dims:?} does not match the manifest's [N,3,{h},{w}]")));
+        if dims.len() != 4
+            || dims[1] != 3
+            || (dims[2] > 0 && dims[2] != h)
+            || (dims[3] > 0 && dims[3] != w)
+        {
+            return Err(err(format!(
+                "input shape {dims:?} does not match the manifest's [N,3,{h},{w}]"
+            )));
         }
-        if !session.outputs().iter().any(|o| o.name() == manifest.output.name) {
-            return Err(err(format!("has no output named `{}`", manifest.output.name)));
+        if !session
+            .outputs()
+            .iter()
+            .any(|o| o.name() == manifest.output.name)
+        {
+            return Err(err(format!(
+                "has no output named `{}`",
+                manifest.output.name
+            )));
         }
-        let max_batch = if dims[0] > 0 { dims[0] as usize } else { max_batch.max(1) };
+        let max_batch = if dims[0] > 0 {
+            dims[0] as usize
+        } else {
+            max_batch.max(1)
+        };
         let item = 3 * (h * w) as usize;
         Ok(Self {
             params: DecodeParams {
@@ -143,7 +196,11 @@ impl Detector {
     }
 
     /// Runs detection on up to `max_batch` frames; `out[i]` receives frame i's detections.
-    pub fn detect(&mut self, frames: &[Frame], out: &mut [Vec<Detection>]) -> Result<(), InferError> {
+    pub fn detect(
+        &mut self,
+        frames: &[Frame],
+        out: &mut [Vec<Detection>],
+    ) -> Result<(), InferError> {
         assert!(frames.len() <= self.max_batch && out.len() >= frames.len());
         let spec = &self.manifest.input;
         let item = 3 * (spec.width * spec.height) as usize;
@@ -156,10 +213,18 @@ impl Detector {
         }
         let shape = [n, 3, spec.height as usize, spec.width as usize];
         let model = &self.manifest.name;
-        let err = |e: ort::Error| InferError::Session { model: model.clone(), message: e.to_string() };
+        let err = |e: ort::Error| InferError::Session {
+            model: model.clone(),
+            message: e.to_string(),
+        };
         let t = TensorRef::from_array_view((shape, &self.input[..n * item])).map_err(err)?;
-        let outputs = self.session.run(ort::inputs![spec.name.as_str() => t]).map_err(err)?;
-        let (out_shape, data) = outputs[self.manifest.output.name.as_str()].try_extract_tensor::<f32>().map_err(err)?;
+        let outputs = self
+            .session
+            .run(ort::inputs![spec.name.as_str() => t])
+            .map_err(err)?;
+        let (out_shape, data) = outputs[self.manifest.output.name.as_str()]
+            .try_extract_tensor::<f32>()
+            .map_err(err)?;
         let out_shape: Vec<i64> = out_shape.iter().copied().collect();
         let anchors = match self.params.layout {
             OutputLayout::Yolov8 => out_shape[2] as usize,
@@ -167,7 +232,13 @@ impl Detector {
         };
         let per_item = data.len() / n;
         for i in 0..n {
-            postprocess::decode(&self.params, &data[i * per_item..(i + 1) * per_item], anchors, &self.placements[i], &mut out[i]);
+            postprocess::decode(
+                &self.params,
+                &data[i * per_item..(i + 1) * per_item],
+                anchors,
+                &self.placements[i],
+                &mut out[i],
+            );
         }
         Ok(())
     }

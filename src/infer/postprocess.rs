@@ -49,16 +49,30 @@ pub struct DecodeParams {
 
 /// Decodes one batch item. `data` is that item's slice of the output, `anchors` its anchor count.
 /// Detections are appended to `out` (cleared first), best first.
-pub fn decode(p: &DecodeParams, data: &[f32], anchors: usize, place: &Placement, out: &mut Vec<Detection>) {
+pub fn decode(
+    p: &DecodeParams,
+    data: &[f32],
+    anchors: usize,
+    place: &Placement,
+    out: &mut Vec<Detection>,
+) {
     out.clear();
     let c = p.classes;
-    let push = |out: &mut Vec<Detection>, class: usize, score: f32, (x1, y1, x2, y2): (f32, f32, f32, f32)| {
+    let push = |out: &mut Vec<Detection>,
+                class: usize,
+                score: f32,
+                (x1, y1, x2, y2): (f32, f32, f32, f32)| {
         let fx = |x: f32| ((x - place.pad_x) / place.scale / place.frame_w as f32).clamp(0.0, 1.0);
         let fy = |y: f32| ((y - place.pad_y) / place.scale / place.frame_h as f32).clamp(0.0, 1.0);
         out.push(Detection {
             class: class as u16,
             score,
-            bbox: BBox { x1: fx(x1), y1: fy(y1), x2: fx(x2), y2: fy(y2) },
+            bbox: BBox {
+                x1: fx(x1),
+                y1: fy(y1),
+                x2: fx(x2),
+                y2: fy(y2),
+            },
         });
     };
     match p.layout {
@@ -120,7 +134,10 @@ pub fn nms(dets: &mut Vec<Detection>, iou_threshold: f32, max: usize) {
             break;
         }
         let d = dets[i];
-        if dets[..kept].iter().all(|k| k.class != d.class || k.bbox.iou(&d.bbox) <= iou_threshold) {
+        if dets[..kept]
+            .iter()
+            .all(|k| k.class != d.class || k.bbox.iou(&d.bbox) <= iou_threshold)
+        {
             dets[kept] = d;
             kept += 1;
         }
@@ -133,32 +150,70 @@ mod tests {
     use super::*;
 
     fn params(layout: OutputLayout) -> DecodeParams {
-        DecodeParams { layout, classes: 2, score_threshold: 0.3, iou_threshold: 0.5, max_detections: 100 }
+        DecodeParams {
+            layout,
+            classes: 2,
+            score_threshold: 0.3,
+            iou_threshold: 0.5,
+            max_detections: 100,
+        }
     }
-    const PLACE: Placement = Placement { scale: 0.5, pad_x: 0.0, pad_y: 10.0, frame_w: 200, frame_h: 100 };
+    const PLACE: Placement = Placement {
+        scale: 0.5,
+        pad_x: 0.0,
+        pad_y: 10.0,
+        frame_w: 200,
+        frame_h: 100,
+    };
 
     #[test]
     fn xyxy_layout_maps_back_to_frame_fractions() {
         // One confident class-1 box, one below threshold.
-        let data = [20.0, 20.0, 60.0, 40.0, 0.1, 0.9, 0.0, 0.0, 1.0, 1.0, 0.2, 0.1];
+        let data = [
+            20.0, 20.0, 60.0, 40.0, 0.1, 0.9, 0.0, 0.0, 1.0, 1.0, 0.2, 0.1,
+        ];
         let mut out = Vec::new();
-        decode(&params(OutputLayout::BoxesXyxyScores), &data, 2, &PLACE, &mut out);
+        decode(
+            &params(OutputLayout::BoxesXyxyScores),
+            &data,
+            2,
+            &PLACE,
+            &mut out,
+        );
         assert_eq!(out.len(), 1);
         let d = out[0];
         assert_eq!((d.class, d.score), (1, 0.9));
         // x: 20/0.5/200 = 0.2; y: (20-10)/0.5/100 = 0.2.
-        assert_eq!(d.bbox, BBox { x1: 0.2, y1: 0.2, x2: 0.6, y2: 0.6 });
+        assert_eq!(
+            d.bbox,
+            BBox {
+                x1: 0.2,
+                y1: 0.2,
+                x2: 0.6,
+                y2: 0.6
+            }
+        );
     }
 
     #[test]
     fn yolov8_layout_is_channel_major() {
         // Two anchors; rows: cx, cy, w, h, class0, class1.
-        let data = [40.0, 0.0, 30.0, 0.0, 40.0, 0.0, 20.0, 0.0, 0.8, 0.1, 0.1, 0.2];
+        let data = [
+            40.0, 0.0, 30.0, 0.0, 40.0, 0.0, 20.0, 0.0, 0.8, 0.1, 0.1, 0.2,
+        ];
         let mut out = Vec::new();
         decode(&params(OutputLayout::Yolov8), &data, 2, &PLACE, &mut out);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].class, 0);
-        assert_eq!(out[0].bbox, BBox { x1: 0.2, y1: 0.2, x2: 0.6, y2: 0.6 });
+        assert_eq!(
+            out[0].bbox,
+            BBox {
+                x1: 0.2,
+                y1: 0.2,
+                x2: 0.6,
+                y2: 0.6
+            }
+        );
     }
 
     #[test]
@@ -171,14 +226,34 @@ mod tests {
 
     #[test]
     fn nms_is_class_aware() {
-        let b = BBox { x1: 0.0, y1: 0.0, x2: 1.0, y2: 1.0 };
+        let b = BBox {
+            x1: 0.0,
+            y1: 0.0,
+            x2: 1.0,
+            y2: 1.0,
+        };
         let shifted = BBox { x1: 0.05, ..b };
         let mut dets = vec![
-            Detection { class: 0, score: 0.6, bbox: shifted },
-            Detection { class: 0, score: 0.9, bbox: b },
-            Detection { class: 1, score: 0.5, bbox: b },
+            Detection {
+                class: 0,
+                score: 0.6,
+                bbox: shifted,
+            },
+            Detection {
+                class: 0,
+                score: 0.9,
+                bbox: b,
+            },
+            Detection {
+                class: 1,
+                score: 0.5,
+                bbox: b,
+            },
         ];
         nms(&mut dets, 0.5, 10);
-        assert_eq!(dets.iter().map(|d| (d.class, d.score)).collect::<Vec<_>>(), vec![(0, 0.9), (1, 0.5)]);
+        assert_eq!(
+            dets.iter().map(|d| (d.class, d.score)).collect::<Vec<_>>(),
+            vec![(0, 0.9), (1, 0.5)]
+        );
     }
 }

@@ -40,7 +40,15 @@ pub struct Letterboxer {
 impl Letterboxer {
     /// Writes one image (`rgb`, `w`×`h`, rows `stride` bytes apart) into `dst`, which holds
     /// 3 × in_h × in_w values (one batch item, planar).
-    pub fn fill(&mut self, spec: &InputSpec, rgb: &[u8], w: u32, h: u32, stride: u32, dst: &mut [f32]) -> Placement {
+    pub fn fill(
+        &mut self,
+        spec: &InputSpec,
+        rgb: &[u8],
+        w: u32,
+        h: u32,
+        stride: u32,
+        dst: &mut [f32],
+    ) -> Placement {
         let (in_w, in_h) = (spec.width as usize, spec.height as usize);
         if self.key != (w, h, spec.width) || self.placement.is_none() {
             self.rebuild(w, h, spec.width, spec.height);
@@ -70,8 +78,10 @@ impl Letterboxer {
             for (dx, &(x0, x1, fx)) in self.xs.iter().enumerate() {
                 let (a, bb) = (x0 as usize * 3, x1 as usize * 3);
                 let sample = |ch: usize| {
-                    let top = row0[a + ch] as f32 + (row0[bb + ch] as f32 - row0[a + ch] as f32) * fx;
-                    let bot = row1[a + ch] as f32 + (row1[bb + ch] as f32 - row1[a + ch] as f32) * fx;
+                    let top =
+                        row0[a + ch] as f32 + (row0[bb + ch] as f32 - row0[a + ch] as f32) * fx;
+                    let bot =
+                        row1[a + ch] as f32 + (row1[bb + ch] as f32 - row1[a + ch] as f32) * fx;
                     top + (bot - top) * fy
                 };
                 let i = base + dx;
@@ -154,6 +164,10 @@ mod tests {
         let p = Letterboxer::default().fill(&spec(ColourOrder::Rgb), &rgb, w, h, stride, &mut dst);
         assert_eq!(p.scale, 0.5);
         // dst x=0 samples src x=0.5 → 5; dst x=7 samples src x=14.5 → 145.
-        assert!((dst[0] - 5.0).abs() < 1e-4 && (dst[7] - 145.0).abs() < 1e-4, "{:?}", &dst[..8]);
+        assert!(
+            (dst[0] - 5.0).abs() < 1e-4 && (dst[7] - 145.0).abs() < 1e-4,
+            "{:?}",
+            &dst[..8]
+        );
     }
 }

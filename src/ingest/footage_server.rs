@@ -24,7 +24,10 @@ impl FootageServer {
         gst::init().map_err(|e| IngestError::Gst(e.to_string()))?;
         for (_, f) in mounts {
             if !f.is_file() {
-                return Err(IngestError::Footage(format!("{} does not exist", f.display())));
+                return Err(IngestError::Footage(format!(
+                    "{} does not exist",
+                    f.display()
+                )));
             }
         }
         let mounts = mounts.to_vec();
@@ -63,7 +66,11 @@ impl FootageServer {
             .recv()
             .map_err(|_| IngestError::Footage("the RTSP server thread died".into()))?
             .map_err(IngestError::Footage)?;
-        Ok(Self { port, main_loop, thread: Some(thread) })
+        Ok(Self {
+            port,
+            main_loop,
+            thread: Some(thread),
+        })
     }
 
     pub fn port(&self) -> u16 {
@@ -71,7 +78,11 @@ impl FootageServer {
     }
 
     pub fn url(&self, mount: &str) -> String {
-        format!("rtsp://127.0.0.1:{}/{}", self.port, mount.trim_start_matches('/'))
+        format!(
+            "rtsp://127.0.0.1:{}/{}",
+            self.port,
+            mount.trim_start_matches('/')
+        )
     }
 }
 

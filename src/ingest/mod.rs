@@ -46,7 +46,8 @@ impl CameraStream {
             .zip(health)
             .map(|(c, h)| CameraStream {
                 spec: StreamSpec {
-                    source: SourceUrl::parse(c.url.get_ref(), &config.base_dir).expect("validated by config"),
+                    source: SourceUrl::parse(c.url.get_ref(), &config.base_dir)
+                        .expect("validated by config"),
                     fps: c.fps,
                     width: c.width,
                     keyframe_only: c.keyframe_only,
@@ -74,9 +75,14 @@ pub struct Ingest {
 impl Ingest {
     /// Starts a supervisor per camera. Templates are checked once up front, so a broken template is a
     /// start-up error; an unreachable camera is not: it is retried while the others run.
-    pub fn start(cameras: Vec<CameraStream>, opts: IngestOptions, sink: FrameSink, clock: Arc<dyn Clock>) -> Result<Ingest, IngestError> {
+    pub fn start(
+        cameras: Vec<CameraStream>,
+        opts: IngestOptions,
+        sink: FrameSink,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Ingest, IngestError> {
         gstreamer::init().map_err(|e| IngestError::Gst(e.to_string()))?;
-        let dir = pipeline::default_dir(&opts.pipelines);
+        let dir = opts.pipelines.clone();
         let templates = pipeline::Templates::load(&dir)?;
         for c in &cameras {
             templates.build(&dir, &c.spec, opts.pacing, &c.health)?;
@@ -97,7 +103,12 @@ impl Ingest {
             .enumerate()
             .map(|(index, c)| {
                 let ctx = ctx.clone();
-                let task = supervisor::CameraTask { index, spec: c.spec, stall: c.stall, health: c.health };
+                let task = supervisor::CameraTask {
+                    index,
+                    spec: c.spec,
+                    stall: c.stall,
+                    health: c.health,
+                };
                 std::thread::Builder::new()
                     .name(format!("sw-cam-{index}"))
                     .stack_size(256 * 1024)
@@ -124,5 +135,11 @@ impl Ingest {
 /// Where fixture footage lives: `fixtures/footage` in the working directory, else beside the sources.
 pub fn fixture(name: &str) -> PathBuf {
     let local = Path::new("fixtures/footage").join(name);
-    if local.is_file() { local } else { Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/footage").join(name) }
+    if local.is_file() {
+        local
+    } else {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures/footage")
+            .join(name)
+    }
 }

@@ -1,6 +1,6 @@
 //! GStreamer pipelines built from the templates in `pipelines/`, and the appsink → pool hand-off.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
@@ -39,16 +39,31 @@ impl Templates {
     pub fn load(dir: &Path) -> Result<Self, IngestError> {
         let read = |name: &str| -> Result<String, IngestError> {
             let path = dir.join(name);
-            let text = std::fs::read_to_string(&path).map_err(|e| IngestError::Template { path: path.clone(), message: e.to_string() })?;
+            let text = std::fs::read_to_string(&path).map_err(|e| IngestError::Template {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
             // gst-launch syntax has no comments: drop ours.
-            Ok(text.lines().filter(|l| !l.trim_start().starts_with('#')).collect::<Vec<_>>().join(" "))
+            Ok(text
+                .lines()
+                .filter(|l| !l.trim_start().starts_with('#'))
+                .collect::<Vec<_>>()
+                .join(" "))
         };
-        Ok(Self { rtsp: read("rtsp.pipeline")?, file: read("file.pipeline")?, keyframe_filter: read("keyframe_filter.pipeline")? })
+        Ok(Self {
+            rtsp: read("rtsp.pipeline")?,
+            file: read("file.pipeline")?,
+            keyframe_filter: read("keyframe_filter.pipeline")?,
+        })
     }
 
     fn render(&self, spec: &StreamSpec, pacing: Pacing) -> (String, &'static str) {
         let fps = fraction(spec.fps);
-        let filter = if spec.keyframe_only { self.keyframe_filter.as_str() } else { "" };
+        let filter = if spec.keyframe_only {
+            self.keyframe_filter.as_str()
+        } else {
+            ""
+        };
         let (tpl, kind) = match spec.source {
             SourceUrl::Rtsp { .. } => (&self.rtsp, "rtsp.pipeline"),
             SourceUrl::File(_) => (&self.file, "file.pipeline"),
@@ -67,16 +82,31 @@ impl Templates {
     }
 
     /// Builds one camera's pipeline (not yet playing).
-    pub fn build(&self, dir: &Path, spec: &StreamSpec, pacing: Pacing, spec_health: &Arc<CameraHealth>) -> Result<(gst::Pipeline, gst_app::AppSink), IngestError> {
+    pub fn build(
+        &self,
+        dir: &Path,
+        spec: &StreamSpec,
+        pacing: Pacing,
+        spec_health: &Arc<CameraHealth>,
+    ) -> Result<(gst::Pipeline, gst_app::AppSink), IngestError> {
         let (text, kind) = self.render(spec, pacing);
-        let bad = |message: String| IngestError::Template { path: dir.join(kind), message };
+        let bad = |message: String| IngestError::Template {
+            path: dir.join(kind),
+            message,
+        };
         let pipeline = gst::parse::launch(&text)
             .map_err(|e| bad(e.to_string()))?
             .downcast::<gst::Pipeline>()
             .map_err(|_| bad("the template is not a pipeline".into()))?;
-        let src = pipeline.by_name("src").ok_or_else(|| bad("no element named `src`".into()))?;
+        let src = pipeline
+            .by_name("src")
+            .ok_or_else(|| bad("no element named `src`".into()))?;
         match &spec.source {
-            SourceUrl::Rtsp { url, user, password } => {
+            SourceUrl::Rtsp {
+                url,
+                user,
+                password,
+            } => {
                 src.set_property("location", url);
                 if let Some(u) = user {
                     src.set_property("user-id", u);
@@ -145,7 +175,8 @@ impl FrameTap {
                     let sample = s.pull_sample().map_err(|_| gst::FlowError::Eos)?;
                     let caps = sample.caps().ok_or(gst::FlowError::NotNegotiated)?;
                     if info.as_ref().is_none_or(|(c, _)| c != caps) {
-                        let vi = gst_video::VideoInfo::from_caps(caps).map_err(|_| gst::FlowError::NotNegotiated)?;
+                        let vi = gst_video::VideoInfo::from_caps(caps)
+                            .map_err(|_| gst::FlowError::NotNegotiated)?;
                         info = Some((caps.to_owned(), vi));
                     }
                     let vi = &info.as_ref().expect("set above").1;
@@ -161,18 +192,27 @@ impl FrameTap {
         // How long ago the buffer entered the pipeline: its timestamp is its arrival (live) or its due
         // time (real-time files) in running time. Latency is measured from there, not from the appsink.
         let lag = match (self.pacing, sink.clock(), sink.base_time(), buffer.pts()) {
-            (Pacing::Realtime, Some(clock), Some(base), Some(pts)) => {
-                clock.time().checked_sub(base).and_then(|running| running.checked_sub(pts)).map_or(Duration::ZERO, |d| Duration::from_nanos(d.nseconds()))
-            }
+            (Pacing::Realtime, Some(clock), Some(base), Some(pts)) => clock
+                .time()
+                .checked_sub(base)
+                .and_then(|running| running.checked_sub(pts))
+                .map_or(Duration::ZERO, |d| Duration::from_nanos(d.nseconds())),
             _ => Duration::ZERO,
         };
         let received = Instant::now().checked_sub(lag).unwrap_or_else(Instant::now);
         let captured_at = match self.pacing {
             Pacing::Realtime => self.clock.now().plus_ms(-(lag.as_millis() as i64)),
-            Pacing::Unthrottled { .. } => self.media_epoch.plus_ms(buffer.pts().map_or(0, |p| p.mseconds() as i64)),
+            Pacing::Unthrottled { .. } => self
+                .media_epoch
+                .plus_ms(buffer.pts().map_or(0, |p| p.mseconds() as i64)),
         };
-        let Ok(mapped) = buffer.into_mapped_buffer_readable() else { return };
-        self.last_frame_mono.store(self.watch_base.elapsed().as_millis() as i64, Ordering::Relaxed);
+        let Ok(mapped) = buffer.into_mapped_buffer_readable() else {
+            return;
+        };
+        self.last_frame_mono.store(
+            self.watch_base.elapsed().as_millis() as i64,
+            Ordering::Relaxed,
+        );
         self.health.frame_received(captured_at);
         if self.health.state() != StreamState::Streaming {
             self.health.set_state(StreamState::Streaming);
@@ -190,15 +230,6 @@ impl FrameTap {
             Pacing::Unthrottled { lossless: true } => self.sink.push_lossless(frame),
             _ => self.sink.push(frame),
         }
-    }
-}
-
-/// Where the templates live by default: `pipelines/` in the working directory, else beside the sources.
-pub fn default_dir(configured: &Path) -> PathBuf {
-    if configured.is_absolute() || configured.is_dir() {
-        configured.to_path_buf()
-    } else {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join(configured)
     }
 }
 

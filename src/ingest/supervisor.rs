@@ -26,7 +26,11 @@ pub struct Backoff {
 
 impl Default for Backoff {
     fn default() -> Self {
-        Self { initial: Duration::from_millis(500), max: Duration::from_secs(30), reset_after: Duration::from_secs(30) }
+        Self {
+            initial: Duration::from_millis(500),
+            max: Duration::from_secs(30),
+            reset_after: Duration::from_secs(30),
+        }
     }
 }
 
@@ -34,7 +38,10 @@ impl Backoff {
     /// Delay before attempt `n` (0-based): initial·2ⁿ capped at max, with "equal jitter" (half fixed,
     /// half random) so a district of cameras that lost one recorder does not reconnect in lockstep.
     pub fn delay(&self, attempt: u32) -> Duration {
-        let base = self.initial.saturating_mul(1u32 << attempt.min(20)).min(self.max);
+        let base = self
+            .initial
+            .saturating_mul(1u32 << attempt.min(20))
+            .min(self.max);
         base / 2 + base.mul_f64(fastrand::f64() / 2.0)
     }
 }
@@ -82,7 +89,10 @@ pub fn supervise(task: CameraTask, ctx: Arc<Context>) {
             }
             Outcome::Ended | Outcome::Failed(_) => {
                 let (reason, healthy) = match outcome {
-                    Outcome::Failed(r) => (redact(&r, &task.spec.source), started.elapsed() >= ctx.backoff.reset_after),
+                    Outcome::Failed(r) => (
+                        redact(&r, &task.spec.source),
+                        started.elapsed() >= ctx.backoff.reset_after,
+                    ),
                     _ => ("the server ended the stream".to_string(), true),
                 };
                 if healthy {
@@ -111,16 +121,22 @@ fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) -> bool {
         if stop.load(Ordering::Relaxed) {
             return true;
         }
-        std::thread::sleep(Duration::from_millis(50).min(end.saturating_duration_since(Instant::now())));
+        std::thread::sleep(
+            Duration::from_millis(50).min(end.saturating_duration_since(Instant::now())),
+        );
     }
     stop.load(Ordering::Relaxed)
 }
 
 fn run_once(task: &CameraTask, ctx: &Context) -> Outcome {
-    let (pipeline, appsink) = match ctx.templates.build(&ctx.dir, &task.spec, ctx.pacing, &task.health) {
-        Ok(p) => p,
-        Err(e) => return Outcome::Failed(e.to_string()),
-    };
+    let (pipeline, appsink) =
+        match ctx
+            .templates
+            .build(&ctx.dir, &task.spec, ctx.pacing, &task.health)
+        {
+            Ok(p) => p,
+            Err(e) => return Outcome::Failed(e.to_string()),
+        };
     let watch_base = Instant::now();
     let last_frame = Arc::new(AtomicI64::new(-1));
     FrameTap {
@@ -142,11 +158,19 @@ fn run_once(task: &CameraTask, ctx: &Context) -> Outcome {
     outcome
 }
 
-fn watch(task: &CameraTask, ctx: &Context, pipeline: &gst::Pipeline, last_frame: &AtomicI64, base: Instant) -> Outcome {
+fn watch(
+    task: &CameraTask,
+    ctx: &Context,
+    pipeline: &gst::Pipeline,
+    last_frame: &AtomicI64,
+    base: Instant,
+) -> Outcome {
     if let Err(e) = pipeline.set_state(gst::State::Playing) {
         return Outcome::Failed(format!("cannot start the pipeline: {e}"));
     }
-    let Some(bus) = pipeline.bus() else { return Outcome::Failed("pipeline has no bus".into()) };
+    let Some(bus) = pipeline.bus() else {
+        return Outcome::Failed("pipeline has no bus".into());
+    };
     let is_file = matches!(task.spec.source, SourceUrl::File(_));
     // The first frame may take a GOP or two and an RTSP handshake: allow more than the stall time.
     let first_frame_grace = task.stall.max(Duration::from_secs(10));
@@ -157,27 +181,46 @@ fn watch(task: &CameraTask, ctx: &Context, pipeline: &gst::Pipeline, last_frame:
         if let Some(msg) = bus.timed_pop(gst::ClockTime::from_mseconds(100)) {
             match msg.view() {
                 gst::MessageView::Error(err) => {
-                    let src = msg.src().map(|s| s.path_string().to_string()).unwrap_or_default();
+                    let src = msg
+                        .src()
+                        .map(|s| s.path_string().to_string())
+                        .unwrap_or_default();
                     return Outcome::Failed(format!("{src}: {}", err.error()));
                 }
                 gst::MessageView::Eos(_) if is_file && ctx.loop_files => {
-                    if let Err(e) = pipeline.seek_simple(gst::SeekFlags::FLUSH | gst::SeekFlags::KEY_UNIT, gst::ClockTime::ZERO) {
+                    if let Err(e) = pipeline.seek_simple(
+                        gst::SeekFlags::FLUSH | gst::SeekFlags::KEY_UNIT,
+                        gst::ClockTime::ZERO,
+                    ) {
                         return Outcome::Failed(format!("cannot loop the footage: {e}"));
                     }
                 }
                 gst::MessageView::Eos(_) if is_file => return Outcome::Finished,
-                gst::MessageView::Eos(_) if last_frame.load(Ordering::Relaxed) >= 0 => return Outcome::Ended,
-                gst::MessageView::Eos(_) => return Outcome::Failed("the server ended the stream before any frame".into()),
+                gst::MessageView::Eos(_) if last_frame.load(Ordering::Relaxed) >= 0 => {
+                    return Outcome::Ended;
+                }
+                gst::MessageView::Eos(_) => {
+                    return Outcome::Failed("the server ended the stream before any frame".into());
+                }
                 _ => {}
             }
         }
         let now = base.elapsed().as_millis() as i64;
         let last = last_frame.load(Ordering::Relaxed);
         let silent_for = Duration::from_millis((now - last.max(0)) as u64);
-        let limit = if last < 0 { first_frame_grace } else { task.stall };
-        if silent_for > limit && !(is_file && matches!(ctx.pacing, Pacing::Unthrottled { lossless: true })) {
+        let limit = if last < 0 {
+            first_frame_grace
+        } else {
+            task.stall
+        };
+        if silent_for > limit
+            && !(is_file && matches!(ctx.pacing, Pacing::Unthrottled { lossless: true }))
+        {
             task.health.set_state(StreamState::Stalled);
-            return Outcome::Failed(format!("no frame for {:.1} s (stalled)", silent_for.as_secs_f32()));
+            return Outcome::Failed(format!(
+                "no frame for {:.1} s (stalled)",
+                silent_for.as_secs_f32()
+            ));
         }
     }
 }
@@ -186,7 +229,9 @@ fn watch(task: &CameraTask, ctx: &Context, pipeline: &gst::Pipeline, last_frame:
 /// any message that might echo them.
 fn redact(msg: &str, source: &SourceUrl) -> String {
     match source {
-        SourceUrl::Rtsp { password: Some(p), .. } if !p.is_empty() => msg.replace(p.as_str(), "***"),
+        SourceUrl::Rtsp {
+            password: Some(p), ..
+        } if !p.is_empty() => msg.replace(p.as_str(), "***"),
         _ => msg.to_string(),
     }
 }
@@ -197,20 +242,37 @@ mod tests {
 
     #[test]
     fn backoff_grows_exponentially_with_jitter_and_a_cap() {
-        let b = Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(2), reset_after: Duration::from_secs(1) };
+        let b = Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(2),
+            reset_after: Duration::from_secs(1),
+        };
         for _ in 0..100 {
             let d0 = b.delay(0);
-            assert!(d0 >= Duration::from_millis(50) && d0 <= Duration::from_millis(100), "{d0:?}");
+            assert!(
+                d0 >= Duration::from_millis(50) && d0 <= Duration::from_millis(100),
+                "{d0:?}"
+            );
             let d3 = b.delay(3);
-            assert!(d3 >= Duration::from_millis(400) && d3 <= Duration::from_millis(800), "{d3:?}");
+            assert!(
+                d3 >= Duration::from_millis(400) && d3 <= Duration::from_millis(800),
+                "{d3:?}"
+            );
             let d30 = b.delay(30);
-            assert!(d30 >= Duration::from_secs(1) && d30 <= Duration::from_secs(2), "{d30:?}");
+            assert!(
+                d30 >= Duration::from_secs(1) && d30 <= Duration::from_secs(2),
+                "{d30:?}"
+            );
         }
     }
 
     #[test]
     fn redaction_scrubs_the_password() {
-        let src = SourceUrl::Rtsp { url: "rtsp://h/s".into(), user: Some("u".into()), password: Some("hunter2".into()) };
+        let src = SourceUrl::Rtsp {
+            url: "rtsp://h/s".into(),
+            user: Some("u".into()),
+            password: Some("hunter2".into()),
+        };
         assert_eq!(redact("auth hunter2 failed", &src), "auth *** failed");
     }
 }

@@ -47,7 +47,11 @@ pub struct PoolStats {
 impl PoolStats {
     pub fn mean_batch(&self) -> f64 {
         let b = self.batches.load(Ordering::Relaxed);
-        if b == 0 { 0.0 } else { self.frames_analysed.load(Ordering::Relaxed) as f64 / b as f64 }
+        if b == 0 {
+            0.0
+        } else {
+            self.frames_analysed.load(Ordering::Relaxed) as f64 / b as f64
+        }
     }
 }
 
@@ -145,11 +149,23 @@ impl Pool {
             .map(|(health, analyser)| {
                 let a = ArrayQueue::new(1);
                 let _ = a.push(analyser);
-                Slot { frame: ArrayQueue::new(1), scheduled: AtomicBool::new(false), analyser: a, health }
+                Slot {
+                    frame: ArrayQueue::new(1),
+                    scheduled: AtomicBool::new(false),
+                    analyser: a,
+                    health,
+                }
             })
             .collect();
-        let shared = Arc::new(Shared { slots, ready_tx, stats: PoolStats::default(), stop: AtomicBool::new(false) });
-        let detectors = (0..config.workers.max(1)).map(|_| make_detector()).collect::<Result<Vec<_>, _>>()?;
+        let shared = Arc::new(Shared {
+            slots,
+            ready_tx,
+            stats: PoolStats::default(),
+            stop: AtomicBool::new(false),
+        });
+        let detectors = (0..config.workers.max(1))
+            .map(|_| make_detector())
+            .collect::<Result<Vec<_>, _>>()?;
         let workers = detectors
             .into_iter()
             .enumerate()
@@ -161,7 +177,13 @@ impl Pool {
                     .expect("spawning a worker thread")
             })
             .collect();
-        Ok((Pool { shared: shared.clone(), workers }, FrameSink { shared }))
+        Ok((
+            Pool {
+                shared: shared.clone(),
+                workers,
+            },
+            FrameSink { shared },
+        ))
     }
 
     pub fn stats(&self) -> &PoolStats {
@@ -188,7 +210,12 @@ struct Worker {
 }
 
 impl Worker {
-    fn new(shared: Arc<Shared>, ready_rx: Receiver<usize>, detector: Detector, config: &PoolConfig) -> Self {
+    fn new(
+        shared: Arc<Shared>,
+        ready_rx: Receiver<usize>,
+        detector: Detector,
+        config: &PoolConfig,
+    ) -> Self {
         let batch = detector.max_batch().min(config.max_batch.max(1));
         Self {
             shared,
@@ -230,10 +257,15 @@ impl Worker {
         if !self.frames.is_empty() {
             let started = Instant::now();
             let n = self.frames.len();
-            match self.detector.detect(&self.frames, &mut self.detections[..n]) {
+            match self
+                .detector
+                .detect(&self.frames, &mut self.detections[..n])
+            {
                 Ok(()) => {
                     let stats = &shared.stats;
-                    stats.inference_ms.record_ms(started.elapsed().as_secs_f64() * 1e3);
+                    stats
+                        .inference_ms
+                        .record_ms(started.elapsed().as_secs_f64() * 1e3);
                     stats.batches.fetch_add(1, Ordering::Relaxed);
                     stats.frames_analysed.fetch_add(n as u64, Ordering::Relaxed);
                     for (frame, dets) in self.frames.iter().zip(&self.detections) {
@@ -243,11 +275,16 @@ impl Worker {
                             let _ = slot.analyser.push(analyser);
                         }
                         slot.health.frames_analysed.fetch_add(1, Ordering::Relaxed);
-                        stats.latency_ms.record_ms(frame.received.elapsed().as_secs_f64() * 1e3);
+                        stats
+                            .latency_ms
+                            .record_ms(frame.received.elapsed().as_secs_f64() * 1e3);
                     }
                 }
                 Err(e) => {
-                    shared.stats.inference_errors.fetch_add(1, Ordering::Relaxed);
+                    shared
+                        .stats
+                        .inference_errors
+                        .fetch_add(1, Ordering::Relaxed);
                     tracing::error!(error = %e, frames = n, "inference failed; frames skipped");
                 }
             }

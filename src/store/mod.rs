@@ -41,9 +41,13 @@ pub struct IncidentRow {
 impl Store {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let p = path.display().to_string();
-        let wrap = |source| StoreError { path: p.clone(), source };
+        let wrap = |source| StoreError {
+            path: p.clone(),
+            source,
+        };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| wrap(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| wrap(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
         }
         let conn = Connection::open(path).map_err(wrap)?;
         conn.execute_batch(
@@ -66,7 +70,10 @@ impl Store {
 
     /// Applies one lifecycle event: opened inserts, updated and closed amend the same row.
     pub fn record(&self, e: &IncidentEvent) -> Result<(), StoreError> {
-        let wrap = |source| StoreError { path: self.path.clone(), source };
+        let wrap = |source| StoreError {
+            path: self.path.clone(),
+            source,
+        };
         let id = e.key.to_string();
         match e.phase {
             IncidentPhase::Opened => self.conn.execute(
@@ -100,8 +107,15 @@ impl Store {
         Ok(self.query("WHERE id = ?1", [id])?.pop())
     }
 
-    fn query(&self, tail: &str, args: impl rusqlite::Params) -> Result<Vec<IncidentRow>, StoreError> {
-        let wrap = |source| StoreError { path: self.path.clone(), source };
+    fn query(
+        &self,
+        tail: &str,
+        args: impl rusqlite::Params,
+    ) -> Result<Vec<IncidentRow>, StoreError> {
+        let wrap = |source| StoreError {
+            path: self.path.clone(),
+            source,
+        };
         let sql = format!(
             "SELECT id, camera, rule, zone, kind, severity, opened_at, updated_at, closed_at, count, summary, snapshot
              FROM incidents {tail}"
@@ -138,7 +152,12 @@ mod tests {
     fn lifecycle_is_one_row() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("sw.db")).unwrap();
-        let key = IncidentKey { camera: CameraId::new("c1"), rule: "crowd".into(), zone: "plaza".into(), episode: Timestamp(1000) };
+        let key = IncidentKey {
+            camera: CameraId::new("c1"),
+            rule: "crowd".into(),
+            zone: "plaza".into(),
+            episode: Timestamp(1000),
+        };
         let mut e = IncidentEvent {
             key,
             phase: IncidentPhase::Opened,
@@ -158,7 +177,10 @@ mod tests {
         store.record(&e).unwrap();
         let rows = store.incidents().unwrap();
         assert_eq!(rows.len(), 1);
-        assert_eq!((rows[0].opened_at, rows[0].closed_at, rows[0].count), (11_000, Some(30_000), 8));
+        assert_eq!(
+            (rows[0].opened_at, rows[0].closed_at, rows[0].count),
+            (11_000, Some(30_000), 8)
+        );
         assert_eq!(rows[0].id, "c1/crowd/plaza/1000");
     }
 }

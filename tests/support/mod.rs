@@ -22,8 +22,12 @@ pub fn footage(name: &str) -> PathBuf {
 }
 
 pub fn nanodet() -> Arc<ModelManifest> {
-    infer::init_runtime(&infer::default_runtime_path()).expect("ONNX Runtime (run scripts/setup.sh)");
-    Arc::new(ModelManifest::load(&root().join("models/nanodet_g_416_coco.toml")).expect("NanoDet manifest"))
+    infer::init_runtime(&infer::default_runtime_path())
+        .expect("ONNX Runtime (run scripts/setup.sh)");
+    Arc::new(
+        ModelManifest::load(&root().join("models/nanodet_g_416_coco.toml"))
+            .expect("NanoDet manifest"),
+    )
 }
 
 /// Decodes `file` at `fps` into RGB images `width` wide, with their media time in ms.
@@ -34,21 +38,35 @@ pub fn decode_frames(file: &Path, fps: u32, width: u32) -> Vec<(i64, image::RgbI
          ! videoconvert ! videoscale ! video/x-raw,format=RGB,width={width},pixel-aspect-ratio=1/1 ! appsink name=sink sync=false",
         file.display()
     );
-    let pipeline = gst::parse::launch(&desc).unwrap().downcast::<gst::Pipeline>().unwrap();
-    let sink = pipeline.by_name("sink").unwrap().dynamic_cast::<gst_app::AppSink>().unwrap();
+    let pipeline = gst::parse::launch(&desc)
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+    let sink = pipeline
+        .by_name("sink")
+        .unwrap()
+        .dynamic_cast::<gst_app::AppSink>()
+        .unwrap();
     pipeline.set_state(gst::State::Playing).unwrap();
     let mut out = Vec::new();
     while let Ok(sample) = sink.pull_sample() {
         let info = gst_video::VideoInfo::from_caps(sample.caps().unwrap()).unwrap();
         let buf = sample.buffer().unwrap();
         let map = buf.map_readable().unwrap();
-        let (w, h, stride) = (info.width() as usize, info.height() as usize, info.stride()[0] as usize);
+        let (w, h, stride) = (
+            info.width() as usize,
+            info.height() as usize,
+            info.stride()[0] as usize,
+        );
         let mut px = Vec::with_capacity(w * h * 3);
         for row in 0..h {
             px.extend_from_slice(&map[row * stride..row * stride + w * 3]);
         }
         let ms = buf.pts().map_or(0, |p| p.mseconds() as i64);
-        out.push((ms, image::RgbImage::from_raw(w as u32, h as u32, px).unwrap()));
+        out.push((
+            ms,
+            image::RgbImage::from_raw(w as u32, h as u32, px).unwrap(),
+        ));
     }
     pipeline.set_state(gst::State::Null).unwrap();
     out
@@ -72,7 +90,11 @@ pub fn serve_footage(port: u16, mounts: &[(&str, &Path)]) -> (ChildGuard, u16) {
     for (m, f) in mounts {
         cmd.arg(format!("{m}={}", f.display()));
     }
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("spawn serve-footage");
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn serve-footage");
     let stdout = child.stdout.take().unwrap();
     let mut lines = std::io::BufReader::new(stdout).lines();
     let mut port = 0;
@@ -81,7 +103,15 @@ pub fn serve_footage(port: u16, mounts: &[(&str, &Path)]) -> (ChildGuard, u16) {
         if line == "ready" {
             break;
         }
-        port = line.rsplit_once(':').unwrap().1.split('/').next().unwrap().parse().unwrap();
+        port = line
+            .rsplit_once(':')
+            .unwrap()
+            .1
+            .split('/')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
     }
     assert_ne!(port, 0, "serve-footage did not start");
     (ChildGuard(child), port)

@@ -1,0 +1,158 @@
+//! `streetwatch check-config` on broken files: each mistake names the file, line and key, and exits non-zero.
+
+mod support;
+
+use std::process::Command;
+
+const GOOD: &str = r#"[runtime]
+model = "MODEL"
+
+[[cameras]]
+id = "cam-1"
+url = "rtsp://admin:pw@10.0.0.5/stream1"
+
+[[cameras.zones]]
+id = "plaza"
+polygon = [[0.1, 0.1], [0.9, 0.1], [0.9, 0.9]]
+
+[[cameras.rules]]
+kind = "crowding"
+id = "crowd"
+zone = "plaza"
+min_people = 5
+min_seconds = 10
+"#;
+
+/// Writes `text` to a file and runs check-config on it: (exit ok, stdout + stderr, file path).
+fn check(text: &str) -> (bool, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("district.toml");
+    let model = support::root().join("models/nanodet_g_416_coco.toml");
+    std::fs::write(&path, text.replace("MODEL", model.to_str().unwrap())).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_streetwatch"))
+        .env(
+            "STREETWATCH_ORT_LIB",
+            streetwatch::infer::default_runtime_path(),
+        )
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text, path.display().to_string())
+}
+
+fn fails_with(text: &str, line: usize, key: &str, what: &str) {
+    let (ok, out, file) = check(text);
+    assert!(!ok, "accepted: {out}");
+    let at = format!("{file}:{line}:");
+    assert!(out.contains(&at), "expected {at} in: {out}");
+    assert!(out.contains(key), "expected key {key} in: {out}");
+    assert!(out.contains(what), "expected `{what}` in: {out}");
+    assert!(!out.contains("admin:pw"), "credentials leaked: {out}");
+}
+
+#[test]
+fn a_good_file_passes() {
+    let (ok, out, _) = check(GOOD);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("1 cameras, 1 zones, 1 rules, model nanodet-g-416-coco"),
+        "{out}"
+    );
+}
+
+#[test]
+fn unknown_key() {
+    fails_with(
+        &GOOD.replace("min_people = 5", "min_people = 5\nmin_poeple = 5"),
+        17,
+        "min_poeple",
+        "unknown field",
+    );
+}
+
+#[test]
+fn polygon_with_two_points() {
+    fails_with(
+        &GOOD.replace(", [0.9, 0.9]]", "]"),
+        10,
+        "cameras[0].zones[0].polygon",
+        "at least 3 points",
+    );
+}
+
+#[test]
+fn polygon_outside_the_frame() {
+    fails_with(
+        &GOOD.replace("[0.9, 0.9]", "[0.9, 1.2]"),
+        10,
+        "cameras[0].zones[0].polygon",
+        "outside 0–1",
+    );
+}
+
+#[test]
+fn duplicate_camera_id() {
+    let twice = format!("{GOOD}\n[[cameras]]\nid = \"cam-1\"\nurl = \"rtsp://10.0.0.6/s\"\n");
+    fails_with(&twice, 20, "cameras[1].id", "duplicate camera id `cam-1`");
+}
+
+#[test]
+fn missing_model_file() {
+    let (ok, out, file) =
+        check(&GOOD.replace("model = \"MODEL\"", "model = \"/nonexistent/model.toml\""));
+    assert!(!ok);
+    assert!(
+        out.contains(&format!("{file}:2:9: runtime.model")) && out.contains("does not exist"),
+        "{out}"
+    );
+}
+
+#[test]
+fn model_manifest_pointing_at_a_missing_onnx() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest =
+        std::fs::read_to_string(support::root().join("models/nanodet_g_416_coco.toml")).unwrap();
+    let m = dir.path().join("m.toml");
+    std::fs::write(&m, manifest).unwrap();
+    let (ok, out, _) = check(&GOOD.replace("MODEL", m.to_str().unwrap()));
+    assert!(!ok);
+    assert!(
+        out.contains("nanodet_g_416_coco.onnx") && out.contains("cannot read"),
+        "{out}"
+    );
+}
+
+#[test]
+fn unparseable_url() {
+    fails_with(
+        &GOOD.replace(
+            "rtsp://admin:pw@10.0.0.5/stream1",
+            "rtsp://admin:pw@[10.0.0.5/stream1",
+        ),
+        6,
+        "cameras[0].url",
+        "not a valid URL",
+    );
+    fails_with(
+        &GOOD.replace(
+            "rtsp://admin:pw@10.0.0.5/stream1",
+            "http://admin:pw@10.0.0.5/",
+        ),
+        6,
+        "cameras[0].url",
+        "unsupported scheme",
+    );
+}
+
+#[test]
+fn syntax_error() {
+    fails_with(
+        &GOOD.replace("min_seconds = 10", "min_seconds = "),
+        17,
+        "",
+        "",
+    );
+}
