@@ -18,6 +18,10 @@ APT_PACKAGES=(
   kannel kannel-extras python3-aiosmtpd openssl
 )
 
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "setup: cargo not found: install the Rust toolchain (1.95 or newer) first" >&2; exit 1
+fi
+
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -59,6 +63,6 @@ if [ ! -f "$yolo" ]; then
 fi
 
 if [ "${STREETWATCH_SKIP_BUILD:-0}" != 1 ]; then
-  cargo build --release --quiet
+  cargo build --release --locked --quiet
 fi
 echo "setup: ready (ONNX Runtime at $ort_lib)"

@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 use streetwatch::app::{Pipeline, RunOptions};
-use streetwatch::bench::{self, BenchOptions};
+use streetwatch::bench::{self, BenchOptions, BenchSource};
 use streetwatch::config::Config;
 use streetwatch::ingest::{self, FootageServer};
 use streetwatch::types::SystemClock;
@@ -51,9 +51,13 @@ enum Command {
         /// H.264 MP4 footage; default: the 720p25 2 Mbps benchmark clip in fixtures.
         #[arg(long)]
         footage: Option<PathBuf>,
-        /// `rtsp`: served over RTSP/TCP on loopback; `file`: read directly (no network).
+        /// `rtsp`: served over RTSP/TCP on loopback by this process; `file`: read directly (no network).
         #[arg(long, default_value = "rtsp", value_parser = ["rtsp", "file"])]
         source: String,
+        /// Read every virtual camera from this RTSP URL instead (e.g. `streetwatch serve-footage` in another
+        /// process, or a real camera), so only the client's cost is measured.
+        #[arg(long, conflicts_with = "source")]
+        url: Option<String>,
         /// Analysed frames per second per camera.
         #[arg(long, default_value_t = 0.5)]
         fps: f32,
@@ -123,6 +127,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             seconds,
             footage,
             source,
+            url,
             fps,
             full_decode,
             workers,
@@ -133,7 +138,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 cameras,
                 seconds,
                 footage: footage.unwrap_or_else(|| ingest::fixture("bench_720p25_2mbps.mp4")),
-                rtsp: source == "rtsp",
+                source: match (url, source.as_str()) {
+                    (Some(u), _) => BenchSource::Url(u),
+                    (None, "file") => BenchSource::File,
+                    _ => BenchSource::Rtsp,
+                },
                 fps,
                 keyframe_only: !full_decode,
                 workers,

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a fresh Debian 12 machine: installs what the tests need (GStreamer, the
+# ONNX Runtime library, Kannel, aiosmtpd, the YOLOv8 test model), then every unit and integration test.
+# The integration tests start their own real peers (RTSP servers, Kannel, an SMTP server) on 127.0.0.1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+STREETWATCH_SKIP_BUILD=1 ./scripts/setup.sh
+cargo test --locked -- --test-threads=2
