@@ -176,7 +176,10 @@ fn payload(n: &NoticeRow) -> NoticePayload {
 }
 
 /// Asserts the notices, in order: (from, to, receiver, firing keys, resolved keys).
-fn expect(notices: &[NoticeRow], want: &[(f64, f64, Option<&str>, Vec<String>, Vec<String>)]) {
+/// A wanted notice: (from, to, receiver, firing keys, resolved keys).
+type Want<'a> = (f64, f64, Option<&'a str>, Vec<String>, Vec<String>);
+
+fn expect(notices: &[NoticeRow], want: &[Want<'_>]) {
     let got: Vec<String> = notices
         .iter()
         .map(|n| {

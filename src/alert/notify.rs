@@ -28,10 +28,12 @@ pub(crate) enum Outcome {
 }
 
 impl Outcome {
-    pub(crate) fn network(e: &reqwest::Error) -> Self {
+    pub(crate) fn network(e: reqwest::Error) -> Self {
+        let maybe_sent = !e.is_connect();
         Outcome::Transient {
-            error: error_chain(e),
-            maybe_sent: !e.is_connect(),
+            // The URL may carry the gateway's password in its query: never in the outbox or the logs.
+            error: error_chain(&e.without_url()),
+            maybe_sent,
         }
     }
 
@@ -249,15 +251,20 @@ impl Notifier {
                 tracing::error!(delivery = d.id, receiver = %d.receiver, channel = %d.channel, %reason, "delivery dead-lettered")
             }
         }
-        if let Err(e) = outbox::finish(
-            &mut self.db(),
-            &d,
-            &outcome,
-            &self.cfg.retry,
-            self.clock.now(),
-        ) {
-            // The row stays `sending`: crash recovery resends it at the next start.
+        for tries in 1..=5u64 {
+            let recorded = outbox::finish(
+                &mut self.db(),
+                &d,
+                &outcome,
+                &self.cfg.retry,
+                self.clock.now(),
+            );
+            let Err(e) = recorded else { break };
             tracing::error!(delivery = d.id, error = %e, "alert outbox: cannot record a delivery outcome");
+            // After the last try the row stays `sending`: crash recovery resends it at the next start.
+            if tries < 5 {
+                tokio::time::sleep(Duration::from_millis(200 * tries)).await;
+            }
         }
         self.wake.notify_one();
     }

@@ -11,7 +11,7 @@
 //! A delivery is marked `sending` before the request goes out, so a crash mid-send leaves it `sending`; on
 //! restart it goes back to `pending` with `possible_duplicates` counted: at most one duplicate, never a loss.
 
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use sha2::{Digest, Sha256};
 
 use crate::types::Timestamp;
@@ -154,7 +154,7 @@ pub(crate) fn recover_interrupted(
     conn: &mut Connection,
     now: Timestamp,
 ) -> Result<usize, AlertError> {
-    let tx = conn.transaction()?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let ids: Vec<i64> = {
         let mut stmt = tx.prepare("SELECT id FROM alert_deliveries WHERE state = 'sending'")?;
         stmt.query_map([], |r| r.get(0))?
@@ -248,13 +248,14 @@ pub(crate) fn finish(
     retry: &RetryConfig,
     now: Timestamp,
 ) -> Result<(), AlertError> {
-    let tx = conn.transaction()?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let attempts = d.attempts + 1;
     match outcome {
         Outcome::Accepted { state, reply } => {
+            // A delivery report can beat the gateway's HTTP reply; it is not undone.
             tx.execute(
-                "UPDATE alert_deliveries SET state = ?3, gateway_reply = ?4, last_error = NULL, updated_at = ?2 \
-                 WHERE id = ?1 AND state = 'sending'",
+                "UPDATE alert_deliveries SET state = CASE WHEN state = 'sending' THEN ?3 ELSE state END, \
+                 gateway_reply = ?4, last_error = NULL, updated_at = ?2 WHERE id = ?1",
                 params![d.id, now.0, state, reply],
             )?;
             event(&tx, d.id, now, state, reply)?;
@@ -311,7 +312,7 @@ pub(crate) fn apply_dlr(
     answer: &str,
     now: Timestamp,
 ) -> Result<bool, AlertError> {
-    let tx = conn.transaction()?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let row: Option<(String, String)> = tx
         .query_row(
             "SELECT idempotency_key, state FROM alert_deliveries WHERE id = ?1 AND channel = 'sms'",

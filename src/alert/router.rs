@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
 use crate::types::{CameraId, IncidentEvent, Severity, Timestamp};
 
@@ -196,7 +196,9 @@ impl Router {
     ) -> Result<Vec<Admission>, AlertError> {
         let mut out = Vec::with_capacity(events.len());
         let mut new_alerts = Vec::new();
-        let tx = self.conn.transaction()?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         for ev in events {
             self.stats.events += 1;
             let key = ev.key.to_string();
@@ -278,7 +280,9 @@ impl Router {
         let mut stats = self.stats;
         let mut ids = Vec::new();
         let mut log_updates = Vec::new();
-        let tx = self.conn.transaction()?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         for gk in &due {
             let Some(g) = self.groups.get_mut(gk) else {
                 continue;

@@ -102,7 +102,7 @@ pub(crate) async fn send(
     };
     let resp = match req.timeout(cfg.timeout.std()).send().await {
         Ok(r) => r,
-        Err(e) => return Outcome::network(&e),
+        Err(e) => return Outcome::network(e),
     };
     let status = resp.status();
     let body = resp.text().await.unwrap_or_default().trim().to_string();

@@ -83,6 +83,10 @@ CREATE TABLE IF NOT EXISTS alert_silences (
 ";
 
 /// Opens (creating if needed) the database file with the alert tables.
+///
+/// Every transaction that reads before it writes is IMMEDIATE: a deferred one that read a snapshot cannot
+/// upgrade to a writer once another connection committed (SQLITE_BUSY_SNAPSHOT, not retried by
+/// busy_timeout), which would leave, say, a delivery stuck in `sending`.
 pub(crate) fn open(path: &Path) -> Result<Connection, AlertError> {
     if let Some(dir) = path.parent()
         && !dir.as_os_str().is_empty()

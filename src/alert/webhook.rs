@@ -60,7 +60,7 @@ pub(crate) async fn send(
                 Outcome::from_status(status, reply)
             }
         }
-        Err(e) => Outcome::network(&e),
+        Err(e) => Outcome::network(e),
     }
 }
 

@@ -333,7 +333,9 @@ max-messages = 5
     pub fn received(&self) -> Vec<Sms> {
         let text = std::fs::read_to_string(&self.fake_log).unwrap_or_default();
         let mut out = Vec::new();
-        let mut partial: BTreeMap<(String, u8), (Sms, BTreeMap<u8, Vec<u8>>, u8)> = BTreeMap::new();
+        // (recipient, reference) → (message so far, parts by sequence number, parts expected)
+        type Partial = (Sms, BTreeMap<u8, Vec<u8>>, u8);
+        let mut partial: BTreeMap<(String, u8), Partial> = BTreeMap::new();
         for line in text.lines() {
             let Some(i) = line.find("Got message ") else {
                 continue;
