@@ -175,10 +175,10 @@ fn payload(n: &NoticeRow) -> NoticePayload {
     serde_json::from_str(&n.payload).unwrap()
 }
 
-/// Asserts the notices, in order: (from, to, receiver, firing keys, resolved keys).
 /// A wanted notice: (from, to, receiver, firing keys, resolved keys).
 type Want<'a> = (f64, f64, Option<&'a str>, Vec<String>, Vec<String>);
 
+/// Asserts the notices, in order.
 fn expect(notices: &[NoticeRow], want: &[Want<'_>]) {
     let got: Vec<String> = notices
         .iter()
