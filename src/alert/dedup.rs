@@ -3,7 +3,7 @@
 //! again until something changes or `repeat_interval` passes). Both survive a restart: alerts and the log are
 //! in SQLite, so a router that crashed does not page anyone twice for what it had already sent.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use crate::types::{IncidentEvent, IncidentPhase, Timestamp};
 
@@ -22,10 +22,13 @@ pub enum Admission {
     Duplicate(&'static str),
 }
 
-/// The alerts the router knows, by incident key.
+/// The alerts the router knows, by incident key, with indexes so that inhibition looks only at firing
+/// alerts and pruning only at the oldest resolved ones (a burst leaves thousands of closed incidents).
 #[derive(Default)]
 pub(crate) struct Dedup {
     alerts: HashMap<String, Alert>,
+    firing: HashSet<String>,
+    resolved: BTreeSet<(Timestamp, String)>,
 }
 
 impl Dedup {
@@ -38,11 +41,24 @@ impl Dedup {
     }
 
     pub(crate) fn insert(&mut self, a: Alert) {
+        self.index(&a);
         self.alerts.insert(a.key.clone(), a);
     }
 
+    fn index(&mut self, a: &Alert) {
+        match a.ended_at {
+            None => {
+                self.firing.insert(a.key.clone());
+            }
+            Some(end) => {
+                self.firing.remove(&a.key);
+                self.resolved.insert((end, a.key.clone()));
+            }
+        }
+    }
+
     pub(crate) fn firing(&self) -> impl Iterator<Item = &Alert> + Clone {
-        self.alerts.values().filter(|a| a.firing())
+        self.firing.iter().filter_map(|k| self.alerts.get(k))
     }
 
     /// Applies `ev` to the known state and says whether it is news.
@@ -55,6 +71,7 @@ impl Dedup {
             // An update with no open seen (the analyser restarted, or the open was lost upstream) still
             // describes a live incident: take it as new rather than drop it.
             (None, IncidentPhase::Opened | IncidentPhase::Updated) => {
+                self.firing.insert(key.clone());
                 self.alerts.insert(key.clone(), Alert::from_event(ev));
                 Admission::New
             }
@@ -87,19 +104,24 @@ impl Dedup {
                 Admission::Resolved
             }
         };
+        if admission == Admission::Resolved
+            && let Some(a) = self.alerts.get(&key)
+        {
+            let a = a.clone();
+            self.index(&a);
+        }
         (admission, self.alerts.get(&key))
     }
 
     /// Forgets alerts resolved before `cutoff` (the database keeps them) and returns their keys.
     pub(crate) fn prune(&mut self, cutoff: Timestamp) -> Vec<String> {
-        let old: Vec<String> = self
-            .alerts
-            .values()
-            .filter(|a| a.ended_at.is_some_and(|e| e < cutoff))
-            .map(|a| a.key.clone())
-            .collect();
-        for k in &old {
-            self.alerts.remove(k);
+        let mut old = Vec::new();
+        while let Some((end, _)) = self.resolved.first()
+            && *end < cutoff
+        {
+            let (_, key) = self.resolved.pop_first().expect("checked non-empty");
+            self.alerts.remove(&key);
+            old.push(key);
         }
         old
     }
@@ -187,9 +209,15 @@ mod tests {
             d.admit(&ev(IncidentPhase::Updated, 1500, 7)).0,
             Admission::Duplicate(_)
         ));
+        assert_eq!(d.firing().count(), 1);
         assert_eq!(
             d.admit(&ev(IncidentPhase::Closed, 3000, 0)).0,
             Admission::Resolved
+        );
+        assert_eq!(d.firing().count(), 0);
+        assert!(
+            d.prune(Timestamp(3000)).is_empty(),
+            "kept until after the cutoff"
         );
         assert!(matches!(
             d.admit(&ev(IncidentPhase::Updated, 4000, 8)).0,

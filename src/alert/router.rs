@@ -432,7 +432,8 @@ impl Router {
             if g.alerts.is_empty() {
                 self.groups.remove(gk);
             } else {
-                g.next_flush = now.plus_ms(g.group_interval.ms());
+                let next = now.plus_ms(g.group_interval.ms());
+                self.groups.reschedule(gk, next);
             }
         }
         Ok(ids)

@@ -319,6 +319,15 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Deliveries per state.
+    pub fn delivery_counts(&self) -> Result<std::collections::BTreeMap<String, i64>, AlertError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT state, COUNT(*) FROM alert_deliveries GROUP BY state")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     pub fn delivery(&self, id: i64) -> Result<Option<DeliveryRow>, AlertError> {
         let sql = format!("SELECT {DELIVERY_COLUMNS} FROM alert_deliveries WHERE id = ?1");
         Ok(self
