@@ -58,6 +58,7 @@ fn vietnamese_sms_arrives_whole_with_its_segment_count_and_delivery_report() {
         Arc::new(SystemClock),
     )
     .unwrap();
+    assert!(alert.dlr_addr().is_some_and(|a| a.ip().is_loopback()));
     alert.submit(opened(
         "d1-nh-03",
         "Bến Nghé",

@@ -272,6 +272,16 @@ fn dedup_one_notice_per_incident_despite_repeats_and_replays() {
         .filter(|a| matches!(a, Admission::Duplicate(_)))
         .count();
     assert_eq!(dropped, 3, "{:?}", tl.admissions);
+    let stats = tl.router.stats();
+    assert_eq!(
+        (
+            stats.events,
+            stats.duplicates,
+            stats.notices_queued,
+            stats.deliveries
+        ),
+        (5, 3, 1, 1)
+    );
     let store = Store::open(&tl.db).unwrap();
     let row = &store.alerts(None, 10).unwrap()[0];
     assert_eq!((row.events, row.duplicates), (2, 3));

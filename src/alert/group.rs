@@ -86,8 +86,4 @@ impl Groups {
     pub(crate) fn next_deadline(&self) -> Option<Timestamp> {
         self.schedule.first().map(|(t, _)| *t)
     }
-
-    pub(crate) fn len(&self) -> usize {
-        self.map.len()
-    }
 }

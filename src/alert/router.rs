@@ -256,11 +256,6 @@ impl Router {
         self.stats
     }
 
-    /// Live groups (for benchmarks and tests).
-    pub fn group_count(&self) -> usize {
-        self.groups.len()
-    }
-
     /// Flushes the groups due at `now` and closes flood windows; returns the ids of notices written.
     pub fn tick(&mut self, now: Timestamp) -> Result<Vec<i64>, AlertError> {
         let due = self.groups.due(now);
