@@ -252,13 +252,15 @@ pub(crate) fn finish(
     let attempts = d.attempts + 1;
     match outcome {
         Outcome::Accepted { state, reply } => {
-            // A delivery report can beat the gateway's HTTP reply; it is not undone.
-            tx.execute(
+            // A delivery report can beat the gateway's HTTP reply; it is not undone, and the event says
+            // the state the delivery is really in.
+            let now_state: String = tx.query_row(
                 "UPDATE alert_deliveries SET state = CASE WHEN state = 'sending' THEN ?3 ELSE state END, \
-                 gateway_reply = ?4, last_error = NULL, updated_at = ?2 WHERE id = ?1",
+                 gateway_reply = ?4, last_error = NULL, updated_at = ?2 WHERE id = ?1 RETURNING state",
                 params![d.id, now.0, state, reply],
+                |r| r.get(0),
             )?;
-            event(&tx, d.id, now, state, reply)?;
+            event(&tx, d.id, now, &now_state, reply)?;
         }
         Outcome::Permanent(reason) => {
             tx.execute(
