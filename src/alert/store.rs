@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use serde::Serialize;
 
 use crate::types::Timestamp;
@@ -97,12 +97,30 @@ pub(crate) fn open(path: &Path) -> Result<Connection, AlertError> {
     let conn = Connection::open(path)
         .map_err(|e| AlertError::Db(format!("open {}: {e}", path.display())))?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    // Several processes may create the file at once (the router, the CLI, the incident store). Until it is
+    // in WAL mode SQLite answers BUSY at once rather than wait when two connections would deadlock, so the
+    // set-up is retried for a while.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match init(&conn) {
+            Ok(()) => return Ok(conn),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(e.code, ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10 + fastrand::u64(0..20)));
+            }
+            Err(e) => return Err(AlertError::Db(format!("set up {}: {e}", path.display()))),
+        }
+    }
+}
+
+fn init(conn: &Connection) -> rusqlite::Result<()> {
     // WAL: readers (CLI, API) never block the router. synchronous=FULL: a decision that committed survives a
     // power cut, not only a crash; the router batches events into one transaction to keep that cheap.
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
-    conn.execute_batch(SCHEMA)?;
-    Ok(conn)
+    conn.execute_batch(SCHEMA)
 }
 
 /// One incident as `alerts list` shows it.
@@ -415,5 +433,27 @@ impl Store {
             params![id, now.0],
         )?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn many_first_opens_at_once_all_succeed() {
+        for _ in 0..5 {
+            let dir = tempfile::TempDir::new().unwrap();
+            let path = dir.path().join("sw.db");
+            let threads: Vec<_> = (0..8)
+                .map(|_| {
+                    let p = path.clone();
+                    std::thread::spawn(move || open(&p).map(|_| ()))
+                })
+                .collect();
+            for t in threads {
+                t.join().unwrap().unwrap();
+            }
+        }
     }
 }
