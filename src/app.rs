@@ -9,9 +9,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 use crossbeam::channel::Receiver;
 
+use crate::alert::{self, AlertHandle, AlertService};
 use crate::analyse::{AnalysisEvent, CameraAnalyser, render_snapshot};
 use crate::config::Config;
-use crate::health::{CameraHealth, HealthSnapshot};
+use crate::health::{CameraHealth, HealthSnapshot, StreamState};
 use crate::infer::{self, Detector, ModelManifest};
 use crate::ingest::{Backoff, CameraStream, Ingest, IngestOptions, Pacing};
 use crate::pool::{Analyser, Pool, PoolConfig, PoolStats};
@@ -40,6 +41,7 @@ pub struct Pipeline {
     ingest: Ingest,
     pool: Pool,
     sink: JoinHandle<()>,
+    watcher: Option<(JoinHandle<()>, crossbeam::channel::Sender<()>)>,
     health: Vec<Arc<CameraHealth>>,
     clock: Arc<dyn Clock>,
     pub db_path: PathBuf,
@@ -110,10 +112,26 @@ impl Pipeline {
         let (pool, frames) = Pool::start(&pool_config, cameras, || {
             Detector::new(manifest.clone(), pool_config.max_batch, threshold)
         })?;
+        let alerts = match &config.alert {
+            Some(a) => Some(Arc::new(AlertService::start(
+                a.get_ref().clone(),
+                &db_path,
+                clock.clone(),
+            )?)),
+            None => {
+                tracing::warn!(
+                    "no [alert] table: incidents are stored and logged, nobody is notified"
+                );
+                None
+            }
+        };
+        let watcher = alerts
+            .as_ref()
+            .map(|a| watch_camera_health(health.clone(), a.clone()));
         let snapshots = data_dir.join("snapshots");
         let sink = std::thread::Builder::new()
             .name("sw-incidents".into())
-            .spawn(move || incident_sink(events_rx, store, snapshots))?;
+            .spawn(move || incident_sink(events_rx, store, snapshots, alerts))?;
         let ingest = Ingest::start(
             CameraStream::from_config(config, &health),
             IngestOptions {
@@ -130,6 +148,7 @@ impl Pipeline {
             ingest,
             pool,
             sink,
+            watcher,
             health,
             clock,
             db_path,
@@ -158,12 +177,56 @@ impl Pipeline {
     pub fn shutdown(self) {
         self.ingest.stop();
         self.pool.shutdown();
+        if let Some((thread, stop)) = self.watcher {
+            drop(stop);
+            let _ = thread.join();
+        }
+        // The sink ends when the analysers' senders are gone, then stops the alert service it owns.
         let _ = self.sink.join();
     }
 }
 
-/// Writes snapshots and incident rows and logs each lifecycle event. Runs off the frame path.
-fn incident_sink(events: Receiver<AnalysisEvent>, store: Store, snapshots: PathBuf) {
+/// A camera that has not streamed for this long is reported down to the alert router, which mutes its
+/// rule alerts (and can alert on the outage itself).
+const CAMERA_DOWN_AFTER: Duration = Duration::from_secs(30);
+
+/// Tells the alert router when cameras go down and come back, once per change.
+fn watch_camera_health(
+    health: Vec<Arc<CameraHealth>>,
+    alerts: Arc<AlertHandle>,
+) -> (JoinHandle<()>, crossbeam::channel::Sender<()>) {
+    let (stop_tx, stop_rx) = crossbeam::channel::bounded::<()>(0);
+    let thread = std::thread::Builder::new()
+        .name("sw-health".into())
+        .spawn(move || {
+            let mut down_since: Vec<Option<std::time::Instant>> = vec![None; health.len()];
+            let mut reported_down = vec![false; health.len()];
+            while let Err(crossbeam::channel::RecvTimeoutError::Timeout) = stop_rx.recv_timeout(Duration::from_secs(1)) {
+                for (i, h) in health.iter().enumerate() {
+                    let streaming = h.state() == StreamState::Streaming;
+                    down_since[i] = if streaming { None } else { down_since[i].or(Some(std::time::Instant::now())) };
+                    let down = down_since[i].is_some_and(|t| t.elapsed() >= CAMERA_DOWN_AFTER);
+                    if down != reported_down[i] {
+                        reported_down[i] = down;
+                        let state = if down { alert::CameraHealth::Down } else { alert::CameraHealth::Up };
+                        tracing::info!(camera = %h.camera, down, "camera health reported to the alert router");
+                        alerts.camera_health(&h.camera, state);
+                    }
+                }
+            }
+        })
+        .expect("spawning the health watcher");
+    (thread, stop_tx)
+}
+
+/// Writes snapshots and incident rows, logs each lifecycle event and hands it to the alert router.
+/// Runs off the frame path.
+fn incident_sink(
+    events: Receiver<AnalysisEvent>,
+    store: Store,
+    snapshots: PathBuf,
+    alerts: Option<Arc<AlertHandle>>,
+) {
     for AnalysisEvent {
         mut event,
         snapshot,
@@ -189,6 +252,12 @@ fn incident_sink(events: Receiver<AnalysisEvent>, store: Store, snapshots: PathB
             tracing::error!(incident = %event.key, error = %e, "incident not stored");
         }
         log_incident(&event);
+        if let Some(a) = &alerts {
+            a.submit(event);
+        }
+    }
+    if let Some(a) = alerts.and_then(|a| Arc::into_inner(a)) {
+        a.shutdown();
     }
 }
 

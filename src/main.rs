@@ -20,6 +20,9 @@ use streetwatch::types::SystemClock;
     about = "Watches street cameras and tells police command when something needs them"
 )]
 struct Cli {
+    /// The SQLite file the alert commands read and write.
+    #[arg(long, global = true, default_value = "data/streetwatch.db")]
+    db: PathBuf,
     #[command(subcommand)]
     command: Command,
 }
@@ -73,6 +76,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    #[command(flatten)]
+    Alert(streetwatch::alert::cli::AlertCommand),
     /// Serve footage files over RTSP on 127.0.0.1 (a stand-in camera for tests and trials).
     ServeFootage {
         /// Port to listen on (0: any free port).
@@ -103,6 +108,7 @@ fn main() -> std::process::ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Alert(cmd) => streetwatch::alert::cli::run(cmd, &cli.db),
         Command::Demo { seconds } => demo(seconds),
         Command::Run { config, seconds } => {
             let config = Config::load(&config)?;

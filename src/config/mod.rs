@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::alert::AlertConfig;
 use crate::types::{RuleKind, Severity};
 
 #[derive(Debug, thiserror::Error)]
@@ -44,9 +45,10 @@ pub enum ConfigError {
 pub struct Config {
     #[serde(default)]
     pub runtime: RuntimeConfig,
-    /// The alert router's settings (receivers, routes, grouping); see `alert::AlertConfig`.
+    /// The alert router's settings (receivers, routes, grouping); without it incidents are stored and
+    /// logged but nobody is notified.
     #[serde(default)]
-    pub alert: Option<toml::Value>,
+    pub alert: Option<Spanned<AlertConfig>>,
     #[serde(default)]
     pub cameras: Vec<CameraConfig>,
     /// Where the file was read from; relative paths inside it resolve against its folder.
@@ -394,6 +396,11 @@ impl Validator<'_> {
                 "runtime.model".into(),
                 format!("model manifest {} does not exist", model.display()),
             );
+        }
+        if let Some(alert) = &self.config.alert
+            && let Err(e) = alert.get_ref().validate()
+        {
+            return self.err(alert.span(), "alert".into(), e.0);
         }
         let mut ids = HashSet::new();
         for (ci, cam) in self.config.cameras.iter().enumerate() {
