@@ -168,10 +168,8 @@ group_wait = "0s"
                     "the notices accepted by Kannel",
                     Duration::from_secs(60),
                     || {
-                        let counts = store.delivery_counts().unwrap();
-                        let done = counts.get("accepted").unwrap_or(&0)
-                            + counts.get("delivered").unwrap_or(&0);
-                        (done as usize >= target).then_some(())
+                        let (decided, unsent) = store.backlog().unwrap();
+                        (decided as usize >= target && unsent == 0).then_some(())
                     },
                 );
                 total += start.elapsed();

@@ -28,6 +28,8 @@ pub enum Admission {
 pub(crate) struct Dedup {
     alerts: HashMap<String, Alert>,
     firing: HashSet<String>,
+    /// Firing alert keys by camera, for inhibition rules that compare cameras.
+    firing_by_camera: HashMap<String, BTreeSet<String>>,
     resolved: BTreeSet<(Timestamp, String)>,
 }
 
@@ -49,15 +51,34 @@ impl Dedup {
         match a.ended_at {
             None => {
                 self.firing.insert(a.key.clone());
+                self.firing_by_camera
+                    .entry(a.camera.clone())
+                    .or_default()
+                    .insert(a.key.clone());
             }
             Some(end) => {
                 self.firing.remove(&a.key);
+                if let Some(keys) = self.firing_by_camera.get_mut(&a.camera) {
+                    keys.remove(&a.key);
+                    if keys.is_empty() {
+                        self.firing_by_camera.remove(&a.camera);
+                    }
+                }
                 self.resolved.insert((end, a.key.clone()));
             }
         }
     }
 
-    pub(crate) fn firing(&self) -> impl Iterator<Item = &Alert> + Clone {
+    /// Firing alerts of one camera.
+    pub(crate) fn firing_on(&self, camera: &str) -> impl Iterator<Item = &Alert> {
+        self.firing_by_camera
+            .get(camera)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.alerts.get(k))
+    }
+
+    pub(crate) fn firing(&self) -> impl Iterator<Item = &Alert> {
         self.firing.iter().filter_map(|k| self.alerts.get(k))
     }
 
@@ -71,8 +92,9 @@ impl Dedup {
             // An update with no open seen (the analyser restarted, or the open was lost upstream) still
             // describes a live incident: take it as new rather than drop it.
             (None, IncidentPhase::Opened | IncidentPhase::Updated) => {
-                self.firing.insert(key.clone());
-                self.alerts.insert(key.clone(), Alert::from_event(ev));
+                let a = Alert::from_event(ev);
+                self.index(&a);
+                self.alerts.insert(key.clone(), a);
                 Admission::New
             }
             (Some(a), _) if !a.firing() => Admission::Duplicate("event after the incident closed"),
@@ -209,12 +231,13 @@ mod tests {
             d.admit(&ev(IncidentPhase::Updated, 1500, 7)).0,
             Admission::Duplicate(_)
         ));
-        assert_eq!(d.firing().count(), 1);
+        assert_eq!((d.firing().count(), d.firing_on("c1").count()), (1, 1));
         assert_eq!(
             d.admit(&ev(IncidentPhase::Closed, 3000, 0)).0,
             Admission::Resolved
         );
         assert_eq!(d.firing().count(), 0);
+        assert_eq!(d.firing_on("c1").count(), 0);
         assert!(
             d.prune(Timestamp(3000)).is_empty(),
             "kept until after the cutoff"

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use super::config::{InhibitConfig, InhibitRule};
+use super::dedup::Dedup;
 use super::model::Alert;
 
 /// A camera's health as the ingest supervisor reports it.
@@ -43,11 +44,7 @@ impl Inhibitor {
     }
 
     /// Why `a` is muted, if it is: `camera down`, `camera in maintenance` or `inhibited by KEY`.
-    pub(crate) fn muted_by<'a>(
-        &self,
-        a: &Alert,
-        firing: impl Iterator<Item = &'a Alert> + Clone,
-    ) -> Option<String> {
+    pub(crate) fn muted_by(&self, a: &Alert, alerts: &Dedup) -> Option<String> {
         if self.camera_health {
             match self.unhealthy.get(&a.camera) {
                 Some(CameraHealth::Down) => return Some("camera down".into()),
@@ -56,11 +53,18 @@ impl Inhibitor {
             }
         }
         for rule in self.rules.iter().filter(|r| r.target.matches(a)) {
-            if let Some(src) = firing.clone().find(|s| {
+            let covers = |s: &&Alert| {
                 s.key != a.key
                     && rule.source.matches(s)
                     && rule.equal.iter().all(|l| s.label(l) == a.label(l))
-            }) {
+            };
+            // Rules that compare cameras (the usual kind) look only at that camera's firing alerts.
+            let src = if rule.equal.iter().any(|l| l == "camera") {
+                alerts.firing_on(&a.camera).find(covers)
+            } else {
+                alerts.firing().find(covers)
+            };
+            if let Some(src) = src {
                 return Some(format!("inhibited by {}", src.key));
             }
         }

@@ -121,14 +121,14 @@ impl AlertService {
             None => (None, None),
         };
         let notifier = Arc::new(notify::Notifier::new(
-            store::open(db_path)?,
+            store::open_with(db_path, store::Sync::Normal)?,
             cfg.clone(),
             clock.clone(),
             wake.clone(),
             dlr_base,
         )?);
         let dlr_db = match dlr_listener {
-            Some(_) => Some(store::open(db_path)?),
+            Some(_) => Some(store::open_with(db_path, store::Sync::Normal)?),
             None => None,
         };
         let dlr_addr = dlr_listener.as_ref().map(|(_, a)| *a);

@@ -174,7 +174,8 @@ impl Notifier {
     /// Starts every due delivery its receiver has room for; returns how long to wait before looking again.
     fn dispatch(self: &Arc<Self>, tasks: &mut JoinSet<()>) -> Result<Duration, AlertError> {
         let now = self.clock.now();
-        let due = outbox::due(&self.db(), now, 500)?;
+        // Enough rows to fill every free slot; the rest wait in the table, not in memory.
+        let due = outbox::due(&self.db(), now, 256)?;
         let mut wait = POLL;
         for d in due {
             let Some(limit) = self.limits.get(&d.receiver) else {
@@ -198,7 +199,7 @@ impl Notifier {
                 tasks.spawn(self.clone().deliver(d, permit));
             }
         }
-        if let Some(next) = outbox::next_due(&self.db())? {
+        if let Some(next) = outbox::next_due(&self.db(), now)? {
             let ms = next.since(self.clock.now()).max(0) as u64;
             wait = wait.min(Duration::from_millis(ms));
         }

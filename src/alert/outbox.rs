@@ -194,13 +194,14 @@ pub(crate) fn due(
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// When the next pending delivery falls due.
-pub(crate) fn next_due(conn: &Connection) -> Result<Option<Timestamp>, AlertError> {
+/// When the next pending delivery that is not yet due falls due (those already due and waiting for a free
+/// slot wake the notifier when a slot frees).
+pub(crate) fn next_due(conn: &Connection, now: Timestamp) -> Result<Option<Timestamp>, AlertError> {
     let t: Option<i64> = conn
         .prepare_cached(
-            "SELECT MIN(next_attempt_at) FROM alert_deliveries WHERE state = 'pending'",
+            "SELECT MIN(next_attempt_at) FROM alert_deliveries WHERE state = 'pending' AND next_attempt_at > ?1",
         )?
-        .query_row([], |r| r.get(0))?;
+        .query_row([now.0], |r| r.get(0))?;
     Ok(t.map(Timestamp))
 }
 

@@ -290,7 +290,7 @@ impl Router {
                 };
                 let muted = self
                     .inhibit
-                    .muted_by(a, self.dedup.firing())
+                    .muted_by(a, &self.dedup)
                     .or_else(|| silenced_by(&silences, a, now).map(|id| format!("silence {id}")));
                 tx.prepare_cached("UPDATE alert_alerts SET muted_by = ?2 WHERE key = ?1")?
                     .execute(params![key, muted])?;

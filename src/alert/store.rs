@@ -88,6 +88,22 @@ CREATE TABLE IF NOT EXISTS alert_silences (
 /// upgrade to a writer once another connection committed (SQLITE_BUSY_SNAPSHOT, not retried by
 /// busy_timeout), which would leave, say, a delivery stuck in `sending`.
 pub(crate) fn open(path: &Path) -> Result<Connection, AlertError> {
+    open_with(path, Sync::Full)
+}
+
+/// How hard a connection's commits are pushed to disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Sync {
+    /// fsync at every commit: for decisions, which must survive a power cut.
+    Full,
+    /// fsync at checkpoints only (WAL): a commit survives a crash of the process, not of the machine. For
+    /// delivery progress, where a lost update can only cause a resend, never a lost notice; it makes each
+    /// delivery's two or three state changes cheap.
+    Normal,
+}
+
+/// [`open`] with the given durability.
+pub(crate) fn open_with(path: &Path, sync: Sync) -> Result<Connection, AlertError> {
     if let Some(dir) = path.parent()
         && !dir.as_os_str().is_empty()
     {
@@ -102,7 +118,7 @@ pub(crate) fn open(path: &Path) -> Result<Connection, AlertError> {
     // set-up is retried for a while.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        match init(&conn) {
+        match init(&conn, sync) {
             Ok(()) => return Ok(conn),
             Err(rusqlite::Error::SqliteFailure(e, _))
                 if matches!(e.code, ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
@@ -115,11 +131,15 @@ pub(crate) fn open(path: &Path) -> Result<Connection, AlertError> {
     }
 }
 
-fn init(conn: &Connection) -> rusqlite::Result<()> {
-    // WAL: readers (CLI, API) never block the router. synchronous=FULL: a decision that committed survives a
-    // power cut, not only a crash; the router batches events into one transaction to keep that cheap.
+fn init(conn: &Connection, sync: Sync) -> rusqlite::Result<()> {
+    // WAL: readers (CLI, API) never block the router. The router's connection is synchronous=FULL (a decision
+    // that committed survives a power cut) and batches events into one transaction to keep that cheap.
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "FULL")?;
+    let level = match sync {
+        Sync::Full => "FULL",
+        Sync::Normal => "NORMAL",
+    };
+    conn.pragma_update(None, "synchronous", level)?;
     conn.execute_batch(SCHEMA)
 }
 
@@ -335,6 +355,22 @@ impl Store {
         let mut stmt = self.conn.prepare(&sql)?;
         let rows = stmt.query_map(params![state], delivery_from_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Deliveries decided so far, and how many of them are not yet sent (pending or sending): cheap, from
+    /// the indexes, for health checks and benchmarks.
+    pub fn backlog(&self) -> Result<(i64, i64), AlertError> {
+        let decided: i64 = self.conn.query_row(
+            "SELECT COALESCE(MAX(id), 0) FROM alert_deliveries",
+            [],
+            |r| r.get(0),
+        )?;
+        let unsent: i64 = self.conn.query_row(
+            "SELECT COUNT(*) FROM alert_deliveries WHERE state IN ('pending', 'sending')",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok((decided, unsent))
     }
 
     /// Deliveries per state.
