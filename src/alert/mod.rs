@@ -10,6 +10,10 @@
 //! deliveries commit together, so a crash loses no notice and duplicates at most one delivery (counted);
 //! permanent failures are dead-lettered with the gateway's reason; SMS know their segment cost.
 //!
+//! Durability starts when the router thread commits an event (it batches what is queued, one transaction
+//! per batch): events still in the in-memory queue when the process dies are not in the database. Re-submitting
+//! the open incidents at start-up is safe (dedup drops what is already known) and closes that gap.
+//!
 //! With no receivers configured the router still decides: notices are recorded as `unrouted` (see
 //! `streetwatch outbox list`) and logged, and nothing is sent.
 //!

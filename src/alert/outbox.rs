@@ -10,6 +10,8 @@
 //! ```
 //! A delivery is marked `sending` before the request goes out, so a crash mid-send leaves it `sending`; on
 //! restart it goes back to `pending` with `possible_duplicates` counted: at most one duplicate, never a loss.
+//! Decisions commit with synchronous=FULL (they survive a power cut); delivery progress with NORMAL (it
+//! survives a process crash; a power cut may roll back the last marks, which can only mean a resend).
 
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use sha2::{Digest, Sha256};
