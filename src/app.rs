@@ -125,6 +125,9 @@ impl Pipeline {
                 None
             }
         };
+        if let Some(a) = &alerts {
+            resubmit_open_incidents(&store, a)?;
+        }
         let watcher = alerts
             .as_ref()
             .map(|a| watch_camera_health(health.clone(), a.clone()));
@@ -184,6 +187,24 @@ impl Pipeline {
         // The sink ends when the analysers' senders are gone, then stops the alert service it owns.
         let _ = self.sink.join();
     }
+}
+
+/// Incidents left open by the previous run: each is handed to the router again (which drops what it
+/// already knows, so a crash between the incident row and the router's commit loses no notice), then
+/// closed, because the rule state that would close it did not survive the restart. A crowd that is still
+/// there opens a new incident within the rule's `min_seconds`.
+fn resubmit_open_incidents(store: &Store, alerts: &AlertHandle) -> anyhow::Result<()> {
+    let now = crate::types::SystemClock.now();
+    for mut event in store.open_incidents()? {
+        alerts.submit(event.clone());
+        event.phase = IncidentPhase::Closed;
+        event.at = now.max(event.at);
+        event.summary = "closed when monitoring restarted".into();
+        store.record(&event)?;
+        tracing::info!(incident = %event.key, "incident left open by the previous run: resubmitted and closed");
+        alerts.submit(event);
+    }
+    Ok(())
 }
 
 /// A camera that has not streamed for this long is reported down to the alert router, which mutes its
@@ -256,7 +277,7 @@ fn incident_sink(
             a.submit(event);
         }
     }
-    if let Some(a) = alerts.and_then(|a| Arc::into_inner(a)) {
+    if let Some(a) = alerts.and_then(Arc::into_inner) {
         a.shutdown();
     }
 }

@@ -102,3 +102,66 @@ strip_diacritics = true
     ids.sort();
     assert_eq!(keys, ids, "the router tracks exactly the stored incidents");
 }
+
+#[test]
+fn an_incident_the_previous_run_stored_but_never_routed_still_reaches_the_phone() {
+    let kannel = Kannel::start();
+    let dir = tempfile::tempdir().unwrap();
+    // The previous run wrote the incident row and died before the router committed it.
+    let db = dir.path().join("streetwatch.db");
+    let now = streetwatch::types::Clock::now(&SystemClock);
+    let event = streetwatch::types::IncidentEvent {
+        key: streetwatch::types::IncidentKey {
+            camera: streetwatch::types::CameraId::new("d1-cam-7"),
+            rule: "crowd".into(),
+            zone: "plaza".into(),
+            episode: now.plus_ms(-60_000),
+        },
+        phase: streetwatch::types::IncidentPhase::Opened,
+        at: now.plus_ms(-50_000),
+        kind: streetwatch::types::RuleKind::Crowding,
+        severity: streetwatch::types::Severity::Warning,
+        camera_name: "Cam 7".into(),
+        ward: "Đa Kao".into(),
+        summary: "9 people in zone plaza for 10 s".into(),
+        count: 9,
+        snapshot: None,
+    };
+    streetwatch::store::Store::open(&db)
+        .unwrap()
+        .record(&event)
+        .unwrap();
+
+    let text = format!(
+        r#"
+[runtime]
+data_dir = {data:?}
+[alert]
+[alert.route]
+receiver = "post"
+group_wait = "0s"
+[[alert.receivers]]
+name = "post"
+[alert.receivers.sms]
+url = "{url}"
+username = "{KANNEL_USER}"
+password = "{KANNEL_PASS}"
+numbers = ["0901234567"]
+strip_diacritics = true
+"#,
+        data = dir.path(),
+        url = kannel.sendsms_url(),
+    );
+    let config = Config::parse(&text, "restart.toml", &support::root()).unwrap();
+    let pipeline = Pipeline::start(&config, RunOptions::default(), Arc::new(SystemClock)).unwrap();
+    let sms = kannel.wait_received(1, Duration::from_secs(20));
+    pipeline.shutdown();
+    assert_eq!(sms.len(), 1, "{sms:?}");
+    assert!(sms[0].text().contains("Cam 7"), "{}", sms[0].text());
+    let row = streetwatch::store::Store::open(&db)
+        .unwrap()
+        .incident(&event.key.to_string())
+        .unwrap()
+        .unwrap();
+    assert!(row.closed_at.is_some(), "closed after the restart: {row:?}");
+}

@@ -6,7 +6,7 @@ use std::path::Path;
 use rusqlite::{Connection, params};
 use serde::Serialize;
 
-use crate::types::{IncidentEvent, IncidentPhase};
+use crate::types::{CameraId, IncidentEvent, IncidentKey, IncidentPhase, Timestamp};
 
 #[derive(Debug, thiserror::Error)]
 #[error("database {path}: {source}")]
@@ -98,6 +98,54 @@ impl Store {
         Ok(())
     }
 
+    /// Incidents not closed yet, as the events that opened them.
+    pub fn open_incidents(&self) -> Result<Vec<IncidentEvent>, StoreError> {
+        let wrap = |source| StoreError {
+            path: self.path.clone(),
+            source,
+        };
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT camera, rule, zone, episode, kind, severity, camera_name, ward, opened_at, count, summary, snapshot
+                 FROM incidents WHERE closed_at IS NULL ORDER BY opened_at",
+            )
+            .map_err(wrap)?;
+        let rows = stmt
+            .query_map([], |r| {
+                let text = |i: usize| r.get::<_, String>(i);
+                let parse = |i: usize| -> rusqlite::Result<serde_json::Value> {
+                    Ok(serde_json::Value::String(text(i)?))
+                };
+                let bad = |i: usize, e: serde_json::Error| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        i,
+                        rusqlite::types::Type::Text,
+                        Box::new(e),
+                    )
+                };
+                Ok(IncidentEvent {
+                    key: IncidentKey {
+                        camera: CameraId::new(&text(0)?),
+                        rule: text(1)?,
+                        zone: text(2)?,
+                        episode: Timestamp(r.get(3)?),
+                    },
+                    phase: IncidentPhase::Opened,
+                    kind: serde_json::from_value(parse(4)?).map_err(|e| bad(4, e))?,
+                    severity: serde_json::from_value(parse(5)?).map_err(|e| bad(5, e))?,
+                    camera_name: text(6)?,
+                    ward: text(7)?,
+                    at: Timestamp(r.get(8)?),
+                    count: r.get(9)?,
+                    summary: text(10)?,
+                    snapshot: r.get(11)?,
+                })
+            })
+            .map_err(wrap)?;
+        rows.collect::<Result<_, _>>().map_err(wrap)
+    }
+
     /// Every incident, oldest first.
     pub fn incidents(&self) -> Result<Vec<IncidentRow>, StoreError> {
         self.query("ORDER BY opened_at, id", [])
@@ -171,10 +219,17 @@ mod tests {
             snapshot: Some("snap.jpg".into()),
         };
         store.record(&e).unwrap();
+        let open = store.open_incidents().unwrap();
+        assert_eq!(
+            open,
+            vec![e.clone()],
+            "an open incident reads back as the event that opened it"
+        );
         e.phase = IncidentPhase::Closed;
         e.at = Timestamp(30_000);
         e.count = 8;
         store.record(&e).unwrap();
+        assert!(store.open_incidents().unwrap().is_empty());
         let rows = store.incidents().unwrap();
         assert_eq!(rows.len(), 1);
         assert_eq!(
