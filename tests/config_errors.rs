@@ -161,23 +161,36 @@ fn syntax_error() {
 fn the_shipped_configurations_pass() {
     for name in ["demo.toml", "district.example.toml"] {
         let path = support::root().join("pipelines").join(name);
-        let text = std::fs::read_to_string(&path).unwrap().replace("${DEMO_RTSP_PORT}", "8554");
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("${DEMO_RTSP_PORT}", "8554");
         let copy = write_beside(&path, &text);
         let out = Command::new(env!("CARGO_BIN_EXE_streetwatch"))
             .env("CAM_PASSWORD", "example")
-            .env("STREETWATCH_ORT_LIB", streetwatch::infer::default_runtime_path())
+            .env(
+                "STREETWATCH_ORT_LIB",
+                streetwatch::infer::default_runtime_path(),
+            )
             .arg("check-config")
             .arg(&copy)
             .output()
             .unwrap();
         std::fs::remove_file(&copy).unwrap();
-        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
 /// A copy in the same folder, so relative paths resolve as they do for the original.
 fn write_beside(original: &std::path::Path, text: &str) -> std::path::PathBuf {
-    let copy = original.with_file_name(format!(".check-{}-{}", std::process::id(), original.file_name().unwrap().to_str().unwrap()));
+    let copy = original.with_file_name(format!(
+        ".check-{}-{}",
+        std::process::id(),
+        original.file_name().unwrap().to_str().unwrap()
+    ));
     std::fs::write(&copy, text).unwrap();
     copy
 }

@@ -15,6 +15,28 @@ use streetwatch::config::Config;
 use streetwatch::ingest::Pacing;
 use streetwatch::types::SystemClock;
 
+/// Every notice to one police post by SMS through `kannel`, at once (no grouping delay).
+fn sms_alert_table(kannel: &Kannel) -> String {
+    format!(
+        r#"
+[alert]
+[alert.route]
+receiver = "post"
+group_wait = "0s"
+group_interval = "1s"
+[[alert.receivers]]
+name = "post"
+[alert.receivers.sms]
+url = "{url}"
+username = "{KANNEL_USER}"
+password = "{KANNEL_PASS}"
+numbers = ["0901234567"]
+strip_diacritics = true
+"#,
+        url = kannel.sendsms_url()
+    )
+}
+
 #[test]
 fn footage_to_one_sms_per_incident_through_kannel() {
     let kannel = Kannel::start();
@@ -41,22 +63,10 @@ min_people = 7
 min_seconds = 4
 clear_seconds = 4
 
-[alert]
-[alert.route]
-receiver = "post"
-group_wait = "0s"
-group_interval = "1s"
-[[alert.receivers]]
-name = "post"
-[alert.receivers.sms]
-url = "{url}"
-username = "{KANNEL_USER}"
-password = "{KANNEL_PASS}"
-numbers = ["0901234567"]
-strip_diacritics = true
+{alert}
 "#,
         data = dir.path(),
-        url = kannel.sendsms_url(),
+        alert = sms_alert_table(&kannel),
     );
     let config = Config::parse(&text, "e2e.toml", &support::root()).unwrap();
     let opts = RunOptions {
@@ -136,21 +146,10 @@ fn an_incident_the_previous_run_stored_but_never_routed_still_reaches_the_phone(
         r#"
 [runtime]
 data_dir = {data:?}
-[alert]
-[alert.route]
-receiver = "post"
-group_wait = "0s"
-[[alert.receivers]]
-name = "post"
-[alert.receivers.sms]
-url = "{url}"
-username = "{KANNEL_USER}"
-password = "{KANNEL_PASS}"
-numbers = ["0901234567"]
-strip_diacritics = true
+{alert}
 "#,
         data = dir.path(),
-        url = kannel.sendsms_url(),
+        alert = sms_alert_table(&kannel),
     );
     let config = Config::parse(&text, "restart.toml", &support::root()).unwrap();
     let pipeline = Pipeline::start(&config, RunOptions::default(), Arc::new(SystemClock)).unwrap();

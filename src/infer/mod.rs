@@ -225,7 +225,6 @@ impl Detector {
         let (out_shape, data) = outputs[self.manifest.output.name.as_str()]
             .try_extract_tensor::<f32>()
             .map_err(err)?;
-        let out_shape: Vec<i64> = out_shape.iter().copied().collect();
         let anchors = match self.params.layout {
             OutputLayout::Yolov8 => out_shape[2] as usize,
             OutputLayout::BoxesXyxyScores | OutputLayout::Yolov5 => out_shape[1] as usize,
