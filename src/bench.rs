@@ -24,6 +24,8 @@ pub struct BenchOptions {
     pub keyframe_only: bool,
     pub workers: usize,
     pub max_batch: usize,
+    /// Model manifest.
+    pub model: PathBuf,
     pub json: bool,
 }
 
@@ -100,7 +102,7 @@ fn bench_config(opts: &BenchOptions, urls: &[String]) -> anyhow::Result<Config> 
         "[runtime]\nworkers = {}\nmax_batch = {}\nmodel = {:?}\npipelines = {:?}\ndata_dir = {:?}\n",
         opts.workers,
         opts.max_batch,
-        root.join("models/nanodet_g_416_coco.toml"),
+        std::path::absolute(&opts.model)?,
         root.join("pipelines"),
         std::env::temp_dir().join(format!("streetwatch-bench-{}", std::process::id())),
     );
@@ -134,7 +136,7 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     };
     let urls = vec![url; opts.cameras];
     let config = bench_config(opts, &urls)?;
-    crate::app::load_model(&config)?;
+    let model = crate::app::load_model(&config)?.name.clone();
     let before = sample_proc();
     let pipeline = Pipeline::start(
         &config,
@@ -229,7 +231,7 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     drop(server);
     if !opts.json || std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         eprintln!(
-            "streetwatch bench: {} cameras × {} s, {} ({}), {} fps/camera{}, {} workers, batch ≤ {} (mean {batch:.2}), {} cores",
+            "streetwatch bench: {} cameras × {} s, {} ({}), {} fps/camera{}, model {model}, {} workers, batch ≤ {} (mean {batch:.2}), {} cores",
             report.cameras,
             report.seconds,
             match &opts.source {

@@ -72,6 +72,9 @@ enum Command {
         workers: usize,
         #[arg(long, default_value_t = 4)]
         batch: usize,
+        /// Model manifest (default: the shipped NanoDet fp32).
+        #[arg(long)]
+        model: Option<PathBuf>,
         /// Print one JSON object on the last line.
         #[arg(long)]
         json: bool,
@@ -138,6 +141,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             full_decode,
             workers,
             batch,
+            model,
             json,
         } => {
             let opts = BenchOptions {
@@ -153,6 +157,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 keyframe_only: !full_decode,
                 workers,
                 max_batch: batch,
+                model: model.unwrap_or_else(|| {
+                    streetwatch::config::installed("models/nanodet_g_416_coco.toml")
+                }),
                 json,
             };
             bench::run(&opts).map(|_| ())

@@ -87,7 +87,17 @@ mod tests {
         let jpeg = render(req).unwrap();
         assert_eq!(&jpeg[..2], &[0xFF, 0xD8]);
         let img = image::load_from_memory(&jpeg).unwrap().to_rgb8();
-        let p = img.get_pixel(10, 25); // left edge of the box
-        assert!(p[0] > 150 && p[1] < 120, "{p:?}");
+        // The box's left edge is at x = 0.1 × 99 ≈ 9, two pixels wide; the zone's right edge at x = 99.
+        let red = |x: u32, y: u32| {
+            let p = img.get_pixel(x, y);
+            p[0] > 150 && p[1] < 120
+        };
+        assert!((7..=11).any(|x| red(x, 25)), "no red box edge near x = 9");
+        assert!(!red(30, 25), "inside the box stays black");
+        let yellow = img.get_pixel(98, 40);
+        assert!(
+            yellow[0] > 150 && yellow[1] > 120 && yellow[2] < 100,
+            "zone edge {yellow:?}"
+        );
     }
 }
