@@ -24,6 +24,9 @@ pub struct RunOptions {
     pub pacing: Pacing,
     pub loop_files: bool,
     pub backoff: Backoff,
+    /// How long an incident left open by the previous run stays open after it is handed to the router
+    /// again: long enough for the router to notify before it sees the incident close.
+    pub restart_close_grace: Duration,
 }
 
 impl Default for RunOptions {
@@ -32,6 +35,7 @@ impl Default for RunOptions {
             pacing: Pacing::Realtime,
             loop_files: true,
             backoff: Backoff::default(),
+            restart_close_grace: Duration::from_secs(300),
         }
     }
 }
@@ -42,6 +46,8 @@ pub struct Pipeline {
     pool: Pool,
     sink: JoinHandle<()>,
     watcher: Option<(JoinHandle<()>, crossbeam::channel::Sender<()>)>,
+    /// Keeps the incident sink alive until shutdown, whatever the number of cameras.
+    events: crossbeam::channel::Sender<AnalysisEvent>,
     health: Vec<Arc<CameraHealth>>,
     clock: Arc<dyn Clock>,
     pub db_path: PathBuf,
@@ -102,7 +108,6 @@ impl Pipeline {
                 )
             })
             .collect();
-        drop(events_tx);
         let pool_config = PoolConfig {
             workers: worker_count(config),
             max_batch: config.runtime.max_batch,
@@ -125,16 +130,22 @@ impl Pipeline {
                 None
             }
         };
-        if let Some(a) = &alerts {
-            resubmit_open_incidents(&store, a)?;
-        }
+        let left_open = match &alerts {
+            Some(a) => resubmit_open_incidents(&store, a)?,
+            None => Vec::new(),
+        };
+        let close_at = std::time::Instant::now() + opts.restart_close_grace;
+        let pending_close = left_open.into_iter().map(|e| (close_at, e)).collect();
         let watcher = alerts
             .as_ref()
             .map(|a| watch_camera_health(health.clone(), a.clone()));
         let snapshots = data_dir.join("snapshots");
         let sink = std::thread::Builder::new()
             .name("sw-incidents".into())
-            .spawn(move || incident_sink(events_rx, store, snapshots, alerts))?;
+            .spawn({
+                let clock = clock.clone();
+                move || incident_sink(events_rx, store, snapshots, alerts, pending_close, clock)
+            })?;
         let ingest = Ingest::start(
             CameraStream::from_config(config, &health),
             IngestOptions {
@@ -152,6 +163,7 @@ impl Pipeline {
             pool,
             sink,
             watcher,
+            events: events_tx,
             health,
             clock,
             db_path,
@@ -184,27 +196,26 @@ impl Pipeline {
             drop(stop);
             let _ = thread.join();
         }
-        // The sink ends when the analysers' senders are gone, then stops the alert service it owns.
+        // The sink ends when the analysers' senders and ours are gone, then stops the alert service it owns.
+        drop(self.events);
         let _ = self.sink.join();
     }
 }
 
-/// Incidents left open by the previous run: each is handed to the router again (which drops what it
-/// already knows, so a crash between the incident row and the router's commit loses no notice), then
-/// closed, because the rule state that would close it did not survive the restart. A crowd that is still
-/// there opens a new incident within the rule's `min_seconds`.
-fn resubmit_open_incidents(store: &Store, alerts: &AlertHandle) -> anyhow::Result<()> {
-    let now = crate::types::SystemClock.now();
-    for mut event in store.open_incidents()? {
+/// Incidents left open by the previous run are handed to the router again (it drops what it already
+/// knows, so a crash between the incident row and the router's commit loses no notice). The rule state
+/// that would close them did not survive the restart, so the incident sink closes them after a grace
+/// period; a crowd that is still there opens a new incident within the rule's `min_seconds`.
+fn resubmit_open_incidents(
+    store: &Store,
+    alerts: &AlertHandle,
+) -> anyhow::Result<Vec<IncidentEvent>> {
+    let open = store.open_incidents()?;
+    for event in &open {
+        tracing::info!(incident = %event.key, "incident left open by the previous run: handed to the router again");
         alerts.submit(event.clone());
-        event.phase = IncidentPhase::Closed;
-        event.at = now.max(event.at);
-        event.summary = "closed when monitoring restarted".into();
-        store.record(&event)?;
-        tracing::info!(incident = %event.key, "incident left open by the previous run: resubmitted and closed");
-        alerts.submit(event);
     }
-    Ok(())
+    Ok(open)
 }
 
 /// A camera that has not streamed for this long is reported down to the alert router, which mutes its
@@ -247,12 +258,26 @@ fn incident_sink(
     store: Store,
     snapshots: PathBuf,
     alerts: Option<Arc<AlertHandle>>,
+    mut pending_close: Vec<(std::time::Instant, IncidentEvent)>,
+    clock: Arc<dyn Clock>,
 ) {
-    for AnalysisEvent {
-        mut event,
-        snapshot,
-    } in events
-    {
+    loop {
+        let received = events.recv_timeout(Duration::from_millis(500));
+        let now = std::time::Instant::now();
+        for (_, mut event) in pending_close.extract_if(.., |(due, _)| *due <= now) {
+            event.phase = IncidentPhase::Closed;
+            event.at = clock.now().max(event.at);
+            event.summary = "closed after monitoring restarted".into();
+            record(&store, alerts.as_deref(), event);
+        }
+        let AnalysisEvent {
+            mut event,
+            snapshot,
+        } = match received {
+            Ok(e) => e,
+            Err(crossbeam::channel::RecvTimeoutError::Timeout) => continue,
+            Err(crossbeam::channel::RecvTimeoutError::Disconnected) => break,
+        };
         if let Some(req) = snapshot {
             let name = format!(
                 "{}_{}_{}.jpg",
@@ -269,16 +294,21 @@ fn incident_sink(
                 }
             }
         }
-        if let Err(e) = store.record(&event) {
-            tracing::error!(incident = %event.key, error = %e, "incident not stored");
-        }
-        log_incident(&event);
-        if let Some(a) = &alerts {
-            a.submit(event);
-        }
+        record(&store, alerts.as_deref(), event);
     }
+    // Incidents still waiting for their close stay open in the store: the next run hands them over again.
     if let Some(a) = alerts.and_then(Arc::into_inner) {
         a.shutdown();
+    }
+}
+
+fn record(store: &Store, alerts: Option<&AlertHandle>, event: IncidentEvent) {
+    if let Err(e) = store.record(&event) {
+        tracing::error!(incident = %event.key, error = %e, "incident not stored");
+    }
+    log_incident(&event);
+    if let Some(a) = alerts {
+        a.submit(event);
     }
 }
 

@@ -152,8 +152,23 @@ data_dir = {data:?}
         alert = sms_alert_table(&kannel),
     );
     let config = Config::parse(&text, "restart.toml", &support::root()).unwrap();
-    let pipeline = Pipeline::start(&config, RunOptions::default(), Arc::new(SystemClock)).unwrap();
+    let opts = RunOptions {
+        restart_close_grace: Duration::from_secs(3),
+        ..RunOptions::default()
+    };
+    let pipeline = Pipeline::start(&config, opts, Arc::new(SystemClock)).unwrap();
     let sms = kannel.wait_received(1, Duration::from_secs(20));
+    let store = streetwatch::store::Store::open(&db).unwrap();
+    let key = event.key.to_string();
+    assert!(
+        support::wait_until(Duration::from_secs(10), || store
+            .incident(&key)
+            .unwrap()
+            .unwrap()
+            .closed_at
+            .is_some()),
+        "closed after the grace period"
+    );
     pipeline.shutdown();
     assert_eq!(sms.len(), 1, "{sms:?}");
     assert!(sms[0].text().contains("Cam 7"), "{}", sms[0].text());
