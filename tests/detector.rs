@@ -131,3 +131,44 @@ fn a_corrupted_or_missing_model_is_a_clear_error() {
         "{err}"
     );
 }
+
+#[test]
+fn int8_nanodet_agrees_with_fp32_on_vtest() {
+    let fp32 = support::nanodet();
+    let int8 = Arc::new(
+        ModelManifest::load(&support::root().join("models/nanodet_g_416_coco_int8.toml")).unwrap(),
+    );
+    let person = fp32.class_index("person").unwrap() as u16;
+    let (mut reference, mut quantised) = (
+        Detector::new(fp32, 1, 0.35).unwrap(),
+        Detector::new(int8, 1, 0.35).unwrap(),
+    );
+    let (mut matched, mut want, mut got) = (0usize, 0usize, 0usize);
+    // Every other second of vtest: 40 frames, ~300 people.
+    for (_, img) in support::decode_frames(&support::footage("vtest_h264.mp4"), 1, 416)
+        .into_iter()
+        .step_by(2)
+    {
+        let r: Vec<Detection> = detect(&mut reference, img.clone())
+            .into_iter()
+            .filter(|d| d.class == person)
+            .collect();
+        let q: Vec<Detection> = detect(&mut quantised, img)
+            .into_iter()
+            .filter(|d| d.class == person)
+            .collect();
+        want += r.len();
+        got += q.len();
+        matched += r
+            .iter()
+            .filter(|a| q.iter().any(|b| a.bbox.iou(&b.bbox) >= 0.5))
+            .count();
+    }
+    let recall = matched as f64 / want as f64;
+    let precision = matched as f64 / got as f64;
+    assert!(want > 200, "{want} reference people");
+    assert!(
+        recall >= 0.93 && precision >= 0.93,
+        "int8 vs fp32: recall {recall:.3}, precision {precision:.3}"
+    );
+}
