@@ -72,7 +72,7 @@ enum Command {
         workers: usize,
         #[arg(long, default_value_t = 4)]
         batch: usize,
-        /// Model manifest (default: the shipped NanoDet fp32).
+        /// Model manifest (default: the shipped int8 NanoDet).
         #[arg(long)]
         model: Option<PathBuf>,
         /// Print one JSON object on the last line.
@@ -158,7 +158,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 workers,
                 max_batch: batch,
                 model: model.unwrap_or_else(|| {
-                    streetwatch::config::installed("models/nanodet_g_416_coco.toml")
+                    streetwatch::config::installed(streetwatch::config::DEFAULT_MODEL)
                 }),
                 json,
             };

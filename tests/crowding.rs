@@ -24,7 +24,6 @@ fn incidents_on(
     let text = format!(
         r#"
 [runtime]
-model = "models/nanodet_g_416_coco.toml"
 data_dir = {data:?}
 [[cameras]]
 id = "cam"

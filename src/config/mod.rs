@@ -61,7 +61,7 @@ pub struct Config {
 pub struct RuntimeConfig {
     /// Folder for the SQLite database and snapshots (default: `data` in the working directory).
     pub data_dir: Option<PathBuf>,
-    /// Model manifest (TOML beside the .onnx file); default: the NanoDet model shipped in `models/`.
+    /// Model manifest (TOML beside the .onnx file); default: [`DEFAULT_MODEL`].
     pub model: Option<Spanned<PathBuf>>,
     /// Inference workers; 0 means one per core.
     #[serde(default)]
@@ -106,6 +106,10 @@ fn default_batch_wait_ms() -> u64 {
 fn default_score_threshold() -> f32 {
     0.35
 }
+/// The detector used when a configuration names none: NanoDet-g 416 quantised to int8, 2.7× faster
+/// than the fp32 model per frame and agreeing with it on 96–97 % of people (models/README.md).
+pub const DEFAULT_MODEL: &str = "models/nanodet_g_416_coco_int8.toml";
+
 /// A file shipped with streetwatch: from the working directory if it has one, else from the source tree.
 pub fn installed(rel: &str) -> PathBuf {
     let local = Path::new(rel);
@@ -329,10 +333,10 @@ impl Config {
     }
 
     pub fn model_path(&self) -> PathBuf {
-        self.runtime.model.as_ref().map_or_else(
-            || installed("models/nanodet_g_416_coco.toml"),
-            |m| self.resolve(m.get_ref()),
-        )
+        self.runtime
+            .model
+            .as_ref()
+            .map_or_else(|| installed(DEFAULT_MODEL), |m| self.resolve(m.get_ref()))
     }
 
     pub fn pipelines_dir(&self) -> PathBuf {
