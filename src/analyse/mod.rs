@@ -103,6 +103,10 @@ impl CameraAnalyser {
     }
 }
 
+fn people(n: u32) -> String {
+    if n == 1 { "1 person".into() } else { format!("{n} people") }
+}
+
 impl Analyser for CameraAnalyser {
     fn analyse(&mut self, frame: &Frame, detections: &[Detection]) {
         for z in 0..self.zones.len() {
@@ -121,12 +125,13 @@ impl Analyser for CameraAnalyser {
             let secs = tr.duration_ms / 1000;
             let summary = match tr.phase {
                 IncidentPhase::Opened => format!(
-                    "{} people in zone {zone_id} for {secs} s (threshold {})",
-                    tr.count, rule.min_people
+                    "{} in zone {zone_id} for {secs} s (threshold {})",
+                    people(tr.count),
+                    rule.min_people
                 ),
                 IncidentPhase::Updated => format!(
-                    "crowd grew to {} people in zone {zone_id} ({secs} s)",
-                    tr.count
+                    "crowd grew to {} in zone {zone_id} ({secs} s)",
+                    people(tr.count)
                 ),
                 IncidentPhase::Closed => format!(
                     "crowd in zone {zone_id} dispersed after {secs} s (peak {})",
