@@ -104,7 +104,11 @@ impl CameraAnalyser {
 }
 
 fn people(n: u32) -> String {
-    if n == 1 { "1 person".into() } else { format!("{n} people") }
+    if n == 1 {
+        "1 person".into()
+    } else {
+        format!("{n} people")
+    }
 }
 
 impl Analyser for CameraAnalyser {
