@@ -153,6 +153,7 @@ impl Pipeline {
                 pacing: opts.pacing,
                 loop_files: opts.loop_files,
                 backoff: opts.backoff,
+                nice: *config.runtime.ingest_nice.get_ref(),
             },
             frames,
             clock.clone(),

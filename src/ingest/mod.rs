@@ -65,6 +65,8 @@ pub struct IngestOptions {
     pub pacing: Pacing,
     pub loop_files: bool,
     pub backoff: Backoff,
+    /// Nice value for the camera threads: above 0 gives inference priority when the machine is overloaded.
+    pub nice: i32,
 }
 
 pub struct Ingest {
@@ -97,6 +99,7 @@ impl Ingest {
             sink,
             clock,
             stop: stop.clone(),
+            nice: opts.nice,
         });
         let threads = cameras
             .into_iter()

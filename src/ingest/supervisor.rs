@@ -62,6 +62,8 @@ pub struct Context {
     pub sink: FrameSink,
     pub clock: Arc<dyn Clock>,
     pub stop: Arc<AtomicBool>,
+    /// Nice value for ingest threads (0 leaves them at the workers' priority).
+    pub nice: i32,
 }
 
 enum Outcome {
@@ -75,6 +77,7 @@ enum Outcome {
 }
 
 pub fn supervise(task: CameraTask, ctx: Arc<Context>) {
+    lower_priority(ctx.nice);
     let mut attempt = 0u32;
     let health = task.health.clone();
     loop {
@@ -113,6 +116,20 @@ pub fn supervise(task: CameraTask, ctx: Arc<Context>) {
         }
     }
     health.set_state(StreamState::Stopped);
+}
+
+/// Under overload, analysis must win over decoding frames that will be dropped anyway. Threads inherit
+/// their creator's nice value, and GStreamer creates a pipeline's streaming threads from the thread that
+/// starts it, so lowering this thread's priority lowers the whole camera's. Needs no privilege.
+fn lower_priority(nice: i32) {
+    if nice <= 0 {
+        return;
+    }
+    // SAFETY: setpriority on the calling thread (who = 0 with PRIO_PROCESS means the caller's TID on Linux).
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
+    if rc != 0 {
+        tracing::debug!(nice, "could not lower the ingest thread's priority");
+    }
 }
 
 fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) -> bool {
