@@ -34,9 +34,6 @@ impl fmt::Display for CameraId {
 pub struct Timestamp(pub i64);
 
 impl Timestamp {
-    pub fn millis(self) -> i64 {
-        self.0
-    }
     pub fn plus_ms(self, ms: i64) -> Self {
         Self(self.0 + ms)
     }

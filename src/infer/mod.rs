@@ -191,10 +191,6 @@ impl Detector {
         self.max_batch
     }
 
-    pub fn manifest(&self) -> &ModelManifest {
-        &self.manifest
-    }
-
     /// Runs detection on up to `max_batch` frames; `out[i]` receives frame i's detections.
     pub fn detect(
         &mut self,

@@ -124,10 +124,6 @@ impl FrameSink {
         }
         self.shared.schedule(camera);
     }
-
-    pub fn cameras(&self) -> usize {
-        self.shared.slots.len()
-    }
 }
 
 pub struct Pool {
