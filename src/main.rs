@@ -9,8 +9,8 @@ use clap::{Parser, Subcommand};
 
 use streetwatch::app::{Pipeline, RunOptions};
 use streetwatch::bench::{self, BenchOptions, BenchSource};
-use streetwatch::config::Config;
-use streetwatch::ingest::{self, FootageServer};
+use streetwatch::config::{Config, installed};
+use streetwatch::ingest::FootageServer;
 use streetwatch::types::SystemClock;
 
 #[derive(Parser)]
@@ -147,7 +147,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let opts = BenchOptions {
                 cameras,
                 seconds,
-                footage: footage.unwrap_or_else(|| ingest::fixture("bench_720p25_2mbps.mp4")),
+                footage: footage
+                    .unwrap_or_else(|| installed("fixtures/footage/bench_720p25_2mbps.mp4")),
                 source: match (url, source.as_str()) {
                     (Some(u), _) => BenchSource::Url(u),
                     (None, "file") => BenchSource::File,
@@ -157,9 +158,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 keyframe_only: !full_decode,
                 workers,
                 max_batch: batch,
-                model: model.unwrap_or_else(|| {
-                    streetwatch::config::installed(streetwatch::config::DEFAULT_MODEL)
-                }),
+                model: model.unwrap_or_else(|| installed(streetwatch::config::DEFAULT_MODEL)),
                 json,
             };
             bench::run(&opts).map(|_| ())
@@ -188,11 +187,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// The demo: fixture footage served over RTSP by this process, four cameras, SQLite under ./data.
 fn demo(seconds: Option<u64>) -> anyhow::Result<()> {
-    let root = if Path::new("pipelines/demo.toml").is_file() {
-        PathBuf::from(".")
-    } else {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-    };
+    let demo = installed("pipelines/demo.toml");
     let mounts: Vec<(String, PathBuf)> = [
         ("vtest", "vtest_h264.mp4"),
         ("parking", "parking_aisle_overhead_768x432.mp4"),
@@ -200,13 +195,16 @@ fn demo(seconds: Option<u64>) -> anyhow::Result<()> {
         ("bikes", "bikes.mp4"),
     ]
     .iter()
-    .map(|(m, f)| (m.to_string(), ingest::fixture(f)))
+    .map(|(m, f)| (m.to_string(), installed(&format!("fixtures/footage/{f}"))))
     .collect();
     let server = FootageServer::start(&mounts, 0)?;
-    let text = std::fs::read_to_string(root.join("pipelines/demo.toml"))
-        .context("reading pipelines/demo.toml")?;
+    let text = std::fs::read_to_string(&demo).context("reading pipelines/demo.toml")?;
     let text = text.replace("${DEMO_RTSP_PORT}", &server.port().to_string());
-    let mut config = Config::parse(&text, "pipelines/demo.toml", &root.join("pipelines"))?;
+    let mut config = Config::parse(
+        &text,
+        "pipelines/demo.toml",
+        demo.parent().unwrap_or(Path::new(".")),
+    )?;
     config.runtime.data_dir = Some(std::env::current_dir()?.join("data"));
     println!(
         "streetwatch demo: {} cameras from fixture footage at rtsp://127.0.0.1:{}/…, data in ./data (Ctrl-C stops)",

@@ -179,6 +179,14 @@ pub fn run(cmd: AlertCommand, db_path: &Path) -> anyhow::Result<()> {
     run_to(cmd, db_path, SystemClock.now(), &mut stdout.lock())
 }
 
+/// One JSON object per line, for scripts.
+fn write_json_lines<T: serde::Serialize>(out: &mut dyn Write, rows: &[T]) -> anyhow::Result<()> {
+    for r in rows {
+        writeln!(out, "{}", serde_json::to_string(r)?)?;
+    }
+    Ok(())
+}
+
 /// [`run`] with the time and the output given (for tests).
 pub fn run_to(
     cmd: AlertCommand,
@@ -219,9 +227,7 @@ pub fn run_to(
                 .filter(|s| all || s.ends_at > now)
                 .collect();
             if json {
-                for s in &rows {
-                    writeln!(out, "{}", serde_json::to_string(s)?)?;
-                }
+                write_json_lines(out, &rows)?;
             } else {
                 writeln!(
                     out,
@@ -266,9 +272,7 @@ pub fn run_to(
             }
             let rows = store.alerts(status.as_deref(), limit)?;
             if json {
-                for r in &rows {
-                    writeln!(out, "{}", serde_json::to_string(r)?)?;
-                }
+                write_json_lines(out, &rows)?;
             } else {
                 writeln!(
                     out,
@@ -303,9 +307,7 @@ pub fn run_to(
             let skip = rows.len().saturating_sub(limit);
             rows.drain(..skip);
             if json {
-                for r in &rows {
-                    writeln!(out, "{}", serde_json::to_string(r)?)?;
-                }
+                write_json_lines(out, &rows)?;
             } else {
                 writeln!(
                     out,

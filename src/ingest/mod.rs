@@ -5,7 +5,7 @@ mod footage_server;
 mod pipeline;
 mod supervisor;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -132,17 +132,5 @@ impl Ingest {
         for t in self.threads {
             let _ = t.join();
         }
-    }
-}
-
-/// Where fixture footage lives: `fixtures/footage` in the working directory, else beside the sources.
-pub fn fixture(name: &str) -> PathBuf {
-    let local = Path::new("fixtures/footage").join(name);
-    if local.is_file() {
-        local
-    } else {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("fixtures/footage")
-            .join(name)
     }
 }
