@@ -135,3 +135,57 @@ fn tiles_find_small_people_the_whole_frame_misses() {
     assert!(2 * tiled >= n, "tiles found {tiled} of {n} small people");
     assert!(tiled >= 2 * whole, "tiles {tiled} vs whole frame {whole}");
 }
+
+/// Area of `a` inside `b`, over `a`'s area.
+fn inside(a: &BBox, b: &BBox) -> f32 {
+    let w = (a.x2.min(b.x2) - a.x1.max(b.x1)).max(0.0);
+    let h = (a.y2.min(b.y2) - a.y1.max(b.y1)).max(0.0);
+    w * h / a.area().max(f32::EPSILON)
+}
+
+#[test]
+fn tiles_keep_large_people_whole_and_single() {
+    // bus.jpg (810×1080) and zidane.jpg (1280×720): people taller than a 416-px tile. Every tile cuts
+    // them, so tiles add no pieces of them: every person the whole frame finds is still there, and no
+    // person box lies mostly (> 70 % of its area) inside another.
+    let manifest = Arc::new(
+        ModelManifest::load(&support::root().join("models/nanodet_g_416_coco_int8.toml")).unwrap(),
+    );
+    support::nanodet(); // loads the runtime
+    let person = manifest.class_index("person").unwrap() as u16;
+    for name in ["bus.jpg", "zidane.jpg"] {
+        let img = image::open(support::footage(name)).unwrap().to_rgb8();
+        let frame = Frame::from_rgb_image(0, Timestamp(0), img);
+        let people = |regions: Regions| {
+            let mut d = Detector::new(manifest.clone(), 4, 0.35)
+                .unwrap()
+                .with_regions(Arc::from([regions]));
+            let mut out = vec![Vec::new()];
+            d.detect(std::slice::from_ref(&frame), &mut out).unwrap();
+            out.swap_remove(0)
+                .into_iter()
+                .filter(|d| d.class == person)
+                .collect::<Vec<_>>()
+        };
+        let (whole, tiled) = (people(Regions::default()), people(Regions::tiles()));
+        println!(
+            "{name}: {} people whole frame, {} with tiles",
+            whole.len(),
+            tiled.len()
+        );
+        for w in &whole {
+            assert!(
+                tiled.iter().any(|t| t.bbox.iou(&w.bbox) >= 0.5),
+                "{name}: {w:?} lost with tiles: {tiled:?}"
+            );
+        }
+        for (i, a) in tiled.iter().enumerate() {
+            for (j, b) in tiled.iter().enumerate() {
+                assert!(
+                    i == j || inside(&a.bbox, &b.bbox) <= 0.7,
+                    "{name}: {a:?} is a piece of {b:?}"
+                );
+            }
+        }
+    }
+}

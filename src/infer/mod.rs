@@ -119,6 +119,8 @@ pub struct Detector {
     crops: Vec<Crop>,
     /// One model input's decoded detections, before they join their frame's list.
     scratch: Vec<Detection>,
+    /// Per frame of this call: how many of its detections come from the whole-frame pass.
+    whole: Vec<usize>,
 }
 
 impl Detector {
@@ -197,6 +199,7 @@ impl Detector {
             placements: Vec::with_capacity(max_batch),
             crops: Vec::new(),
             scratch: Vec::with_capacity(64),
+            whole: Vec::new(),
             manifest,
         })
     }
@@ -222,6 +225,8 @@ impl Detector {
         assert!(out.len() >= frames.len());
         let (in_w, in_h) = (self.manifest.input.width, self.manifest.input.height);
         self.items.clear();
+        self.whole.clear();
+        self.whole.resize(frames.len(), 0);
         for (i, f) in frames.iter().enumerate() {
             out[i].clear();
             self.items.push((i, None));
@@ -300,11 +305,21 @@ impl Detector {
             let place = &self.placements[slot];
             match crop {
                 // The whole frame, its frame's first item: decoded straight into its list.
-                None => postprocess::decode(&self.params, data, anchors, place, &mut out[fi]),
+                None => {
+                    postprocess::decode(&self.params, data, anchors, place, &mut out[fi]);
+                    self.whole[fi] = out[fi].len();
+                }
                 Some(c) => {
                     postprocess::decode(&self.params, data, anchors, place, &mut self.scratch);
-                    let f = &frames[fi];
-                    regions::keep_uncut(&self.scratch, c, f.width, f.height, &mut out[fi]);
+                    let (f, whole) = (&frames[fi], self.whole[fi]);
+                    regions::add_tile_detections(
+                        &self.scratch,
+                        c,
+                        f.width,
+                        f.height,
+                        whole,
+                        &mut out[fi],
+                    );
                 }
             }
         }
