@@ -79,3 +79,89 @@ pub fn check(cam: &CameraConfig, regions: &RegionsConfig) -> Result<(), String> 
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    const CAMERA: &str = r#"
+[[cameras]]
+id = "cam-1"
+url = "rtsp://10.1.2.3/stream1"
+width = 1920
+REGIONS
+[[cameras.zones]]
+id = "kerb"
+polygon = [[0.1, 0.5], [0.9, 0.5], [0.9, 0.9]]
+"#;
+
+    fn parse(regions: &str) -> Result<Config, String> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        Config::parse(&CAMERA.replace("REGIONS", regions), "test.toml", dir)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_three_forms_parse() {
+        let get = |r: &str| {
+            parse(r).unwrap().cameras[0]
+                .regions
+                .clone()
+                .map(|s| s.into_inner())
+        };
+        assert_eq!(get(""), None);
+        assert_eq!(get(r#"regions = "zones""#), Some(RegionsConfig::Zones));
+        assert_eq!(get(r#"regions = "tiles""#), Some(RegionsConfig::Tiles));
+        assert_eq!(
+            get("regions = [[0.0, 0.2, 0.5, 0.6], [0.5, 0.2, 1, 0.6]]"),
+            Some(RegionsConfig::Rects(vec![
+                [0.0, 0.2, 0.5, 0.6],
+                [0.5, 0.2, 1.0, 0.6]
+            ]))
+        );
+    }
+
+    #[test]
+    fn mistakes_are_located() {
+        // `regions` is on line 6 of CAMERA (which starts with a newline), its value at column 11.
+        let m = parse(r#"regions = "zone""#).unwrap_err();
+        assert!(m.starts_with("test.toml:6:11: "), "{m}");
+        assert!(m.contains(r#"expected "zones", "tiles" or a list"#), "{m}");
+        let m = parse("regions = [[0.5, 0.2, 0.3, 0.6]]").unwrap_err();
+        assert!(
+            m.starts_with(
+                "test.toml:6:11: cameras[0].regions: [0.5, 0.2, 0.3, 0.6] is not [x1, y1, x2, y2]"
+            ),
+            "{m}"
+        );
+        let m = parse("regions = [[0.0, 0.2, 1.5, 0.6]]").unwrap_err();
+        assert!(
+            m.contains("cameras[0].regions: [0.0, 0.2, 1.5, 0.6] is not"),
+            "{m}"
+        );
+        let m = parse("regions = []").unwrap_err();
+        assert!(m.contains("cameras[0].regions: an empty list"), "{m}");
+        let m = CAMERA
+            .replace("width = 1920\n", "")
+            .replace("REGIONS", r#"regions = "tiles""#);
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let m = Config::parse(&m, "test.toml", dir).unwrap_err().to_string();
+        assert!(
+            m.starts_with("test.toml:5:11: cameras[0].regions: regions crop the frame at the camera's `width` (416 px)"),
+            "{m}"
+        );
+        let no_zones = CAMERA
+            .split("[[cameras.zones]]")
+            .next()
+            .unwrap()
+            .replace("REGIONS", r#"regions = "zones""#);
+        let m = Config::parse(&no_zones, "test.toml", dir)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            m.contains(r#"cameras[0].regions: "zones" needs at least one zone"#),
+            "{m}"
+        );
+    }
+}
