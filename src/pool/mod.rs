@@ -269,10 +269,11 @@ impl Worker {
                         .inference_us
                         .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
                     stats.batches.fetch_add(1, Ordering::Relaxed);
-                    stats.frames_analysed.fetch_add(n as u64, Ordering::Relaxed);
+                    // Inputs before frames (release): a reader that acquires the frames sees their inputs.
                     stats
                         .model_inputs
                         .fetch_add(inputs as u64, Ordering::Relaxed);
+                    stats.frames_analysed.fetch_add(n as u64, Ordering::Release);
                     for (frame, dets) in self.frames.iter().zip(&self.detections) {
                         let slot = &shared.slots[frame.camera];
                         if let Some(mut analyser) = slot.analyser.pop() {
