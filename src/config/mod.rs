@@ -569,6 +569,16 @@ impl Config {
     }
 }
 
+/// The first point outside the frame, as a message.
+fn outside_frame(points: &[[f32; 2]]) -> Option<String> {
+    points
+        .iter()
+        .find(|[x, y]| !(0.0..=1.0).contains(x) || !(0.0..=1.0).contains(y))
+        .map(|[x, y]| {
+            format!("point [{x}, {y}] is outside 0–1 (coordinates are fractions of the frame)")
+        })
+}
+
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
@@ -672,11 +682,8 @@ impl Validator<'_> {
                         format!("a polygon needs at least 3 points, found {}", pts.len()),
                     );
                 }
-                if let Some([x, y]) = pts
-                    .iter()
-                    .find(|[x, y]| !(0.0..=1.0).contains(x) || !(0.0..=1.0).contains(y))
-                {
-                    return self.err(zone.polygon.span(), key, format!("point [{x}, {y}] is outside 0–1 (coordinates are fractions of the frame)"));
+                if let Some(message) = outside_frame(pts) {
+                    return self.err(zone.polygon.span(), key, message);
                 }
                 if !zone_ids.insert(zone.id.get_ref().as_str()) {
                     return self.err(
@@ -704,15 +711,8 @@ impl Validator<'_> {
                     );
                 }
                 let [a, b] = *line.points.get_ref();
-                if let Some([x, y]) = [a, b]
-                    .iter()
-                    .find(|[x, y]| !(0.0..=1.0).contains(x) || !(0.0..=1.0).contains(y))
-                {
-                    return self.err(
-                        line.points.span(),
-                        key("points"),
-                        format!("point [{x}, {y}] is outside 0–1 (coordinates are fractions of the frame)"),
-                    );
+                if let Some(message) = outside_frame(&[a, b]) {
+                    return self.err(line.points.span(), key("points"), message);
                 }
                 let (dx, dy) = (b[0] - a[0], b[1] - a[1]);
                 if dx.hypot(dy) < 1e-3 {
