@@ -128,7 +128,8 @@ impl Report {
                         "recall": t.recall(),
                         "precision": t.precision(),
                         "duplicates": t.duplicates(),
-                        "onset_delay_s": t.onset_delay_s(),
+                        // Frame times are whole milliseconds: no more digits than that.
+                        "onset_delay_s": t.onset_delay_s().map(|s| (s * 1000.0).round() / 1000.0),
                     }),
                 )
             })
