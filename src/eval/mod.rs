@@ -190,10 +190,11 @@ fn span(from: f64, to: Option<f64>) -> String {
 /// missed truth and every false incident so the reason for a figure can be looked up in the footage.
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.scenarios.len();
         writeln!(
             f,
-            "streetwatch eval: {} scenarios, replayed on their footage's own timestamps",
-            self.scenarios.len()
+            "streetwatch eval: {n} scenario{}, replayed on their footage's own timestamps",
+            if n == 1 { "" } else { "s" }
         )?;
         writeln!(f)?;
         writeln!(

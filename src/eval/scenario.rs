@@ -153,7 +153,7 @@ impl Scenario {
                 ));
             }
             let start = *t.start.get_ref();
-            if !(start >= 0.0) {
+            if !start.is_finite() || start < 0.0 {
                 return Err(err(
                     t.start.span(),
                     &key("start"),
@@ -161,7 +161,7 @@ impl Scenario {
                 ));
             }
             if let Some(end) = &t.end
-                && !(*end.get_ref() >= start)
+                && (!end.get_ref().is_finite() || *end.get_ref() < start)
             {
                 return Err(err(
                     end.span(),
@@ -170,7 +170,7 @@ impl Scenario {
                 ));
             }
             let tolerance = match &t.tolerance {
-                Some(tol) if !(*tol.get_ref() >= 0.0) => {
+                Some(tol) if !tol.get_ref().is_finite() || *tol.get_ref() < 0.0 => {
                     return Err(err(
                         tol.span(),
                         &key("tolerance"),
