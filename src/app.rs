@@ -80,10 +80,6 @@ impl Pipeline {
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<Pipeline> {
         let manifest = load_model(config)?;
-        let person = manifest
-            .class_index("person")
-            .with_context(|| format!("model {} has no `person` label", manifest.name))?
-            as u16;
         let data_dir = config.data_dir();
         std::fs::create_dir_all(data_dir.join("snapshots"))
             .with_context(|| format!("creating {}", data_dir.display()))?;
@@ -103,8 +99,11 @@ impl Pipeline {
             .map(|(c, h)| {
                 (
                     h.clone(),
-                    Box::new(CameraAnalyser::new(c, person, events_tx.clone()))
-                        as Box<dyn Analyser>,
+                    Box::new(CameraAnalyser::new(
+                        c,
+                        &manifest.output.labels,
+                        events_tx.clone(),
+                    )) as Box<dyn Analyser>,
                 )
             })
             .collect();
