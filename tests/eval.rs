@@ -160,7 +160,8 @@ fn a_missed_min_recall_makes_eval_fail_and_says_why() {
     let out = eval(&[scenario.to_str().unwrap()]);
     let stdout = text(&out.stdout);
     assert!(!out.status.success());
-    assert!(stdout.contains("missed truth    10.0–20.0 s"), "{stdout}");
+    assert!(stdout.contains("truth 10.0–20.0 s"), "{stdout}");
+    assert!(stdout.contains("MISSED"), "{stdout}");
 }
 
 #[test]

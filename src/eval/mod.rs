@@ -236,30 +236,31 @@ impl fmt::Display for Report {
                     figure(t.duplicates()),
                     delay(t.onset_delay_s()),
                 )?;
+                // Every truth with the incidents that matched it, then every incident: a district
+                // engineer sees a miss, a false alarm, a split or a merge at a glance.
                 for (truth, hits) in &r.matched.truths {
-                    if hits.is_empty() {
-                        writeln!(
-                            f,
-                            "    missed truth    {} ±{} s  {}",
-                            span(truth.start, truth.end),
-                            truth.tolerance,
-                            truth.note
-                        )?;
-                    } else if hits.len() > 1 {
-                        writeln!(
-                            f,
-                            "    {} incidents    {} ±{} s  {}",
-                            hits.len(),
-                            span(truth.start, truth.end),
-                            truth.tolerance,
-                            truth.note
-                        )?;
-                    }
+                    let caught = if hits.is_empty() {
+                        "MISSED".to_string()
+                    } else {
+                        let ids: Vec<String> = hits.iter().map(|i| format!("#{}", i + 1)).collect();
+                        format!("caught by {}", ids.join(" "))
+                    };
+                    let line = format!(
+                        "    truth {:<16} ±{} s  {caught:<14} {}",
+                        span(truth.start, truth.end),
+                        truth.tolerance,
+                        truth.note
+                    );
+                    writeln!(f, "{}", line.trim_end())?;
                 }
-                for (d, hit) in &r.matched.incidents {
-                    if !hit {
-                        writeln!(f, "    false incident  {}", span(d.opened, d.closed))?;
-                    }
+                for (i, (d, hit)) in r.matched.incidents.iter().enumerate() {
+                    let line = format!(
+                        "    incident #{:<2} {:<16} {}",
+                        i + 1,
+                        span(d.opened, d.closed),
+                        if *hit { "" } else { "FALSE ALARM" }
+                    );
+                    writeln!(f, "{}", line.trim_end())?;
                 }
             }
         }

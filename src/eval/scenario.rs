@@ -138,7 +138,7 @@ impl Scenario {
             .camera
             .rules
             .iter()
-            .map(|r| (r.id.get_ref().clone(), r.kind))
+            .map(|r| (r.id.get_ref().clone(), r.kind()))
             .collect();
         let kinds: HashMap<&str, RuleKind> =
             rules.iter().map(|(id, k)| (id.as_str(), *k)).collect();
