@@ -75,6 +75,13 @@ enum Command {
         /// Model manifest (default: the shipped int8 NanoDet).
         #[arg(long)]
         model: Option<PathBuf>,
+        /// Width frames are scaled to for analysis (a camera's `width`); regions want the native width.
+        #[arg(long, default_value_t = 416)]
+        width: u32,
+        /// Also detect on regions, as a camera's `regions` value: `tiles`, or `[[x1, y1, x2, y2], …]` in
+        /// frame fractions (bench cameras have no zones).
+        #[arg(long)]
+        regions: Option<String>,
         /// Print one JSON object on the last line.
         #[arg(long)]
         json: bool,
@@ -157,6 +164,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             workers,
             batch,
             model,
+            width,
+            regions,
             json,
         } => {
             let opts = BenchOptions {
@@ -174,6 +183,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 workers,
                 max_batch: batch,
                 model: model.unwrap_or_else(|| installed(streetwatch::config::DEFAULT_MODEL)),
+                width,
+                regions,
                 json,
             };
             bench::run(&opts).map(|_| ())

@@ -9,6 +9,10 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
+mod regions;
+
+pub use regions::RegionsConfig;
+
 use crate::alert::AlertConfig;
 use crate::types::{RuleKind, Severity};
 
@@ -151,6 +155,10 @@ pub struct CameraConfig {
     /// Width frames are scaled to for analysis (height keeps the aspect ratio).
     #[serde(default = "default_width")]
     pub width: u32,
+    /// Parts of the frame also detected on at `width` resolution, for small and far objects: "zones",
+    /// "tiles" or rectangles. Default: the whole frame only.
+    #[serde(default)]
+    pub regions: Option<Spanned<RegionsConfig>>,
     /// Seconds without a frame before the watchdog restarts the stream.
     #[serde(default = "default_stall_seconds")]
     pub stall_seconds: f32,
@@ -677,6 +685,11 @@ impl Validator<'_> {
                         format!("duplicate zone id `{}`", zone.id.get_ref()),
                     );
                 }
+            }
+            if let Some(r) = &cam.regions
+                && let Err(message) = regions::check(cam, r.get_ref())
+            {
+                return self.err(r.span(), at("regions"), message);
             }
             for (li, line) in cam.lines.iter().enumerate() {
                 let key = |k: &str| at(&format!("lines[{li}].{k}"));
