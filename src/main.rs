@@ -88,6 +88,15 @@ enum Command {
     },
     #[command(flatten)]
     Alert(streetwatch::alert::cli::AlertCommand),
+    /// Replay labelled scenarios (fixtures/scenarios/*.toml by default) and measure each rule kind's
+    /// recall, precision, duplicates and onset delay; fails when a scenario's minimum is missed.
+    Eval {
+        /// Print one JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Scenario files (default: every fixtures/scenarios/*.toml).
+        scenarios: Vec<PathBuf>,
+    },
     /// Serve footage files over RTSP on 127.0.0.1 (a stand-in camera for tests and trials).
     ServeFootage {
         /// Port to listen on (0: any free port).
@@ -100,14 +109,20 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    // Eval replays many cameras' lifecycles: only errors would leave its table readable.
+    let default_level = match cli.command {
+        Command::Eval { .. } => "error",
+        _ => "info",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("STREETWATCH_LOG")
-                .unwrap_or_else(|_| "info".into()),
+                .unwrap_or_else(|_| default_level.into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    match run(Cli::parse()) {
+    match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -174,6 +189,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             bench::run(&opts).map(|_| ())
         }
+        Command::Eval { json, scenarios } => eval(json, scenarios),
         Command::ServeFootage { port, mounts } => {
             let mounts = mounts
                 .iter()
@@ -194,6 +210,36 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn eval(json: bool, mut scenarios: Vec<PathBuf>) -> anyhow::Result<()> {
+    if scenarios.is_empty() {
+        let dir = installed("fixtures/scenarios");
+        for entry in
+            std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?
+        {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                scenarios.push(path);
+            }
+        }
+        scenarios.sort();
+        anyhow::ensure!(!scenarios.is_empty(), "no scenarios in {}", dir.display());
+    }
+    let report = streetwatch::eval::run(&scenarios)?;
+    if json {
+        println!("{}", report.json());
+    } else {
+        print!("{report}");
+    }
+    let failures = report.failures();
+    anyhow::ensure!(
+        failures.is_empty(),
+        "{} rule(s) below their scenario's minimum:\n  {}",
+        failures.len(),
+        failures.join("\n  ")
+    );
+    Ok(())
 }
 
 /// The demo: fixture footage served over RTSP by this process, four cameras, SQLite under ./data.

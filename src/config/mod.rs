@@ -929,6 +929,79 @@ impl Validator<'_> {
     }
 }
 
+/// Parses a whole TOML file into `T` with syntax and type errors located as in a configuration: for
+/// files that embed configuration tables, such as `eval` scenarios.
+pub fn parse_toml<T: serde::de::DeserializeOwned>(
+    text: &str,
+    file: &str,
+) -> Result<T, ConfigError> {
+    toml::from_str(text).map_err(|e| {
+        let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
+        ConfigError::Parse {
+            file: file.to_string(),
+            line,
+            column,
+            message: e.message().to_string(),
+        }
+    })
+}
+
+/// A value that parsed but makes no sense, located at `span` of `text`.
+pub fn invalid(
+    text: &str,
+    file: &str,
+    span: std::ops::Range<usize>,
+    key: String,
+    message: String,
+) -> ConfigError {
+    let (line, column) = line_col(text, span.start);
+    ConfigError::Invalid {
+        file: file.to_string(),
+        line,
+        column,
+        key,
+        message,
+    }
+}
+
+/// Checks a camera table of another kind of file (an `eval` scenario's `[camera]`) exactly as a camera of
+/// a configuration; errors are located in that file and their keys read `camera.…`.
+pub fn validate_camera(
+    camera: &CameraConfig,
+    text: &str,
+    file: &str,
+    base_dir: &Path,
+) -> Result<(), ConfigError> {
+    let config = Config {
+        runtime: RuntimeConfig::default(),
+        alert: None,
+        cameras: vec![camera.clone()],
+        base_dir: base_dir.to_path_buf(),
+    };
+    Validator {
+        text,
+        file,
+        config: &config,
+    }
+    .validate()
+    .map_err(|e| match e {
+        ConfigError::Invalid {
+            file,
+            line,
+            column,
+            key,
+            message,
+        } => ConfigError::Invalid {
+            file,
+            line,
+            column,
+            key: key.replacen("cameras[0]", "camera", 1),
+            message,
+        },
+        e => e,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
