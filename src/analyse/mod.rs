@@ -555,13 +555,88 @@ clear_seconds = 30
             s if s >= 140.0 => vec![det("car", 0.52, 0.8, 0.2, 0.15)],
             _ => vec![],
         });
-        // A: opens at 61 s; last stationary at 100 s (the 101 s step is beyond the radius), so it
-        // closes 30 s after that, at 130 s. B: confirmed at 141 s, opens at 201 s.
+        // A: opens at 61 s; last stationary at 100 s (the 101 s step is beyond the radius); seen
+        // driving off, it closes after the 5 s departure grace, at 105 s. B: confirmed at 141 s, opens
+        // at 201 s.
         assert_eq!(
             phases(&ev),
-            vec![(61.0, Opened), (130.0, Closed), (201.0, Opened)],
+            vec![(61.0, Opened), (105.0, Closed), (201.0, Opened)],
             "{ev:?}"
         );
+        assert_ne!(ev[0].3, ev[2].3);
+    }
+
+    #[test]
+    fn a_car_arriving_where_another_just_left_is_its_own_incident() {
+        let mut a = analyser(PARKING);
+        // A parked 0–100 s and drives off right; B pulls into the same place at 110 s, while A's
+        // clear time (30 s) would still be running.
+        let ev = run(&mut a, 1000, 200, |s| match s {
+            s if s < 100.0 => vec![det("car", 0.5, 0.8, 0.2, 0.15)],
+            s if s < 105.0 => vec![det("car", 0.5 + (s as f32 - 99.0) * 0.08, 0.8, 0.2, 0.15)],
+            s if s >= 110.0 => vec![det("car", 0.5, 0.8, 0.2, 0.15)],
+            _ => vec![],
+        });
+        // A closes at 105 s (seen leaving); B, confirmed at 111 s, opens at 171 s.
+        assert_eq!(
+            phases(&ev),
+            vec![(61.0, Opened), (105.0, Closed), (171.0, Opened)],
+            "{ev:?}"
+        );
+    }
+
+    #[test]
+    fn a_person_seen_leaving_and_the_next_arriving_make_two_incidents() {
+        let mut a = analyser(
+            r#"
+[[cameras.zones]]
+id = "counter"
+polygon = [[0.4, 0.0], [0.8, 0.0], [0.8, 1.0], [0.4, 1.0]]
+[[cameras.rules]]
+kind = "loitering"
+id = "linger"
+zone = "counter"
+min_seconds = 10
+"#,
+        );
+        // Visitor 1 stands at the counter 0–30 s, then walks out left (0.04 per second); visitor 2
+        // walks in from the right edge at 40 s and stands at the counter from 44 s to 80 s.
+        let ev = run(&mut a, 1000, 120, |s| {
+            let mut d = vec![];
+            if s < 30.0 {
+                d.push(det("person", 0.6, 0.9, 0.08, 0.4));
+            } else if s < 45.0 {
+                d.push(det(
+                    "person",
+                    0.6 - 0.04 * (s as f32 - 29.0),
+                    0.9,
+                    0.08,
+                    0.4,
+                ));
+            }
+            if (40.0..44.0).contains(&s) {
+                d.push(det(
+                    "person",
+                    0.95 - 0.08 * (s as f32 - 40.0),
+                    0.9,
+                    0.08,
+                    0.4,
+                ));
+            } else if (44.0..80.0).contains(&s) {
+                d.push(det("person", 0.63, 0.9, 0.08, 0.4));
+            }
+            d
+        });
+        // 1: confirmed at 1 s, opens at 11 s; crosses x = 0.4 near 34 s and is seen outside, so it
+        // closes 5 s after its last frame inside. 2: enters the zone near 42 s, opens 10 s later.
+        let got = phases(&ev);
+        assert_eq!(got.len(), 4, "{ev:?}");
+        assert_eq!(got[0], (11.0, Opened), "{ev:?}");
+        assert_eq!(got[1].1, Closed);
+        assert!((38.0..=40.0).contains(&got[1].0), "{ev:?}");
+        assert_eq!(got[2].1, Opened);
+        assert!((52.0..=54.0).contains(&got[2].0), "{ev:?}");
+        assert_eq!(got[3].1, Closed);
         assert_ne!(ev[0].3, ev[2].3);
     }
 

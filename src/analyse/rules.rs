@@ -122,6 +122,9 @@ struct Candidate {
     last_true: Timestamp,
     holds: bool,
     seen: bool,
+    /// Its own track was seen on the latest frame without the condition (it left the zone, or the
+    /// vehicle drove off): no other track may take this candidate over.
+    departed: bool,
     bbox: BBox,
     pos: (f32, f32),
     /// Stationary: where the object stands, and its box there. Against: where it entered the zone.
@@ -129,6 +132,9 @@ struct Candidate {
     anchor_box: BBox,
     open: Option<Timestamp>,
 }
+
+/// How long an object seen leaving (its track in view, the condition gone) keeps its incident open.
+const DEPARTURE_GRACE_MS: i64 = 5_000;
 
 /// Per-object episodes for one rule.
 pub struct Objects {
@@ -185,6 +191,7 @@ impl Objects {
                         last_true: t,
                         holds: false,
                         seen: false,
+                        departed: false,
                         bbox: tr.bbox,
                         pos: tr.pos,
                         anchor: tr.pos,
@@ -221,6 +228,7 @@ impl Objects {
                 c.since = if c.open.is_some() { c.since } else { t };
             }
             c.holds = holds;
+            c.departed = !holds;
             if holds {
                 c.last_true = t;
             }
@@ -239,10 +247,23 @@ impl Objects {
                 });
             }
         }
+        // A candidate whose track is in view but no longer eligible has left the zone.
+        for c in self.candidates.iter_mut().filter(|c| !c.seen) {
+            if tracks.iter().any(|o| o.id == c.track && o.matched) {
+                c.departed = true;
+            }
+        }
         let clear_ms = self.clear_ms;
         self.candidates.retain(|c| {
             let gone = if c.open.is_some() {
-                !active || t.since(c.last_true) >= clear_ms.max(1)
+                // Seen leaving is evidence, not a missed detection: a short grace then, the full
+                // clear time only while the object is out of sight.
+                let wait = if c.departed {
+                    clear_ms.min(DEPARTURE_GRACE_MS)
+                } else {
+                    clear_ms
+                };
+                !active || t.since(c.last_true) >= wait.max(1)
             } else {
                 // A pending object out of sight for the clear time starts over when it comes back.
                 t.since(c.last_seen) > clear_ms
@@ -272,10 +293,9 @@ impl Objects {
         self.candidates
             .iter()
             .enumerate()
-            .filter(|(_, c)| !c.seen)
+            .filter(|(_, c)| !c.seen && !c.departed)
             .filter(|(_, c)| match self.condition {
-                // Where a parked object stood: even if its old track wandered off with something that
-                // passed in front of it.
+                // Where a parked object stood, whatever track it had.
                 Condition::Stationary { .. } => c.anchor_box.iou(&tr.bbox) >= 0.3,
                 _ => {
                     let old_track_lost = !tracks.iter().any(|o| o.id == c.track && o.matched);
