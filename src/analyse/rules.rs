@@ -127,6 +127,7 @@ struct Candidate {
     departed: bool,
     bbox: BBox,
     pos: (f32, f32),
+    velocity: (f32, f32),
     /// Stationary: where the object stands, and its box there. Against: where it entered the zone.
     anchor: (f32, f32),
     anchor_box: BBox,
@@ -194,6 +195,7 @@ impl Objects {
                         departed: false,
                         bbox: tr.bbox,
                         pos: tr.pos,
+                        velocity: tr.velocity,
                         anchor: tr.pos,
                         anchor_box: tr.bbox,
                         open: None,
@@ -208,6 +210,7 @@ impl Objects {
             c.last_seen = t;
             c.bbox = tr.bbox;
             c.pos = tr.pos;
+            c.velocity = tr.velocity;
             let holds = match self.condition {
                 Condition::Present => true,
                 Condition::Stationary { radius } => {
@@ -247,9 +250,10 @@ impl Objects {
                 });
             }
         }
-        // A candidate whose track is in view but no longer eligible has left the zone.
+        // A candidate whose track is in view but no longer eligible has left the zone; one whose
+        // track vanished at the frame's edge while heading out has left the picture.
         for c in self.candidates.iter_mut().filter(|c| !c.seen) {
-            if tracks.iter().any(|o| o.id == c.track && o.matched) {
+            if tracks.iter().any(|o| o.id == c.track && o.matched) || leaving_frame(c) {
                 c.departed = true;
             }
         }
@@ -289,7 +293,6 @@ impl Objects {
         if let Some(i) = self.candidates.iter().position(|c| c.track == tr.id) {
             return Some(i);
         }
-        let h = tr.bbox.y2 - tr.bbox.y1;
         self.candidates
             .iter()
             .enumerate()
@@ -297,9 +300,15 @@ impl Objects {
             .filter(|(_, c)| match self.condition {
                 // Where a parked object stood, whatever track it had.
                 Condition::Stationary { .. } => c.anchor_box.iou(&tr.bbox) >= 0.3,
+                // Where the lost object would be by now (its motion carried on for at most 2 s).
                 _ => {
                     let old_track_lost = !tracks.iter().any(|o| o.id == c.track && o.matched);
-                    old_track_lost && dist(c.pos, tr.pos) <= h.max(c.bbox.y2 - c.bbox.y1)
+                    let dt = (tr.last_seen.since(c.last_seen) as f32 / 1000.0).min(2.0);
+                    let expected = (c.pos.0 + c.velocity.0 * dt, c.pos.1 + c.velocity.1 * dt);
+                    // Within a body's width: a person standing close to the camera is tall, and
+                    // the next visitor arriving a few steps away must not inherit their incident.
+                    let width = (tr.bbox.x2 - tr.bbox.x1).max(c.bbox.x2 - c.bbox.x1);
+                    old_track_lost && dist(expected, tr.pos) <= width
                 }
             })
             .min_by(|(_, a), (_, b)| dist(a.pos, tr.pos).total_cmp(&dist(b.pos, tr.pos)))
@@ -313,6 +322,17 @@ impl Objects {
             .filter(|c| c.open.is_some() || c.holds)
             .map(|c| c.track)
     }
+}
+
+/// Last seen touching an edge of the frame and moving out through it.
+fn leaving_frame(c: &Candidate) -> bool {
+    const EDGE: f32 = 0.03;
+    let b = &c.bbox;
+    let (vx, vy) = c.velocity;
+    (b.x1 < EDGE && vx < 0.0)
+        || (b.x2 > 1.0 - EDGE && vx > 0.0)
+        || (b.y1 < EDGE && vy < 0.0)
+        || (b.y2 > 1.0 - EDGE && vy > 0.0)
 }
 
 /// Moving against `allowed` for a clear distance: at least one and a half of its own box heights (or a
