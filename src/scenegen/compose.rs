@@ -2,34 +2,49 @@
 
 use image::{Rgb, RgbImage, Rgba, RgbaImage, imageops};
 
+/// What of a crop belongs to the object.
+pub enum Coverage<'a> {
+    /// The pixels that differ from the source clip's clean plate (the object and its shadow), holes filled.
+    Plate(&'a RgbImage),
+    /// Inside a polygon outlined by hand, in the source frame's pixels.
+    Outline(Vec<[f32; 2]>),
+    /// The whole crop.
+    Crop,
+}
+
 /// A cut-out: colour plus coverage (alpha 0–255).
 pub struct Sprite {
     pub image: RgbaImage,
 }
 
 impl Sprite {
-    /// Cuts `crop` from `frame`. With `plate` (the source clip's clean plate) the matte is the pixels that
-    /// differ from it (the object and its shadow), holes inside the object filled; without, the whole crop.
-    /// Either way the matte fades to zero over `feather` pixels at the crop's border and is softened at its
-    /// edges, so no hard seam shows.
-    pub fn cut(frame: &RgbImage, plate: Option<&RgbImage>, crop: [u32; 4], feather: u32) -> Self {
+    /// Cuts `crop` from `frame` with the given coverage. The matte fades to zero over `feather` pixels at the
+    /// crop's border and is softened at its edges, so no hard seam shows.
+    pub fn cut(frame: &RgbImage, coverage: Coverage, crop: [u32; 4], feather: u32) -> Self {
         let [x0, y0, w, h] = crop;
         let piece = imageops::crop_imm(frame, x0, y0, w, h).to_image();
-        let mut alpha: Vec<f32> = match plate {
-            Some(plate) => {
+        let soft = |mask: Vec<bool>| {
+            let v: Vec<f32> = mask.iter().map(|&m| if m { 1.0 } else { 0.0 }).collect();
+            blur(&v, w, h, 1)
+        };
+        let mut alpha: Vec<f32> = match coverage {
+            Coverage::Plate(plate) => {
                 let under = imageops::crop_imm(plate, x0, y0, w, h).to_image();
-                let mask = difference_mask(&piece, &under);
-                blur(
-                    &mask
-                        .iter()
-                        .map(|&m| if m { 1.0 } else { 0.0 })
-                        .collect::<Vec<_>>(),
-                    w,
-                    h,
-                    1,
+                soft(difference_mask(&piece, &under))
+            }
+            Coverage::Outline(points) => {
+                // Pixel centres inside the outline, which is given in the frame's pixels.
+                let shape = crate::analyse::Polygon::new(&points);
+                soft(
+                    (0..h)
+                        .flat_map(|y| (0..w).map(move |x| (x, y)))
+                        .map(|(x, y)| {
+                            shape.contains(((x0 + x) as f32 + 0.5, (y0 + y) as f32 + 0.5))
+                        })
+                        .collect(),
                 )
             }
-            None => vec![1.0; (w * h) as usize],
+            Coverage::Crop => vec![1.0; (w * h) as usize],
         };
         for y in 0..h {
             for x in 0..w {
@@ -418,6 +433,18 @@ mod tests {
     }
 
     #[test]
+    fn an_outline_matte_covers_the_polygon_in_source_pixels() {
+        // Crop (10, 10) 8×8 of a 20×20 frame; the outline is the square 12–16 in frame pixels, so crop pixels
+        // 2–5 are inside (their centres 12.5–15.5) and the crop's corners are not. Softening leaves the middle whole.
+        let frame = RgbImage::new(20, 20);
+        let square = vec![[12.0, 12.0], [16.0, 12.0], [16.0, 16.0], [12.0, 16.0]];
+        let s = Sprite::cut(&frame, Coverage::Outline(square), [10, 10, 8, 8], 0);
+        assert_eq!(s.image.get_pixel(3, 3).0[3], 255);
+        assert_eq!(s.image.get_pixel(0, 0).0[3], 0);
+        assert_eq!(s.image.get_pixel(7, 7).0[3], 0);
+    }
+
+    #[test]
     fn the_plate_matte_keeps_the_object_and_fills_its_holes() {
         // A 12×12 grey plate; the frame has a 6×6 dark square at (3, 3) with a 2×2 grey "hole" in the middle
         // (a coat the colour of the street). The matte covers the square and its hole; the far corner is clear.
@@ -430,7 +457,7 @@ mod tests {
                 }
             }
         }
-        let s = Sprite::cut(&frame, Some(&plate), [0, 0, 12, 12], 0);
+        let s = Sprite::cut(&frame, Coverage::Plate(&plate), [0, 0, 12, 12], 0);
         assert_eq!(s.image.get_pixel(5, 5).0[3], 255, "the hole is filled");
         assert_eq!(s.image.get_pixel(4, 4).0[3], 255);
         assert_eq!(s.image.get_pixel(0, 0).0[3], 0);

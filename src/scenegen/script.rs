@@ -98,6 +98,8 @@ pub enum Flip {
 pub enum Matte {
     /// Pixels that differ from the source clip's own clean plate (a cut-out of the object); footage only.
     Plate,
+    /// Inside `outline` (an object the plate cannot separate: from a still, or one that never moves).
+    Outline,
     /// The whole crop with a soft edge.
     Box,
 }
@@ -116,8 +118,10 @@ pub struct SpriteSpec {
     pub crop: Spanned<[u32; 4]>,
     #[serde(default = "default_flip")]
     pub flip: Flip,
-    /// Default: `plate` for footage, `box` for stills.
+    /// Default: `outline` when an outline is given, else `plate` for footage and `box` for stills.
     pub matte: Option<Matte>,
+    /// The object's outline, `[x, y]` points in source pixels.
+    pub outline: Option<Vec<[f32; 2]>>,
     /// Soft edge width in source pixels.
     #[serde(default = "default_feather")]
     pub feather: u32,
@@ -201,6 +205,19 @@ impl Script {
                     s.crop.span(),
                     format!("sprites[{i}].crop"),
                     "a crop needs at least 2×2 pixels".into(),
+                ));
+            }
+            let outline_ok = match (&s.outline, s.matte) {
+                (Some(o), Some(Matte::Outline) | None) => o.len() >= 3,
+                (None, Some(Matte::Outline)) | (Some(_), Some(_)) => false,
+                (None, _) => true,
+            };
+            if !outline_ok {
+                return Err(at(
+                    s.id.span(),
+                    format!("sprites[{i}].outline"),
+                    "`matte = \"outline\"` needs an `outline` of at least 3 points, and an outline no other matte"
+                        .into(),
                 ));
             }
             if script.sprites[..i]
