@@ -38,6 +38,23 @@ fn preprocess(c: &mut Criterion) {
             b.iter(|| lb.fill(&m.input, black_box(img.as_raw()), w, h, w * 3, &mut dst))
         });
     }
+    // A region tile: a 416×416 view into a 1920×1080 frame's rows (no copy), 1:1 into the input.
+    let (w, h) = (1920u32, 1080u32);
+    let img = image::imageops::resize(&still(), w, h, image::imageops::FilterType::Triangle);
+    let at = (600 * w * 3 + 1000 * 3) as usize;
+    let mut lb = Letterboxer::default();
+    g.bench_function("letterbox_416x416_tile_of_1920x1080", |b| {
+        b.iter(|| {
+            lb.fill(
+                &m.input,
+                black_box(&img.as_raw()[at..]),
+                416,
+                416,
+                w * 3,
+                &mut dst,
+            )
+        })
+    });
     g.finish();
 }
 

@@ -11,9 +11,9 @@ use crossbeam::channel::Receiver;
 
 use crate::alert::{self, AlertHandle, AlertService};
 use crate::analyse::{AnalysisEvent, CameraAnalyser, render_snapshot};
-use crate::config::Config;
+use crate::config::{CameraConfig, Config, RegionsConfig};
 use crate::health::{CameraHealth, HealthSnapshot, StreamState};
-use crate::infer::{self, Detector, ModelManifest};
+use crate::infer::{self, BBox, Detector, ModelManifest, Regions};
 use crate::ingest::{Backoff, CameraStream, Ingest, IngestOptions, Pacing};
 use crate::pool::{Analyser, Pool, PoolConfig, PoolStats};
 use crate::store::Store;
@@ -66,6 +66,25 @@ pub fn load_model(config: &Config) -> anyhow::Result<Arc<ModelManifest>> {
     Ok(Arc::new(manifest))
 }
 
+/// The regions a camera's frames are also detected on (none unless configured).
+pub fn camera_regions(camera: &CameraConfig) -> Regions {
+    let Some(r) = &camera.regions else {
+        return Regions::default();
+    };
+    match r.get_ref() {
+        RegionsConfig::Zones => {
+            Regions::around_zones(camera.zones.iter().map(|z| z.polygon.get_ref().as_slice()))
+        }
+        RegionsConfig::Tiles => Regions::tiles(),
+        RegionsConfig::Rects(rects) => Regions::new(
+            rects
+                .iter()
+                .map(|&[x1, y1, x2, y2]| BBox { x1, y1, x2, y2 })
+                .collect(),
+        ),
+    }
+}
+
 pub fn worker_count(config: &Config) -> usize {
     match config.runtime.workers {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -80,10 +99,6 @@ impl Pipeline {
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<Pipeline> {
         let manifest = load_model(config)?;
-        let person = manifest
-            .class_index("person")
-            .with_context(|| format!("model {} has no `person` label", manifest.name))?
-            as u16;
         let data_dir = config.data_dir();
         std::fs::create_dir_all(data_dir.join("snapshots"))
             .with_context(|| format!("creating {}", data_dir.display()))?;
@@ -103,8 +118,11 @@ impl Pipeline {
             .map(|(c, h)| {
                 (
                     h.clone(),
-                    Box::new(CameraAnalyser::new(c, person, events_tx.clone()))
-                        as Box<dyn Analyser>,
+                    Box::new(CameraAnalyser::new(
+                        c,
+                        &manifest.output.labels,
+                        events_tx.clone(),
+                    )) as Box<dyn Analyser>,
                 )
             })
             .collect();
@@ -114,8 +132,12 @@ impl Pipeline {
             batch_wait: Duration::from_millis(config.runtime.batch_wait_ms),
         };
         let threshold = config.runtime.score_threshold;
+        let regions: Arc<[Regions]> = config.cameras.iter().map(camera_regions).collect();
         let (pool, frames) = Pool::start(&pool_config, cameras, || {
-            Detector::new(manifest.clone(), pool_config.max_batch, threshold)
+            Ok(
+                Detector::new(manifest.clone(), pool_config.max_batch, threshold)?
+                    .with_regions(regions.clone()),
+            )
         })?;
         let alerts = match &config.alert {
             Some(a) => Some(Arc::new(AlertService::start(

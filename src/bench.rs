@@ -26,6 +26,11 @@ pub struct BenchOptions {
     pub max_batch: usize,
     /// Model manifest.
     pub model: PathBuf,
+    /// Width frames are scaled to (the camera's `width`).
+    pub width: u32,
+    /// The cameras' `regions` value as written in a config (`tiles`, `[[x1, y1, x2, y2], …]`); none: the
+    /// whole frame only.
+    pub regions: Option<String>,
     pub json: bool,
 }
 
@@ -54,6 +59,13 @@ pub struct BenchReport {
     pub cpu_percent: f64,
     pub rss_mb_per_stream: f64,
     pub threads_per_stream: f64,
+    /// Frame width and regions, which set the cost of a frame.
+    pub width: u32,
+    pub regions: String,
+    /// Model inputs per analysed frame: 1, plus one per region tile.
+    pub model_inputs_per_frame: f64,
+    /// Inference time per analysed frame (summed over batches, over frames): what regions cost.
+    pub inference_ms_per_frame: f64,
 }
 
 /// CPU seconds, RSS and thread count of this process, from /proc.
@@ -106,10 +118,15 @@ fn bench_config(opts: &BenchOptions, urls: &[String]) -> anyhow::Result<Config> 
         root.join("pipelines"),
         std::env::temp_dir().join(format!("streetwatch-bench-{}", std::process::id())),
     );
+    let regions = match opts.regions.as_deref() {
+        None => String::new(),
+        Some(r) if r.starts_with('[') => format!("regions = {r}\n"),
+        Some(r) => format!("regions = {r:?}\n"),
+    };
     for (i, url) in urls.iter().enumerate() {
         text.push_str(&format!(
-            "[[cameras]]\nid = \"bench-{i:04}\"\nurl = {url:?}\nfps = {}\nkeyframe_only = {}\nstall_seconds = 15\n",
-            opts.fps, opts.keyframe_only
+            "[[cameras]]\nid = \"bench-{i:04}\"\nurl = {url:?}\nfps = {}\nkeyframe_only = {}\nstall_seconds = 15\nwidth = {}\n{regions}",
+            opts.fps, opts.keyframe_only, opts.width
         ));
     }
     Ok(Config::parse(&text, "bench (generated)", root)?)
@@ -171,6 +188,15 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     pipeline.stats().inference_ms.reset();
     pipeline.stats().latency_ms.reset();
     let start_totals = totals(&pipeline);
+    let work = |p: &Pipeline| {
+        let s = p.stats();
+        (
+            s.frames_analysed.load(Ordering::Relaxed),
+            s.model_inputs.load(Ordering::Relaxed),
+            s.inference_us.load(Ordering::Relaxed),
+        )
+    };
+    let start_work = work(&pipeline);
     let start_proc = sample_proc();
     let t0 = Instant::now();
     let mut last_print = Instant::now();
@@ -205,6 +231,8 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     let elapsed = t0.elapsed().as_secs_f64();
     let end_proc = sample_proc();
     let (d, a, x) = totals(&pipeline);
+    let (frames, inputs, us) = work(&pipeline);
+    let frames = (frames - start_work.0).max(1) as f64;
     let stats = pipeline.stats();
     let n = opts.cameras as f64;
     let report = BenchReport {
@@ -220,6 +248,10 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
         cpu_percent: round2(100.0 * (end_proc.cpu_s - start_proc.cpu_s) / elapsed),
         rss_mb_per_stream: round2((end_proc.rss_mb - before.rss_mb) / n),
         threads_per_stream: round2((end_proc.threads - before.threads) / n),
+        width: opts.width,
+        regions: opts.regions.clone().unwrap_or_else(|| "none".into()),
+        model_inputs_per_frame: round2((inputs - start_work.1) as f64 / frames),
+        inference_ms_per_frame: round2((us - start_work.2) as f64 / 1000.0 / frames),
     };
     let batch = stats.mean_batch();
     let restarts: u64 = pipeline
@@ -268,6 +300,16 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
             format!(
                 "{:.1} / {:.1} (mean batch {batch:.2})",
                 report.inference_ms_p50, report.inference_ms_p99
+            ),
+        ),
+        (
+            "per analysed frame",
+            format!(
+                "{:.2} model inputs, {:.1} ms inference ({} px wide, regions {})",
+                report.model_inputs_per_frame,
+                report.inference_ms_per_frame,
+                report.width,
+                report.regions
             ),
         ),
         (

@@ -8,6 +8,7 @@ pub mod analyse;
 pub mod app;
 pub mod bench;
 pub mod config;
+pub mod eval;
 pub mod frame;
 pub mod health;
 pub mod histogram;

@@ -75,6 +75,13 @@ enum Command {
         /// Model manifest (default: the shipped int8 NanoDet).
         #[arg(long)]
         model: Option<PathBuf>,
+        /// Width frames are scaled to for analysis (a camera's `width`); regions want the native width.
+        #[arg(long, default_value_t = 416)]
+        width: u32,
+        /// Also detect on regions, as a camera's `regions` value: `tiles`, or `[[x1, y1, x2, y2], …]` in
+        /// frame fractions (bench cameras have no zones).
+        #[arg(long)]
+        regions: Option<String>,
         /// Print one JSON object on the last line.
         #[arg(long)]
         json: bool,
@@ -89,6 +96,15 @@ enum Command {
     },
     #[command(flatten)]
     Alert(streetwatch::alert::cli::AlertCommand),
+    /// Replay labelled scenarios (fixtures/scenarios/*.toml by default) and measure each rule kind's
+    /// recall, precision, duplicates and onset delay; fails when a scenario's minimum is missed.
+    Eval {
+        /// Print one JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Scenario files (default: every fixtures/scenarios/*.toml).
+        scenarios: Vec<PathBuf>,
+    },
     /// Serve footage files over RTSP on 127.0.0.1 (a stand-in camera for tests and trials).
     ServeFootage {
         /// Port to listen on (0: any free port).
@@ -101,14 +117,20 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    // Eval replays many cameras' lifecycles: only errors would leave its table readable.
+    let default_level = match cli.command {
+        Command::Eval { .. } => "error",
+        _ => "info",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("STREETWATCH_LOG")
-                .unwrap_or_else(|_| "info".into()),
+                .unwrap_or_else(|_| default_level.into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    match run(Cli::parse()) {
+    match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -150,6 +172,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             workers,
             batch,
             model,
+            width,
+            regions,
             json,
         } => {
             let opts = BenchOptions {
@@ -167,6 +191,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 workers,
                 max_batch: batch,
                 model: model.unwrap_or_else(|| installed(streetwatch::config::DEFAULT_MODEL)),
+                width,
+                regions,
                 json,
             };
             bench::run(&opts).map(|_| ())
@@ -181,6 +207,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Eval { json, scenarios } => eval(json, scenarios),
         Command::ServeFootage { port, mounts } => {
             let mounts = mounts
                 .iter()
@@ -201,6 +228,36 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn eval(json: bool, mut scenarios: Vec<PathBuf>) -> anyhow::Result<()> {
+    if scenarios.is_empty() {
+        let dir = installed("fixtures/scenarios");
+        for entry in
+            std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?
+        {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                scenarios.push(path);
+            }
+        }
+        scenarios.sort();
+        anyhow::ensure!(!scenarios.is_empty(), "no scenarios in {}", dir.display());
+    }
+    let report = streetwatch::eval::run(&scenarios)?;
+    if json {
+        println!("{}", report.json());
+    } else {
+        print!("{report}");
+    }
+    let failures = report.failures();
+    anyhow::ensure!(
+        failures.is_empty(),
+        "{} rule(s) below their scenario's minimum:\n  {}",
+        failures.len(),
+        failures.join("\n  ")
+    );
+    Ok(())
 }
 
 /// The demo: fixture footage served over RTSP by this process, four cameras, SQLite under ./data.

@@ -131,12 +131,64 @@ impl Severity {
 #[serde(rename_all = "snake_case")]
 pub enum RuleKind {
     Crowding,
+    Loitering,
+    Parking,
+    Encroachment,
+    Intrusion,
+    LineCrossing,
+    WrongWay,
 }
 
 impl RuleKind {
+    pub const ALL: [RuleKind; 7] = [
+        RuleKind::Crowding,
+        RuleKind::Loitering,
+        RuleKind::Parking,
+        RuleKind::Encroachment,
+        RuleKind::Intrusion,
+        RuleKind::LineCrossing,
+        RuleKind::WrongWay,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             RuleKind::Crowding => "crowding",
+            RuleKind::Loitering => "loitering",
+            RuleKind::Parking => "parking",
+            RuleKind::Encroachment => "encroachment",
+            RuleKind::Intrusion => "intrusion",
+            RuleKind::LineCrossing => "line_crossing",
+            RuleKind::WrongWay => "wrong_way",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RuleKind> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// The incident's title for the operations centre and the police, in Vietnamese.
+    pub fn title_vi(self) -> &'static str {
+        match self {
+            RuleKind::Crowding => "Tụ tập đông người",
+            RuleKind::Loitering => "Lảng vảng",
+            RuleKind::Parking => "Đỗ xe sai quy định",
+            RuleKind::Encroachment => "Lấn chiếm vỉa hè",
+            RuleKind::Intrusion => "Xâm nhập khu vực cấm",
+            RuleKind::LineCrossing => "Vượt vạch",
+            RuleKind::WrongWay => "Đi ngược chiều",
+        }
+    }
+
+    /// The same title in English.
+    pub fn title_en(self) -> &'static str {
+        match self {
+            RuleKind::Crowding => "Crowd gathering",
+            RuleKind::Loitering => "Loitering",
+            RuleKind::Parking => "Illegal parking",
+            RuleKind::Encroachment => "Sidewalk encroachment",
+            RuleKind::Intrusion => "Intrusion",
+            RuleKind::LineCrossing => "Line crossing",
+            RuleKind::WrongWay => "Wrong way",
         }
     }
 }

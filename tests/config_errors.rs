@@ -100,6 +100,64 @@ fn duplicate_camera_id() {
 }
 
 #[test]
+fn two_rules_with_one_id() {
+    let twice = format!(
+        "{GOOD}\n[[cameras.rules]]\nkind = \"loitering\"\nid = \"crowd\"\nzone = \"plaza\"\n"
+    );
+    fails_with(
+        &twice,
+        21,
+        "cameras[0].rules[1].id",
+        "duplicate rule id `crowd`",
+    );
+}
+
+#[test]
+fn a_line_with_identical_endpoints() {
+    let line = format!(
+        "{GOOD}\n[[cameras.lines]]\nid = \"gate\"\npoints = [[0.5, 0.5], [0.5, 0.5]]\nin_direction = [0.0, 1.0]\n"
+    );
+    fails_with(&line, 21, "cameras[0].lines[0].points", "no length");
+}
+
+#[test]
+fn a_schedule_at_25_oclock() {
+    let sched =
+        format!("{GOOD}[cameras.rules.schedule]\nhours = [\"07:00-11:00\", \"25:00-26:00\"]\n");
+    fails_with(
+        &sched,
+        19,
+        "cameras[0].rules[0].schedule.hours",
+        "not a time of day",
+    );
+}
+
+#[test]
+fn an_unknown_class_name() {
+    fails_with(
+        &GOOD.replace(
+            "min_people = 5",
+            "min_people = 5\nclasses = [\"person\", \"persn\"]",
+        ),
+        17,
+        "cameras[0].rules[0].classes",
+        "unknown class `persn`",
+    );
+}
+
+#[test]
+fn a_wrong_way_rule_without_its_direction() {
+    let rule =
+        format!("{GOOD}\n[[cameras.rules]]\nkind = \"wrong_way\"\nid = \"ww\"\nzone = \"plaza\"\n");
+    fails_with(
+        &rule,
+        21,
+        "cameras[0].rules[1].direction",
+        "needs `direction`",
+    );
+}
+
+#[test]
 fn missing_model_file() {
     let (ok, out, file) =
         check(&GOOD.replace("model = \"MODEL\"", "model = \"/nonexistent/model.toml\""));

@@ -71,15 +71,9 @@ fn fill(template: &str, value: impl Fn(&str) -> String) -> String {
 
 /// A rule family in the operations centre's words.
 pub(crate) fn rule_name(kind: &str) -> &str {
-    match kind {
-        "crowding" => "Tụ tập đông người",
-        "loitering" => "Lảng vảng",
-        "illegal_parking" => "Đỗ xe trái phép",
-        "sidewalk" => "Lấn chiếm vỉa hè",
-        "street_vending" => "Bán hàng rong",
-        "line_crossing" => "Vượt vạch",
-        "wrong_way" => "Đi ngược chiều",
-        other => other,
+    match crate::types::RuleKind::parse(kind) {
+        Some(k) => k.title_vi(),
+        None => kind,
     }
 }
 

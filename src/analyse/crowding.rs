@@ -151,6 +151,21 @@ impl Crowding {
         })
     }
 
+    /// Ends whatever is going on (the rule's schedule is over): an open incident closes at `t`.
+    pub fn end(&mut self, t: Timestamp) -> Option<Transition> {
+        let state = std::mem::replace(&mut self.state, State::Idle);
+        match state {
+            State::Open { episode, peak, .. } => Some(Transition {
+                phase: IncidentPhase::Closed,
+                episode,
+                count: peak,
+                duration_ms: t.since(episode),
+            }),
+            State::Idle | State::Pending { .. } => None,
+        }
+    }
+
+    #[cfg(test)]
     pub fn is_open(&self) -> bool {
         matches!(self.state, State::Open { .. })
     }

@@ -1,4 +1,5 @@
-//! Snapshot JPEGs for incidents: the frame with the detections and the zone drawn on it.
+//! Snapshot JPEGs for incidents: the frame with the tracked objects (and their track ids) and the zone or
+//! line drawn on it.
 
 use image::{Rgb, RgbImage};
 
@@ -6,9 +7,19 @@ use crate::infer::BBox;
 
 pub struct SnapshotRequest {
     pub image: RgbImage,
-    /// Boxes to draw; `highlight` ones (those that count for the rule) in red, the rest in grey.
-    pub boxes: Vec<(BBox, bool)>,
-    pub zone: Vec<(f32, f32)>,
+    pub boxes: Vec<SnapshotBox>,
+    /// The zone's polygon, or a line's two points.
+    pub outline: Vec<(f32, f32)>,
+    /// A polygon is closed; a line is not.
+    pub outline_closed: bool,
+}
+
+pub struct SnapshotBox {
+    pub bbox: BBox,
+    /// Objects that make the incident are red, the rest grey.
+    pub highlight: bool,
+    /// Track id, written above the box.
+    pub track: Option<u64>,
 }
 
 const RED: Rgb<u8> = Rgb([230, 40, 40]);
@@ -20,12 +31,23 @@ pub fn render(req: SnapshotRequest) -> Result<Vec<u8>, image::ImageError> {
     let mut img = req.image;
     let (w, h) = (img.width() as f32, img.height() as f32);
     let px = |(x, y): (f32, f32)| (x * (w - 1.0), y * (h - 1.0));
-    for i in 0..req.zone.len() {
-        let a = px(req.zone[i]);
-        let b = px(req.zone[(i + 1) % req.zone.len()]);
+    let n = req.outline.len();
+    let edges = if req.outline_closed {
+        n
+    } else {
+        n.saturating_sub(1)
+    };
+    for i in 0..edges {
+        let a = px(req.outline[i]);
+        let b = px(req.outline[(i + 1) % n]);
         line(&mut img, a, b, ZONE, 2);
     }
-    for (b, highlight) in &req.boxes {
+    for SnapshotBox {
+        bbox: b,
+        highlight,
+        track,
+    } in &req.boxes
+    {
         let c = if *highlight { RED } else { GREY };
         let (x1, y1) = px((b.x1, b.y1));
         let (x2, y2) = px((b.x2, b.y2));
@@ -37,10 +59,60 @@ pub fn render(req: SnapshotRequest) -> Result<Vec<u8>, image::ImageError> {
         ] {
             line(&mut img, p, q, c, 2);
         }
+        if let Some(id) = track {
+            digits(&mut img, *id, x1 as i32, y1 as i32 - 12, c);
+        }
     }
     let mut out = Vec::with_capacity(48 * 1024);
     image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 85).encode_image(&img)?;
     Ok(out)
+}
+
+/// 3×5 pixel glyphs for 0–9, one row per u8 (bit 2 = left column).
+const GLYPHS: [[u8; 5]; 10] = [
+    [7, 5, 5, 5, 7],
+    [2, 6, 2, 2, 7],
+    [7, 1, 7, 4, 7],
+    [7, 1, 7, 1, 7],
+    [5, 5, 7, 1, 1],
+    [7, 4, 7, 1, 7],
+    [7, 4, 7, 5, 7],
+    [7, 1, 1, 1, 1],
+    [7, 5, 7, 5, 7],
+    [7, 5, 7, 1, 7],
+];
+
+/// Writes `n` at (x, y) in digits 2 pixels per glyph pixel, on a black backing so it reads on any scene.
+fn digits(img: &mut RgbImage, n: u64, x: i32, y: i32, c: Rgb<u8>) {
+    let text = n.to_string();
+    let (scale, advance) = (2, 8);
+    let y = y.max(0);
+    for (k, ch) in text.bytes().enumerate() {
+        let glyph = GLYPHS[(ch - b'0') as usize];
+        let gx = x + k as i32 * advance;
+        for dy in -1..11 {
+            for dx in -1..7 {
+                put(img, gx + dx, y + dy, Rgb([0, 0, 0]));
+            }
+        }
+        for (row, bits) in glyph.iter().enumerate() {
+            for col in 0..3 {
+                if bits & (4 >> col) != 0 {
+                    for sy in 0..scale {
+                        for sx in 0..scale {
+                            put(img, gx + col * scale + sx, y + row as i32 * scale + sy, c);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn put(img: &mut RgbImage, x: i32, y: i32, c: Rgb<u8>) {
+    if x >= 0 && y >= 0 && (x as u32) < img.width() && (y as u32) < img.height() {
+        img.put_pixel(x as u32, y as u32, c);
+    }
 }
 
 fn line(
@@ -56,10 +128,7 @@ fn line(
         let (x, y) = ((x0 + (x1 - x0) * t) as i32, (y0 + (y1 - y0) * t) as i32);
         for dy in 0..thickness {
             for dx in 0..thickness {
-                let (px, py) = (x + dx - thickness / 2, y + dy - thickness / 2);
-                if px >= 0 && py >= 0 && (px as u32) < img.width() && (py as u32) < img.height() {
-                    img.put_pixel(px as u32, py as u32, c);
-                }
+                put(img, x + dx - thickness / 2, y + dy - thickness / 2, c);
             }
         }
     }
@@ -73,20 +142,30 @@ mod tests {
     fn draws_box_and_zone_and_encodes_jpeg() {
         let req = SnapshotRequest {
             image: RgbImage::new(100, 50),
-            boxes: vec![(
-                BBox {
+            boxes: vec![SnapshotBox {
+                bbox: BBox {
                     x1: 0.1,
-                    y1: 0.1,
+                    y1: 0.3,
                     x2: 0.5,
                     y2: 0.9,
                 },
-                true,
-            )],
-            zone: vec![(0.0, 0.0), (1.0, 0.0), (1.0, 1.0)],
+                highlight: true,
+                track: Some(17),
+            }],
+            outline: vec![(0.0, 0.0), (1.0, 0.0), (1.0, 1.0)],
+            outline_closed: true,
         };
         let jpeg = render(req).unwrap();
         assert_eq!(&jpeg[..2], &[0xFF, 0xD8]);
         let img = image::load_from_memory(&jpeg).unwrap().to_rgb8();
+        // The track id sits above the box (top at y = 0.3 × 49 ≈ 15): red pixels in rows 3–13.
+        let red_above = (3..13).any(|y| {
+            (9..30).any(|x| {
+                let p = img.get_pixel(x, y);
+                p[0] > 150 && p[1] < 120
+            })
+        });
+        assert!(red_above, "no track id drawn above the box");
         // The box's left edge is at x = 0.1 × 99 ≈ 9, two pixels wide; the zone's right edge at x = 99.
         let red = |x: u32, y: u32| {
             let p = img.get_pixel(x, y);

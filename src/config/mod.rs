@@ -9,6 +9,10 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
+mod regions;
+
+pub use regions::RegionsConfig;
+
 use crate::alert::AlertConfig;
 use crate::types::{RuleKind, Severity};
 
@@ -151,11 +155,17 @@ pub struct CameraConfig {
     /// Width frames are scaled to for analysis (height keeps the aspect ratio).
     #[serde(default = "default_width")]
     pub width: u32,
+    /// Parts of the frame also detected on at `width` resolution, for small and far objects: "zones",
+    /// "tiles" or rectangles. Default: the whole frame only.
+    #[serde(default)]
+    pub regions: Option<Spanned<RegionsConfig>>,
     /// Seconds without a frame before the watchdog restarts the stream.
     #[serde(default = "default_stall_seconds")]
     pub stall_seconds: f32,
     #[serde(default)]
     pub zones: Vec<ZoneConfig>,
+    #[serde(default)]
+    pub lines: Vec<LineConfig>,
     #[serde(default)]
     pub rules: Vec<RuleConfig>,
 }
@@ -178,29 +188,225 @@ pub struct ZoneConfig {
     pub polygon: Spanned<Vec<[f32; 2]>>,
 }
 
-/// One rule on one zone. `kind` picks the rule; the fields it needs are checked for that kind.
+/// A counting line: two points in frame fractions and the direction that counts as "in".
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LineConfig {
+    pub id: Spanned<String>,
+    /// The line's two end points as `[x, y]` in 0–1 of the frame.
+    pub points: Spanned<[[f32; 2]; 2]>,
+    /// Moving this way across the line is "in" (e.g. `[0, -1]`: up the frame); the other way is "out".
+    pub in_direction: Spanned<[f32; 2]>,
+}
+
+/// One rule on one zone (or line). `kind` picks the rule; the fields it needs are checked for that kind,
+/// and what a kind leaves unset takes a default a district would use (see [`RuleDefaults`]).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleConfig {
-    pub kind: RuleKind,
+    pub kind: Spanned<RuleKind>,
     pub id: Spanned<String>,
-    pub zone: Spanned<String>,
+    /// The zone the rule watches (every kind but `line_crossing`).
+    pub zone: Option<Spanned<String>>,
+    /// The line the rule counts (`line_crossing`).
+    pub line: Option<Spanned<String>>,
+    /// Detector labels the rule looks at; default per kind.
+    pub classes: Option<Spanned<Vec<String>>>,
+    /// How long the condition must hold before an incident opens; default per kind.
+    pub min_seconds: Option<Spanned<f32>>,
+    /// How long the condition must be gone before the incident closes (absorbs missed detections and
+    /// occlusions); default per kind.
+    pub clear_seconds: Option<Spanned<f32>>,
+    pub severity: Option<Severity>,
     /// crowding: people needed in the zone.
-    pub min_people: Option<u32>,
-    /// How long the condition must hold before an incident opens.
+    pub min_people: Option<Spanned<u32>>,
+    /// parking, encroachment: how far an object may wander and still count as stationary, in heights of
+    /// its own box (survives detector jitter; a car creeping along is not parked).
+    pub stationary_radius: Option<Spanned<f32>>,
+    /// wrong_way: the allowed direction of travel in the zone, `[dx, dy]` in frame fractions.
+    pub direction: Option<Spanned<[f32; 2]>>,
+    /// line_crossing: which crossings raise an incident (all are counted).
+    pub alert_on: Option<CrossingAlert>,
+    /// When the rule is active; always when unset.
+    pub schedule: Option<Spanned<ScheduleConfig>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CrossingAlert {
+    In,
+    Out,
+    Both,
+}
+
+/// Hours and weekdays in Asia/Ho_Chi_Minh (UTC+7, no daylight saving).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleConfig {
+    /// `"HH:MM-HH:MM"` spans; one that ends before it starts runs over midnight. Default: all day.
+    #[serde(default)]
+    pub hours: Vec<Spanned<String>>,
+    /// `mon` … `sun`; default: every day.
+    #[serde(default)]
+    pub days: Vec<Spanned<String>>,
+}
+
+/// Defaults for what a rule leaves unset: what a district would start with, not fitted to any clip.
+pub struct RuleDefaults {
+    pub classes: &'static [&'static str],
     pub min_seconds: f32,
-    /// Seconds the condition must be gone before the incident closes (absorbs missed detections).
-    #[serde(default = "default_clear_seconds")]
     pub clear_seconds: f32,
-    #[serde(default = "default_severity")]
     pub severity: Severity,
 }
 
-fn default_clear_seconds() -> f32 {
-    5.0
+const VEHICLES: &[&str] = &["car", "motorcycle", "bus", "truck"];
+const MOVERS: &[&str] = &["person", "bicycle", "car", "motorcycle", "bus", "truck"];
+
+impl RuleDefaults {
+    pub fn of(kind: RuleKind) -> RuleDefaults {
+        let d = |classes, min_seconds, clear_seconds, severity| RuleDefaults {
+            classes,
+            min_seconds,
+            clear_seconds,
+            severity,
+        };
+        match kind {
+            // A crowd worth a look lasts a minute; a gap of half a minute is still the same crowd.
+            RuleKind::Crowding => d(&["person"], 60.0, 30.0, Severity::Warning),
+            RuleKind::Loitering => d(&["person"], 300.0, 20.0, Severity::Info),
+            // Three minutes is past any drop-off; half a minute of occlusion (a bus) keeps the incident.
+            RuleKind::Parking => d(VEHICLES, 180.0, 30.0, Severity::Warning),
+            RuleKind::Encroachment => d(
+                &[
+                    "person",
+                    "bicycle",
+                    "motorcycle",
+                    "chair",
+                    "bench",
+                    "umbrella",
+                    "dining table",
+                    "suitcase",
+                    "potted plant",
+                ],
+                300.0,
+                60.0,
+                Severity::Info,
+            ),
+            // Brief events stay open half a minute after they end: the router speaks about a group only
+            // after its `group_wait` (30 s by default), and an alert resolved before then is not sent.
+            RuleKind::Intrusion => d(
+                &["person", "bicycle", "motorcycle"],
+                0.0,
+                30.0,
+                Severity::Critical,
+            ),
+            RuleKind::LineCrossing => d(MOVERS, 0.0, 30.0, Severity::Info),
+            RuleKind::WrongWay => d(
+                &["bicycle", "car", "motorcycle", "bus", "truck"],
+                0.0,
+                30.0,
+                Severity::Warning,
+            ),
+        }
+    }
 }
-fn default_severity() -> Severity {
-    Severity::Warning
+
+impl RuleConfig {
+    pub fn kind(&self) -> RuleKind {
+        *self.kind.get_ref()
+    }
+    pub fn defaults(&self) -> RuleDefaults {
+        RuleDefaults::of(self.kind())
+    }
+    pub fn min_seconds(&self) -> f32 {
+        self.min_seconds
+            .as_ref()
+            .map_or(self.defaults().min_seconds, |v| *v.get_ref())
+    }
+    pub fn clear_seconds(&self) -> f32 {
+        self.clear_seconds
+            .as_ref()
+            .map_or(self.defaults().clear_seconds, |v| *v.get_ref())
+    }
+    pub fn severity(&self) -> Severity {
+        self.severity.unwrap_or(self.defaults().severity)
+    }
+    pub fn classes(&self) -> Vec<String> {
+        match &self.classes {
+            Some(c) => c.get_ref().clone(),
+            None => self
+                .defaults()
+                .classes
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        }
+    }
+    pub fn stationary_radius(&self) -> f32 {
+        self.stationary_radius
+            .as_ref()
+            .map_or(0.3, |v| *v.get_ref())
+    }
+    /// The zone or line id the rule is attached to.
+    pub fn target(&self) -> &str {
+        self.zone
+            .as_ref()
+            .or(self.line.as_ref())
+            .map_or("", |t| t.get_ref().as_str())
+    }
+}
+
+impl ScheduleConfig {
+    /// Minutes of the day spans (start, end); validated at load, so parsing cannot fail here.
+    pub fn spans(&self) -> Vec<(u16, u16)> {
+        self.hours
+            .iter()
+            .filter_map(|h| parse_span(h.get_ref()).ok())
+            .collect()
+    }
+    /// Weekday bit set, bit 0 = Monday; all days when none are given.
+    pub fn day_mask(&self) -> u8 {
+        if self.days.is_empty() {
+            return 0x7f;
+        }
+        self.days
+            .iter()
+            .filter_map(|d| weekday(d.get_ref()))
+            .fold(0, |m, d| m | (1 << d))
+    }
+}
+
+const WEEKDAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+
+fn weekday(s: &str) -> Option<u8> {
+    WEEKDAYS
+        .iter()
+        .position(|d| d.eq_ignore_ascii_case(s))
+        .map(|i| i as u8)
+}
+
+fn parse_span(s: &str) -> Result<(u16, u16), String> {
+    let hm = |t: &str| -> Result<u16, String> {
+        let (h, m) = t
+            .trim()
+            .split_once(':')
+            .ok_or_else(|| format!("`{t}` is not HH:MM"))?;
+        let h: u16 = h.parse().map_err(|_| format!("`{t}` is not HH:MM"))?;
+        let m: u16 = m.parse().map_err(|_| format!("`{t}` is not HH:MM"))?;
+        // 24:00 closes a span at midnight.
+        if h > 24 || m > 59 || (h == 24 && m != 0) {
+            return Err(format!("`{t}` is not a time of day (00:00–24:00)"));
+        }
+        Ok(h * 60 + m)
+    };
+    let (a, b) = s
+        .split_once('-')
+        .ok_or_else(|| format!("`{s}` is not a span like \"07:00-22:00\""))?;
+    let (a, b) = (hm(a)?, hm(b)?);
+    if a == b {
+        return Err(format!("`{s}` is an empty span"));
+    }
+    Ok((a, b))
 }
 
 /// Where a camera's frames come from, after `${VAR}` expansion and credential extraction.
@@ -363,6 +569,16 @@ impl Config {
     }
 }
 
+/// The first point outside the frame, as a message.
+fn outside_frame(points: &[[f32; 2]]) -> Option<String> {
+    points
+        .iter()
+        .find(|[x, y]| !(0.0..=1.0).contains(x) || !(0.0..=1.0).contains(y))
+        .map(|[x, y]| {
+            format!("point [{x}, {y}] is outside 0–1 (coordinates are fractions of the frame)")
+        })
+}
+
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
@@ -466,11 +682,8 @@ impl Validator<'_> {
                         format!("a polygon needs at least 3 points, found {}", pts.len()),
                     );
                 }
-                if let Some([x, y]) = pts
-                    .iter()
-                    .find(|[x, y]| !(0.0..=1.0).contains(x) || !(0.0..=1.0).contains(y))
-                {
-                    return self.err(zone.polygon.span(), key, format!("point [{x}, {y}] is outside 0–1 (coordinates are fractions of the frame)"));
+                if let Some(message) = outside_frame(pts) {
+                    return self.err(zone.polygon.span(), key, message);
                 }
                 if !zone_ids.insert(zone.id.get_ref().as_str()) {
                     return self.err(
@@ -480,6 +693,46 @@ impl Validator<'_> {
                     );
                 }
             }
+            if let Some(r) = &cam.regions
+                && let Err(message) = regions::check(cam, r.get_ref())
+            {
+                return self.err(r.span(), at("regions"), message);
+            }
+            for (li, line) in cam.lines.iter().enumerate() {
+                let key = |k: &str| at(&format!("lines[{li}].{k}"));
+                if !zone_ids.insert(line.id.get_ref().as_str()) {
+                    return self.err(
+                        line.id.span(),
+                        key("id"),
+                        format!(
+                            "duplicate zone or line id `{}` (a line shares the zones' names)",
+                            line.id.get_ref()
+                        ),
+                    );
+                }
+                let [a, b] = *line.points.get_ref();
+                if let Some(message) = outside_frame(&[a, b]) {
+                    return self.err(line.points.span(), key("points"), message);
+                }
+                let (dx, dy) = (b[0] - a[0], b[1] - a[1]);
+                if dx.hypot(dy) < 1e-3 {
+                    return self.err(
+                        line.points.span(),
+                        key("points"),
+                        "the line's two points are the same: it has no length".into(),
+                    );
+                }
+                let [ix, iy] = *line.in_direction.get_ref();
+                let cross = (dx * iy - dy * ix) / (dx.hypot(dy) * ix.hypot(iy).max(1e-9));
+                if ix.hypot(iy) < 1e-6 || cross.abs() < 0.1 {
+                    return self.err(
+                        line.in_direction.span(),
+                        key("in_direction"),
+                        "must point across the line (it is zero or runs along the line)".into(),
+                    );
+                }
+            }
+            let labels = self.labels()?;
             let mut rule_ids = HashSet::new();
             for (ri, rule) in cam.rules.iter().enumerate() {
                 let key = |k: &str| at(&format!("rules[{ri}].{k}"));
@@ -490,34 +743,263 @@ impl Validator<'_> {
                         format!("duplicate rule id `{}`", rule.id.get_ref()),
                     );
                 }
-                if !zone_ids.contains(rule.zone.get_ref().as_str()) {
-                    return self.err(
-                        rule.zone.span(),
-                        key("zone"),
-                        format!("no zone `{}` on this camera", rule.zone.get_ref()),
-                    );
+                self.validate_rule(rule, &key, cam, &labels)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The model's labels, for checking rule class names.
+    fn labels(&self) -> Result<Vec<String>, ConfigError> {
+        let span = self
+            .config
+            .runtime
+            .model
+            .as_ref()
+            .map_or(0..0, |m| m.span());
+        match crate::infer::ModelManifest::load(&self.config.model_path()) {
+            Ok(m) => Ok(m.output.labels),
+            Err(e) => self.err(span, "runtime.model".into(), e.to_string()),
+        }
+    }
+
+    fn validate_rule(
+        &self,
+        rule: &RuleConfig,
+        key: &dyn Fn(&str) -> String,
+        cam: &CameraConfig,
+        labels: &[String],
+    ) -> Result<(), ConfigError> {
+        let kind = rule.kind();
+        let is_line = kind == RuleKind::LineCrossing;
+        let has_zone = |id: &str| cam.zones.iter().any(|z| z.id.get_ref() == id);
+        let has_line = |id: &str| cam.lines.iter().any(|l| l.id.get_ref() == id);
+        match (&rule.zone, &rule.line) {
+            (Some(z), _) if is_line => {
+                return self.err(
+                    z.span(),
+                    key("zone"),
+                    "a line_crossing rule takes `line`, not `zone`".into(),
+                );
+            }
+            (_, Some(l)) if !is_line => {
+                return self.err(
+                    l.span(),
+                    key("line"),
+                    format!("a {} rule takes `zone`, not `line`", kind.as_str()),
+                );
+            }
+            (None, None) => {
+                let what = if is_line { "line" } else { "zone" };
+                return self.err(
+                    rule.id.span(),
+                    key(what),
+                    format!("a {} rule needs a `{what}`", kind.as_str()),
+                );
+            }
+            (Some(z), None) if !has_zone(z.get_ref()) => {
+                return self.err(
+                    z.span(),
+                    key("zone"),
+                    format!("no zone `{}` on this camera", z.get_ref()),
+                );
+            }
+            (None, Some(l)) if !has_line(l.get_ref()) => {
+                return self.err(
+                    l.span(),
+                    key("line"),
+                    format!("no line `{}` on this camera", l.get_ref()),
+                );
+            }
+            _ => {}
+        }
+        for (name, v) in [
+            ("min_seconds", &rule.min_seconds),
+            ("clear_seconds", &rule.clear_seconds),
+        ] {
+            if let Some(v) = v
+                && !(*v.get_ref() >= 0.0 && v.get_ref().is_finite())
+            {
+                return self.err(
+                    v.span(),
+                    key(name),
+                    format!("must be a duration ≥ 0 s, found {}", v.get_ref()),
+                );
+            }
+        }
+        if let Some(classes) = &rule.classes {
+            if classes.get_ref().is_empty() {
+                return self.err(classes.span(), key("classes"), "lists no class".into());
+            }
+            if let Some(c) = classes.get_ref().iter().find(|c| !labels.contains(c)) {
+                return self.err(
+                    classes.span(),
+                    key("classes"),
+                    format!(
+                        "unknown class `{c}`: the model's labels are {}",
+                        labels.join(", ")
+                    ),
+                );
+            }
+        }
+        let needs = |field: &str, present: bool| -> Result<(), ConfigError> {
+            if present {
+                Ok(())
+            } else {
+                self.err(
+                    rule.id.span(),
+                    key(field),
+                    format!("a {} rule needs `{field}`", kind.as_str()),
+                )
+            }
+        };
+        let only = |field: &str, span: Option<std::ops::Range<usize>>, ok: bool| match span {
+            Some(span) if !ok => self.err(
+                span,
+                key(field),
+                format!("`{field}` does not apply to a {} rule", kind.as_str()),
+            ),
+            _ => Ok(()),
+        };
+        let stationary = matches!(kind, RuleKind::Parking | RuleKind::Encroachment);
+        only(
+            "min_people",
+            rule.min_people.as_ref().map(|v| v.span()),
+            kind == RuleKind::Crowding,
+        )?;
+        only(
+            "stationary_radius",
+            rule.stationary_radius.as_ref().map(|v| v.span()),
+            stationary,
+        )?;
+        only(
+            "direction",
+            rule.direction.as_ref().map(|v| v.span()),
+            kind == RuleKind::WrongWay,
+        )?;
+        only("alert_on", rule.alert_on.map(|_| rule.id.span()), is_line)?;
+        if kind == RuleKind::Crowding {
+            needs("min_people", rule.min_people.is_some())?;
+            let m = rule.min_people.as_ref().expect("checked above");
+            if *m.get_ref() == 0 {
+                return self.err(
+                    m.span(),
+                    key("min_people"),
+                    "a crowding rule needs min_people ≥ 1".into(),
+                );
+            }
+        }
+        if let Some(r) = &rule.stationary_radius
+            && !(*r.get_ref() > 0.0 && *r.get_ref() <= 5.0)
+        {
+            return self.err(
+                r.span(),
+                key("stationary_radius"),
+                format!("must be in (0, 5] box heights, found {}", r.get_ref()),
+            );
+        }
+        if kind == RuleKind::WrongWay {
+            needs("direction", rule.direction.is_some())?;
+            let d = rule.direction.as_ref().expect("checked above");
+            let [dx, dy] = *d.get_ref();
+            if dx.hypot(dy) <= 1e-6 || dx.is_nan() || dy.is_nan() {
+                return self.err(d.span(), key("direction"), "must not be zero".into());
+            }
+        }
+        if let Some(sched) = &rule.schedule {
+            for h in &sched.get_ref().hours {
+                if let Err(m) = parse_span(h.get_ref()) {
+                    return self.err(h.span(), key("schedule.hours"), m);
                 }
-                if rule.min_seconds < 0.0 || rule.clear_seconds < 0.0 {
+            }
+            for d in &sched.get_ref().days {
+                if weekday(d.get_ref()).is_none() {
                     return self.err(
-                        rule.id.span(),
-                        key("min_seconds"),
-                        "durations must be ≥ 0".into(),
+                        d.span(),
+                        key("schedule.days"),
+                        format!(
+                            "`{}` is not a weekday (mon, tue, wed, thu, fri, sat, sun)",
+                            d.get_ref()
+                        ),
                     );
-                }
-                match rule.kind {
-                    RuleKind::Crowding if rule.min_people.unwrap_or(0) == 0 => {
-                        return self.err(
-                            rule.id.span(),
-                            key("min_people"),
-                            "a crowding rule needs min_people ≥ 1".into(),
-                        );
-                    }
-                    RuleKind::Crowding => {}
                 }
             }
         }
         Ok(())
     }
+}
+
+/// Parses a whole TOML file into `T` with syntax and type errors located as in a configuration: for
+/// files that embed configuration tables, such as `eval` scenarios.
+pub fn parse_toml<T: serde::de::DeserializeOwned>(
+    text: &str,
+    file: &str,
+) -> Result<T, ConfigError> {
+    toml::from_str(text).map_err(|e| {
+        let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
+        ConfigError::Parse {
+            file: file.to_string(),
+            line,
+            column,
+            message: e.message().to_string(),
+        }
+    })
+}
+
+/// A value that parsed but makes no sense, located at `span` of `text`.
+pub fn invalid(
+    text: &str,
+    file: &str,
+    span: std::ops::Range<usize>,
+    key: String,
+    message: String,
+) -> ConfigError {
+    let (line, column) = line_col(text, span.start);
+    ConfigError::Invalid {
+        file: file.to_string(),
+        line,
+        column,
+        key,
+        message,
+    }
+}
+
+/// Checks a camera table of another kind of file (an `eval` scenario's `[camera]`) exactly as a camera of
+/// a configuration; errors are located in that file and their keys read `camera.…`.
+pub fn validate_camera(
+    camera: &CameraConfig,
+    text: &str,
+    file: &str,
+    base_dir: &Path,
+) -> Result<(), ConfigError> {
+    let config = Config {
+        runtime: RuntimeConfig::default(),
+        alert: None,
+        cameras: vec![camera.clone()],
+        base_dir: base_dir.to_path_buf(),
+    };
+    Validator {
+        text,
+        file,
+        config: &config,
+    }
+    .validate()
+    .map_err(|e| match e {
+        ConfigError::Invalid {
+            file,
+            line,
+            column,
+            key,
+            message,
+        } => ConfigError::Invalid {
+            file,
+            line,
+            column,
+            key: key.replacen("cameras[0]", "camera", 1),
+            message,
+        },
+        e => e,
+    })
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 mod manifest;
 mod postprocess;
 mod preprocess;
+mod regions;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -36,6 +37,7 @@ pub fn decode_output(
     postprocess::decode(&p, data, anchors, place, out);
 }
 pub use preprocess::{Letterboxer, Placement};
+pub use regions::{Crop, Regions};
 
 use crate::frame::Frame;
 use postprocess::DecodeParams;
@@ -103,12 +105,22 @@ pub fn init_runtime(lib: &Path) -> Result<(), InferError> {
 pub struct Detector {
     manifest: Arc<ModelManifest>,
     session: Session,
-    /// Most frames per run: the batch dimension if the model fixes it, else the pool's batch size.
+    /// Most model inputs per run: the batch dimension if the model fixes it, else the pool's batch size.
     max_batch: usize,
     input: Vec<f32>,
     letterboxers: Vec<Letterboxer>,
-    placements: Vec<Placement>,
     params: DecodeParams,
+    /// Per camera index: the regions its frames are also detected on (none by default).
+    regions: Arc<[Regions]>,
+    /// This call's model inputs: which frame, and which part of it (`None`: the whole frame).
+    items: Vec<(usize, Option<Crop>)>,
+    /// Per batch slot of the current run: where its image landed.
+    placements: Vec<Placement>,
+    crops: Vec<Crop>,
+    /// One model input's decoded detections, before they join their frame's list.
+    scratch: Vec<Detection>,
+    /// Per frame of this call: how many of its detections come from the whole-frame pass.
+    whole: Vec<usize>,
 }
 
 impl Detector {
@@ -182,29 +194,91 @@ impl Detector {
             max_batch,
             input: vec![0.0; max_batch * item],
             letterboxers: (0..max_batch).map(|_| Letterboxer::default()).collect(),
+            regions: Arc::from([]),
+            items: Vec::new(),
             placements: Vec::with_capacity(max_batch),
+            crops: Vec::new(),
+            scratch: Vec::with_capacity(64),
+            whole: Vec::new(),
             manifest,
         })
+    }
+
+    /// Detects on these regions too, `regions[i]` for frames of camera i (cameras beyond the list: none).
+    pub fn with_regions(mut self, regions: Arc<[Regions]>) -> Self {
+        self.regions = regions;
+        self
     }
 
     pub fn max_batch(&self) -> usize {
         self.max_batch
     }
 
-    /// Runs detection on up to `max_batch` frames; `out[i]` receives frame i's detections.
+    /// Runs detection on `frames`; `out[i]` receives frame i's detections. Each frame is one model input,
+    /// plus one per tile of its camera's regions; inputs run in batches of at most `max_batch`. Returns
+    /// the number of model inputs run.
     pub fn detect(
         &mut self,
         frames: &[Frame],
         out: &mut [Vec<Detection>],
+    ) -> Result<usize, InferError> {
+        assert!(out.len() >= frames.len());
+        let (in_w, in_h) = (self.manifest.input.width, self.manifest.input.height);
+        self.items.clear();
+        self.whole.clear();
+        self.whole.resize(frames.len(), 0);
+        for (i, f) in frames.iter().enumerate() {
+            out[i].clear();
+            self.items.push((i, None));
+            if let Some(r) = self.regions.get(f.camera).filter(|r| !r.is_empty()) {
+                self.crops.clear();
+                r.tiles_for(f.width, f.height, in_w, in_h, &mut self.crops);
+                self.items.extend(self.crops.iter().map(|&c| (i, Some(c))));
+            }
+        }
+        let mut start = 0;
+        while start < self.items.len() {
+            let end = (start + self.max_batch).min(self.items.len());
+            self.run(frames, start..end, out)?;
+            start = end;
+        }
+        // Tiles overlap each other and the whole frame: one box per object.
+        for (i, f) in frames.iter().enumerate() {
+            if self.regions.get(f.camera).is_some_and(|r| !r.is_empty()) {
+                nms(
+                    &mut out[i],
+                    self.params.iou_threshold,
+                    self.params.max_detections,
+                );
+            }
+        }
+        Ok(self.items.len())
+    }
+
+    /// One inference run over `self.items[range]`; each item's detections are appended to its frame's.
+    fn run(
+        &mut self,
+        frames: &[Frame],
+        range: std::ops::Range<usize>,
+        out: &mut [Vec<Detection>],
     ) -> Result<(), InferError> {
-        assert!(frames.len() <= self.max_batch && out.len() >= frames.len());
         let spec = &self.manifest.input;
         let item = 3 * (spec.width * spec.height) as usize;
-        let n = frames.len();
+        let n = range.len();
         self.placements.clear();
-        for (i, f) in frames.iter().enumerate() {
-            let dst = &mut self.input[i * item..(i + 1) * item];
-            let p = self.letterboxers[i].fill(spec, f.rgb(), f.width, f.height, f.stride, dst);
+        for (slot, &(fi, crop)) in self.items[range.clone()].iter().enumerate() {
+            let f = &frames[fi];
+            let dst = &mut self.input[slot * item..(slot + 1) * item];
+            let lb = &mut self.letterboxers[slot];
+            let p = match crop {
+                None => lb.fill(spec, f.rgb(), f.width, f.height, f.stride, dst),
+                Some(c) => {
+                    // The region is a view into the frame: its first pixel, the frame's stride.
+                    let at = (c.y * f.stride + c.x * 3) as usize;
+                    lb.fill(spec, &f.rgb()[at..], c.w, c.h, f.stride, dst)
+                        .in_frame(c.x, c.y, f.width, f.height)
+                }
+            };
             self.placements.push(p);
         }
         let shape = [n, 3, spec.height as usize, spec.width as usize];
@@ -226,14 +300,28 @@ impl Detector {
             OutputLayout::BoxesXyxyScores | OutputLayout::Yolov5 => out_shape[1] as usize,
         };
         let per_item = data.len() / n;
-        for i in 0..n {
-            postprocess::decode(
-                &self.params,
-                &data[i * per_item..(i + 1) * per_item],
-                anchors,
-                &self.placements[i],
-                &mut out[i],
-            );
+        for (slot, &(fi, crop)) in self.items[range].iter().enumerate() {
+            let data = &data[slot * per_item..(slot + 1) * per_item];
+            let place = &self.placements[slot];
+            match crop {
+                // The whole frame, its frame's first item: decoded straight into its list.
+                None => {
+                    postprocess::decode(&self.params, data, anchors, place, &mut out[fi]);
+                    self.whole[fi] = out[fi].len();
+                }
+                Some(c) => {
+                    postprocess::decode(&self.params, data, anchors, place, &mut self.scratch);
+                    let (f, whole) = (&frames[fi], self.whole[fi]);
+                    regions::add_tile_detections(
+                        &self.scratch,
+                        c,
+                        f.width,
+                        f.height,
+                        whole,
+                        &mut out[fi],
+                    );
+                }
+            }
         }
         Ok(())
     }

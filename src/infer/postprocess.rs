@@ -62,17 +62,12 @@ pub fn decode(
                 class: usize,
                 score: f32,
                 (x1, y1, x2, y2): (f32, f32, f32, f32)| {
-        let fx = |x: f32| ((x - place.pad_x) / place.scale / place.frame_w as f32).clamp(0.0, 1.0);
-        let fy = |y: f32| ((y - place.pad_y) / place.scale / place.frame_h as f32).clamp(0.0, 1.0);
+        let (x1, y1) = place.to_frame(x1, y1);
+        let (x2, y2) = place.to_frame(x2, y2);
         out.push(Detection {
             class: class as u16,
             score,
-            bbox: BBox {
-                x1: fx(x1),
-                y1: fy(y1),
-                x2: fx(x2),
-                y2: fy(y2),
-            },
+            bbox: BBox { x1, y1, x2, y2 },
         });
     };
     match p.layout {
@@ -162,6 +157,10 @@ mod tests {
         scale: 0.5,
         pad_x: 0.0,
         pad_y: 10.0,
+        image_w: 200,
+        image_h: 100,
+        origin_x: 0,
+        origin_y: 0,
         frame_w: 200,
         frame_h: 100,
     };

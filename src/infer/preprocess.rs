@@ -3,17 +3,26 @@
 
 use super::manifest::{ColourOrder, InputSpec};
 
-/// Where the frame landed inside the model input, to map boxes back.
+/// Where an image landed inside the model input, to map boxes back. The image is the whole frame or a
+/// region of it (`origin` and `frame` then say where it sits); boxes come back in frame fractions.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Placement {
     pub scale: f32,
     pub pad_x: f32,
     pub pad_y: f32,
+    /// The letterboxed image's size in pixels.
+    pub image_w: u32,
+    pub image_h: u32,
+    /// The image's top-left corner in the frame, in pixels (0, 0 for the whole frame).
+    pub origin_x: u32,
+    pub origin_y: u32,
+    /// The frame's size in pixels.
     pub frame_w: u32,
     pub frame_h: u32,
 }
 
 impl Placement {
+    /// A whole `frame_w`×`frame_h` frame letterboxed into `in_w`×`in_h`.
     pub fn new(frame_w: u32, frame_h: u32, in_w: u32, in_h: u32) -> Self {
         let scale = (in_w as f32 / frame_w as f32).min(in_h as f32 / frame_h as f32);
         let new_w = (frame_w as f32 * scale).round();
@@ -22,9 +31,34 @@ impl Placement {
             scale,
             pad_x: ((in_w as f32 - new_w) / 2.0).floor(),
             pad_y: ((in_h as f32 - new_h) / 2.0).floor(),
+            image_w: frame_w,
+            image_h: frame_h,
+            origin_x: 0,
+            origin_y: 0,
             frame_w,
             frame_h,
         }
+    }
+
+    /// The same letterbox for an image that is the region at (`x`, `y`) of a `frame_w`×`frame_h` frame.
+    pub fn in_frame(self, x: u32, y: u32, frame_w: u32, frame_h: u32) -> Self {
+        Self {
+            origin_x: x,
+            origin_y: y,
+            frame_w,
+            frame_h,
+            ..self
+        }
+    }
+
+    /// A point in model-input pixels as frame fractions, kept inside the image.
+    pub fn to_frame(&self, x: f32, y: f32) -> (f32, f32) {
+        let ix = ((x - self.pad_x) / self.scale).clamp(0.0, self.image_w as f32);
+        let iy = ((y - self.pad_y) / self.scale).clamp(0.0, self.image_h as f32);
+        (
+            (self.origin_x as f32 + ix) / self.frame_w as f32,
+            (self.origin_y as f32 + iy) / self.frame_h as f32,
+        )
     }
 }
 
@@ -39,7 +73,8 @@ pub struct Letterboxer {
 
 impl Letterboxer {
     /// Writes one image (`rgb`, `w`×`h`, rows `stride` bytes apart) into `dst`, which holds
-    /// 3 × in_h × in_w values (one batch item, planar).
+    /// 3 × in_h × in_w values (one batch item, planar). A region of a frame is passed as the frame's
+    /// bytes from the region's first pixel on, with the frame's stride: no copy.
     pub fn fill(
         &mut self,
         spec: &InputSpec,
@@ -93,22 +128,23 @@ impl Letterboxer {
         p
     }
 
+    /// Refills the tables in place: once they have grown to the largest image seen, a new size
+    /// (regions of different sizes take turns in a batch slot) costs no allocation.
     fn rebuild(&mut self, w: u32, h: u32, in_w: u32, in_h: u32) {
         let p = Placement::new(w, h, in_w, in_h);
         let new_w = (w as f32 * p.scale).round() as u32;
         let new_h = (h as f32 * p.scale).round() as u32;
-        let table = |n_dst: u32, n_src: u32| -> Vec<(u32, u32, f32)> {
-            (0..n_dst)
-                .map(|d| {
-                    // Pixel-centre alignment, as OpenCV's INTER_LINEAR does.
-                    let s = ((d as f32 + 0.5) / p.scale - 0.5).clamp(0.0, (n_src - 1) as f32);
-                    let s0 = s.floor() as u32;
-                    (s0, (s0 + 1).min(n_src - 1), s - s0 as f32)
-                })
-                .collect()
+        let table = |t: &mut Vec<(u32, u32, f32)>, n_dst: u32, n_src: u32| {
+            t.clear();
+            t.extend((0..n_dst).map(|d| {
+                // Pixel-centre alignment, as OpenCV's INTER_LINEAR does.
+                let s = ((d as f32 + 0.5) / p.scale - 0.5).clamp(0.0, (n_src - 1) as f32);
+                let s0 = s.floor() as u32;
+                (s0, (s0 + 1).min(n_src - 1), s - s0 as f32)
+            }));
         };
-        self.xs = table(new_w, w);
-        self.ys = table(new_h, h);
+        table(&mut self.xs, new_w, w);
+        table(&mut self.ys, new_h, h);
         self.key = (w, h, in_w);
         self.placement = Some(p);
     }

@@ -42,6 +42,10 @@ pub struct PoolStats {
     pub frames_analysed: AtomicU64,
     pub batches: AtomicU64,
     pub inference_errors: AtomicU64,
+    /// Model inputs run: one per frame, plus one per region tile (see `infer::Regions`).
+    pub model_inputs: AtomicU64,
+    /// Inference time summed over batches, in microseconds: with `frames_analysed`, the cost per frame.
+    pub inference_us: AtomicU64,
 }
 
 impl PoolStats {
@@ -257,13 +261,19 @@ impl Worker {
                 .detector
                 .detect(&self.frames, &mut self.detections[..n])
             {
-                Ok(()) => {
+                Ok(inputs) => {
                     let stats = &shared.stats;
+                    let took = started.elapsed();
+                    stats.inference_ms.record_ms(took.as_secs_f64() * 1e3);
                     stats
-                        .inference_ms
-                        .record_ms(started.elapsed().as_secs_f64() * 1e3);
+                        .inference_us
+                        .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
                     stats.batches.fetch_add(1, Ordering::Relaxed);
-                    stats.frames_analysed.fetch_add(n as u64, Ordering::Relaxed);
+                    // Inputs before frames (release): a reader that acquires the frames sees their inputs.
+                    stats
+                        .model_inputs
+                        .fetch_add(inputs as u64, Ordering::Relaxed);
+                    stats.frames_analysed.fetch_add(n as u64, Ordering::Release);
                     for (frame, dets) in self.frames.iter().zip(&self.detections) {
                         let slot = &shared.slots[frame.camera];
                         if let Some(mut analyser) = slot.analyser.pop() {
