@@ -165,7 +165,7 @@ fn a_tiny_scene_encodes_like_a_camera_with_its_truth() {
         x2: 420.0 / 768.0,
         y2: 461.0 / 576.0,
     };
-    assert_eq!(g.boxes[15], [want.clone()]);
+    assert_eq!(g.boxes[15], std::slice::from_ref(&want));
     // He is on screen from the first keyframe (0 s) to the last (4 s): in every frame.
     assert!(g.boxes.iter().all(|b| b.len() == 1));
 

@@ -264,17 +264,25 @@ pub fn render(
     out: &mut RgbImage,
 ) {
     out.clone_from(plate);
-    let mut on: Vec<(f64, Option<(&Sprite, Place)>, Option<&Occluder>)> = actors
+    enum Layer<'a> {
+        Actor(&'a Sprite, Place),
+        Occluder(&'a Occluder),
+    }
+    let mut layers: Vec<(f64, Layer)> = actors
         .iter()
-        .filter_map(|(s, path)| place_at(path, t).map(|p| (p.y, Some((*s, p)), None)))
-        .chain(occluders.iter().map(|o| (o.base, None, Some(o))))
+        .filter_map(|(s, path)| place_at(path, t).map(|p| (p.y, Layer::Actor(s, p))))
+        .chain(occluders.iter().map(|o| (o.base, Layer::Occluder(o))))
         .collect();
     // An actor standing exactly on an occluder's base line is in front of it.
-    on.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.2.is_none().cmp(&b.2.is_none())));
-    for item in on {
-        match item {
-            (_, Some((sprite, place)), _) => paste(out, sprite, place),
-            (_, None, Some(o)) => {
+    let actor_last = |l: &Layer| matches!(l, Layer::Actor(..));
+    layers.sort_by(|a, b| {
+        a.0.total_cmp(&b.0)
+            .then(actor_last(&a.1).cmp(&actor_last(&b.1)))
+    });
+    for (_, layer) in layers {
+        match layer {
+            Layer::Actor(sprite, place) => paste(out, sprite, place),
+            Layer::Occluder(o) => {
                 for &[x, y, w, h] in &o.rects {
                     let (x1, y1) = ((x + w).min(out.width()), (y + h).min(out.height()));
                     for yy in y.min(y1)..y1 {
@@ -284,7 +292,6 @@ pub fn render(
                     }
                 }
             }
-            _ => unreachable!("each item is an actor or an occluder"),
         }
     }
 }
