@@ -15,5 +15,6 @@ pub mod histogram;
 pub mod infer;
 pub mod ingest;
 pub mod pool;
+pub mod scenegen;
 pub mod store;
 pub mod types;

@@ -86,6 +86,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Generate a scripted scene from real footage and stills: an H.264 MP4 and its scenario with exact truth.
+    MakeScenario {
+        /// The scene script (see fixtures/scenarios/scripts/).
+        script: PathBuf,
+        /// Where the `.mp4` and the scenario `.toml` go.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
     #[command(flatten)]
     Alert(streetwatch::alert::cli::AlertCommand),
     /// Replay labelled scenarios (fixtures/scenarios/*.toml by default) and measure each rule kind's
@@ -188,6 +196,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 json,
             };
             bench::run(&opts).map(|_| ())
+        }
+        Command::MakeScenario { script, out } => {
+            let g = streetwatch::scenegen::make_scenario(&script, &out)?;
+            println!(
+                "{}: {} frames; scenario {}",
+                g.video.display(),
+                g.frames,
+                g.scenario.display()
+            );
+            Ok(())
         }
         Command::Eval { json, scenarios } => eval(json, scenarios),
         Command::ServeFootage { port, mounts } => {

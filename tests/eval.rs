@@ -48,6 +48,7 @@ fn committed_scenarios_meet_their_minimums_and_print_one_json_object() {
         kinds,
         [
             "crowding",
+            "encroachment",
             "intrusion",
             "line_crossing",
             "loitering",
