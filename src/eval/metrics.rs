@@ -4,7 +4,8 @@
 //! footage] overlaps [start − tolerance, end + tolerance] (a truth without an end lasts to the end of the
 //! footage). Recall counts truths with a match, precision counts incidents with a match, duplicates are
 //! matching incidents per matched truth, onset delay is how long after a truth's start its first matching
-//! incident opened.
+//! incident opened (the first opened after the truth began, if any: an incident already open for an
+//! earlier event is not this event's onset).
 
 use super::scenario::Truth;
 
@@ -61,7 +62,7 @@ pub struct Tally {
     pub matched_truths: usize,
     pub incidents: usize,
     pub matching_incidents: usize,
-    /// Per matched truth: its first matching incident's open − its start, in seconds.
+    /// Per matched truth: its own matching incident's open − its start, in seconds.
     pub onset_delays: Vec<f64>,
 }
 
@@ -74,10 +75,15 @@ impl Tally {
             ..Tally::default()
         };
         for (truth, hits) in &m.truths {
+            // The truth's own incident is the first one opened after it began; an incident that was
+            // already open (a crossing 30 s earlier) only counts when there is no such one.
+            let opened = |&i: &usize| m.incidents[i].0.opened;
             let first = hits
                 .iter()
-                .map(|&i| m.incidents[i].0.opened)
-                .min_by(f64::total_cmp);
+                .map(opened)
+                .filter(|&o| o >= truth.start - truth.tolerance)
+                .min_by(f64::total_cmp)
+                .or_else(|| hits.iter().map(opened).min_by(f64::total_cmp));
             if let Some(opened) = first {
                 t.matched_truths += 1;
                 t.onset_delays.push(opened - truth.start);
