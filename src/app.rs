@@ -349,7 +349,9 @@ fn log_incident(e: &IncidentEvent) {
         severity = e.severity.as_str(),
         at = %e.at.to_rfc3339(),
         snapshot = e.snapshot.as_deref().unwrap_or("-"),
-        "{what}: {}",
+        "{what}: {} / {}: {}",
+        e.kind.title_vi(),
+        e.kind.title_en(),
         e.summary
     );
 }

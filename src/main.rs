@@ -29,7 +29,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the embedded demo: four cameras fed from fixture footage over RTSP on 127.0.0.1.
+    /// Run the embedded demo: six cameras fed from fixture footage over RTSP on 127.0.0.1.
     Demo {
         /// Stop after this many seconds (default: run until Ctrl-C).
         #[arg(long)]
@@ -260,17 +260,19 @@ fn eval(json: bool, mut scenarios: Vec<PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The demo: fixture footage served over RTSP by this process, four cameras, SQLite under ./data.
+/// The demo: fixture footage served over RTSP by this process, six cameras, SQLite under ./data.
 fn demo(seconds: Option<u64>) -> anyhow::Result<()> {
     let demo = installed("pipelines/demo.toml");
     let mounts: Vec<(String, PathBuf)> = [
-        ("vtest", "vtest_h264.mp4"),
-        ("parking", "parking_aisle_overhead_768x432.mp4"),
-        ("table", "indoor_dwell_at_table_768x432.mp4"),
-        ("bikes", "bikes.mp4"),
+        ("vtest", "footage/vtest_h264.mp4"),
+        ("parking", "footage/parking_aisle_overhead_768x432.mp4"),
+        ("table", "footage/indoor_dwell_at_table_768x432.mp4"),
+        ("bikes", "footage/bikes.mp4"),
+        ("kerb", "scenarios/parking_east_kerb.mp4"),
+        ("road", "scenarios/line_crossing_road.mp4"),
     ]
     .iter()
-    .map(|(m, f)| (m.to_string(), installed(&format!("fixtures/footage/{f}"))))
+    .map(|(m, f)| (m.to_string(), installed(&format!("fixtures/{f}"))))
     .collect();
     let server = FootageServer::start(&mounts, 0)?;
     let text = std::fs::read_to_string(&demo).context("reading pipelines/demo.toml")?;
