@@ -150,34 +150,9 @@ fn list(events: &[Event]) -> String {
         .join(", ")
 }
 
-fn default_classes(kind: &str) -> &'static [&'static str] {
-    match kind {
-        "crowding" | "loitering" => &["person"],
-        "parking" => &["car", "motorcycle", "bus", "truck"],
-        "intrusion" => &["person", "bicycle", "motorcycle"],
-        "encroachment" => &[
-            "person",
-            "bicycle",
-            "motorcycle",
-            "chair",
-            "bench",
-            "umbrella",
-            "dining table",
-            "suitcase",
-            "potted plant",
-        ],
-        _ => &["person", "bicycle", "car", "motorcycle", "bus", "truck"],
-    }
-}
-
-fn default_min_seconds(kind: &str) -> f64 {
-    match kind {
-        "crowding" => 60.0,
-        "loitering" => 300.0,
-        "parking" => 180.0,
-        "encroachment" => 300.0,
-        _ => 0.0,
-    }
+/// The defaults the analyser uses for what a rule leaves unset (one source: the config's table).
+fn defaults(kind: &str) -> Option<crate::config::RuleDefaults> {
+    crate::types::RuleKind::parse(kind).map(crate::config::RuleDefaults::of)
 }
 
 /// The rule's events for an ideal detector and tracker that sees every actor at its exact place.
@@ -189,13 +164,15 @@ fn events(
 ) -> Result<Vec<Event>, String> {
     let classes: Vec<&str> = match &rule.classes {
         Some(c) => c.iter().map(String::as_str).collect(),
-        None => default_classes(&rule.kind).to_vec(),
+        None => defaults(&rule.kind).map_or_else(Vec::new, |d| d.classes.to_vec()),
     };
     let movers: Vec<&Mover> = movers
         .iter()
         .filter(|m| classes.contains(&m.class))
         .collect();
-    let min_seconds = rule.min_seconds.unwrap_or(default_min_seconds(&rule.kind));
+    let min_seconds = rule
+        .min_seconds
+        .unwrap_or_else(|| defaults(&rule.kind).map_or(0.0, |d| f64::from(d.min_seconds)));
     let active = |t: f64| {
         rule.schedule
             .as_ref()
