@@ -409,10 +409,9 @@ fn build_rule(r: &RuleConfig, cam: &CameraConfig, zones: &[Zone], labels: &[Stri
 
 impl Analyser for CameraAnalyser {
     fn analyse(&mut self, frame: &Frame, detections: &[Detection]) {
-        let events = self.events.clone();
         self.step(frame.captured_at, detections, |me, ri, tr| {
             // The receiver lives as long as the process; a send fails only during shutdown.
-            let _ = events.send(me.event(ri, tr, frame));
+            let _ = me.events.send(me.event(ri, tr, frame));
         });
     }
 }

@@ -640,6 +640,7 @@ impl Validator<'_> {
             );
         }
         let mut ids = HashSet::new();
+        let mut labels: Option<Vec<String>> = None;
         for (ci, cam) in self.config.cameras.iter().enumerate() {
             let at = |k: &str| format!("cameras[{ci}].{k}");
             let id = cam.id.get_ref();
@@ -732,7 +733,11 @@ impl Validator<'_> {
                     );
                 }
             }
-            let labels = self.labels()?;
+            // The model's labels, read once for the whole file (a district has 1,100 cameras).
+            if labels.is_none() && !cam.rules.is_empty() {
+                labels = Some(self.labels()?);
+            }
+            let labels = labels.as_deref().unwrap_or_default();
             let mut rule_ids = HashSet::new();
             for (ri, rule) in cam.rules.iter().enumerate() {
                 let key = |k: &str| at(&format!("rules[{ri}].{k}"));
@@ -743,7 +748,7 @@ impl Validator<'_> {
                         format!("duplicate rule id `{}`", rule.id.get_ref()),
                     );
                 }
-                self.validate_rule(rule, &key, cam, &labels)?;
+                self.validate_rule(rule, &key, cam, labels)?;
             }
         }
         Ok(())
