@@ -23,23 +23,13 @@
 
 pub mod cli;
 mod config;
-mod dedup;
-mod dlr;
-mod email;
-mod flood;
-mod group;
-pub mod gsm;
-mod inhibit;
+mod decide;
+mod deliver;
+mod error;
 mod model;
-mod notify;
-mod outbox;
-mod route;
 mod router;
-mod silence;
-mod sms;
 mod store;
-mod template;
-mod webhook;
+mod wording;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -52,37 +42,20 @@ use tokio::sync::{Notify, watch};
 
 use crate::types::{CameraId, Clock, IncidentEvent};
 
+pub use config::normalize_phone;
 pub use config::{
     AlertConfig, ConfigError, DlrConfig, Dur, EmailConfig, FloodConfig, HttpMethod, InhibitConfig,
     InhibitRule, Matchers, ReceiverConfig, RetryConfig, RouteConfig, SmsCoding, SmsConfig,
     WebhookConfig,
 };
-pub use dedup::Admission;
-pub use inhibit::CameraHealth;
+pub use decide::dedup::Admission;
+pub use decide::inhibit::CameraHealth;
+pub use decide::silence::Silence;
+pub use error::AlertError;
 pub use model::{Alert, NoticeKind, NoticePayload};
 pub use router::{Router, RouterStats};
-pub use sms::normalize_phone;
-pub use store::{AlertRow, DeliveryEvent, DeliveryRow, NoticeRow, Silence, Store};
-
-#[derive(Debug, thiserror::Error)]
-pub enum AlertError {
-    #[error(transparent)]
-    BadConfig(#[from] ConfigError),
-    #[error("alert config: {0}")]
-    Config(String),
-    #[error("alert database: {0}")]
-    Db(String),
-    #[error("{0}")]
-    Invalid(String),
-    #[error("alert service: {0}")]
-    Service(String),
-}
-
-impl From<rusqlite::Error> for AlertError {
-    fn from(e: rusqlite::Error) -> Self {
-        AlertError::Db(e.to_string())
-    }
-}
+pub use store::{AlertRow, DeliveryEvent, DeliveryRow, NoticeRow, Store};
+pub use wording::gsm;
 
 enum Msg {
     Event(Box<IncidentEvent>),
@@ -124,7 +97,7 @@ impl AlertService {
             }
             None => (None, None),
         };
-        let notifier = Arc::new(notify::Notifier::new(
+        let notifier = Arc::new(deliver::notify::Notifier::new(
             store::open_with(db_path, store::Sync::Normal)?,
             cfg.clone(),
             clock.clone(),
@@ -149,7 +122,7 @@ impl AlertService {
             .spawn(move || {
                 runtime.block_on(async move {
                     let dlr = dlr_listener.zip(dlr_db).map(|((l, _), db)| {
-                        tokio::spawn(dlr::serve(l, db, dlr_clock, stop_rx.clone()))
+                        tokio::spawn(deliver::dlr::serve(l, db, dlr_clock, stop_rx.clone()))
                     });
                     notifier.run(stop_rx).await;
                     if let Some(h) = dlr {

@@ -14,18 +14,18 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 
 use crate::types::{CameraId, IncidentEvent, Severity, Timestamp};
 
-use super::AlertError;
 use super::config::AlertConfig;
-use super::dedup::{Admission, Dedup, LogEntry, needs_notice};
-use super::flood::Flood;
-use super::group::Groups;
-use super::inhibit::{CameraHealth, Inhibitor};
+use super::decide::dedup::{Admission, Dedup, LogEntry, needs_notice};
+use super::decide::flood::Flood;
+use super::decide::group::Groups;
+use super::decide::inhibit::{CameraHealth, Inhibitor};
+use super::decide::route::{Route, local_minute};
+use super::decide::silence::silenced_by;
+use super::deliver::outbox;
+use super::error::AlertError;
 use super::model::{Alert, NoticeKind, NoticePayload};
-use super::outbox;
-use super::route::{Route, local_minute};
-use super::silence::silenced_by;
 use super::store;
-use super::template::Ctx;
+use super::wording::template::Ctx;
 
 /// Counters since the router opened.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -155,7 +155,7 @@ impl Router {
                 );
             }
         }
-        let flood = Flood::restore(&cfg.flood, &conn)?;
+        let flood = Flood::new(&cfg.flood, store::load_flood_windows(&conn)?);
         let mut router = Self {
             root: Route::compile(&cfg.route),
             inhibit: Inhibitor::new(&cfg.inhibit),
@@ -412,7 +412,7 @@ impl Router {
             stats.flood_summaries += 1;
             ids.push(id);
         }
-        flood.persist(&tx)?;
+        store::save_flood_windows(&tx, flood.windows())?;
         tx.commit()?;
         // Committed: now the in-memory state may follow.
         self.flood = flood;

@@ -3,6 +3,7 @@
 //! Each user of the file opens its own connection (WAL lets readers and one writer work at once);
 //! `busy_timeout` absorbs the other writers' short transactions.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
@@ -10,8 +11,10 @@ use serde::Serialize;
 
 use crate::types::Timestamp;
 
-use super::AlertError;
 use super::config::Matchers;
+use super::decide::flood::Window;
+use super::decide::silence::Silence;
+use super::error::AlertError;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS alert_alerts (
@@ -201,24 +204,6 @@ pub struct DeliveryEvent {
     pub at: Timestamp,
     pub state: String,
     pub detail: Option<String>,
-}
-
-#[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct Silence {
-    pub id: i64,
-    pub matchers: Matchers,
-    pub starts_at: Timestamp,
-    pub ends_at: Timestamp,
-    pub created_by: String,
-    pub comment: String,
-    pub created_at: Timestamp,
-    pub expired_at: Option<Timestamp>,
-}
-
-impl Silence {
-    pub fn active_at(&self, now: Timestamp) -> bool {
-        self.expired_at.is_none() && self.starts_at <= now && now < self.ends_at
-    }
 }
 
 /// Read and admin access to the alert tables, for the CLI, tests and the API.
@@ -470,6 +455,51 @@ impl Store {
         )?;
         Ok(())
     }
+}
+
+/// Flood-control windows as the router last committed them.
+pub(crate) fn load_flood_windows(conn: &Connection) -> Result<HashMap<String, Window>, AlertError> {
+    let mut stmt =
+        conn.prepare("SELECT receiver, window_start, sent, held, held_by_ward FROM alert_flood")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, u32>(2)?,
+            r.get::<_, u32>(3)?,
+            r.get::<_, String>(4)?,
+        ))
+    })?;
+    let mut windows = HashMap::new();
+    for row in rows {
+        let (receiver, start, sent, held, wards) = row?;
+        let held_by_ward = serde_json::from_str(&wards).unwrap_or_default();
+        windows.insert(
+            receiver,
+            Window {
+                start: Timestamp(start),
+                sent,
+                held,
+                held_by_ward,
+            },
+        );
+    }
+    Ok(windows)
+}
+
+/// Replaces the stored flood windows (a handful of rows) in the caller's transaction.
+pub(crate) fn save_flood_windows<'a>(
+    tx: &rusqlite::Transaction<'_>,
+    windows: impl Iterator<Item = (&'a String, &'a Window)>,
+) -> Result<(), AlertError> {
+    tx.execute("DELETE FROM alert_flood", [])?;
+    for (r, w) in windows {
+        tx.execute(
+            "INSERT INTO alert_flood (receiver, window_start, sent, held, held_by_ward) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![r, w.start.0, w.sent, w.held, serde_json::to_string(&w.held_by_ward).unwrap_or_default()],
+        )?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::types::Timestamp;
 
-use super::config::Dur;
 use super::route::Route;
+use crate::alert::config::Dur;
 
 pub(crate) struct Group {
     pub key: String,

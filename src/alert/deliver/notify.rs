@@ -11,44 +11,11 @@ use tokio::task::JoinSet;
 
 use crate::types::Clock;
 
-use super::config::AlertConfig;
-use super::email::{Mailer, error_chain};
-use super::store::DeliveryRow;
-use super::{AlertError, outbox, sms, webhook};
-
-/// How one attempt ended.
-#[derive(Debug)]
-pub(crate) enum Outcome {
-    /// The peer took it: `accepted`, or `queued` when the gateway holds it for later.
-    Accepted { state: &'static str, reply: String },
-    /// Worth a retry. `maybe_sent`: the request may have reached the peer (a timeout after sending).
-    Transient { error: String, maybe_sent: bool },
-    /// Retrying cannot help (bad number, bad credentials): dead-letter with the peer's reason.
-    Permanent(String),
-}
-
-impl Outcome {
-    pub(crate) fn network(e: reqwest::Error) -> Self {
-        let maybe_sent = !e.is_connect();
-        Outcome::Transient {
-            // The URL may carry the gateway's password in its query: never in the outbox or the logs.
-            error: error_chain(&e.without_url()),
-            maybe_sent,
-        }
-    }
-
-    pub(crate) fn from_status(status: reqwest::StatusCode, reply: String) -> Self {
-        let code = status.as_u16();
-        if status.is_client_error() && code != 408 && code != 429 {
-            Outcome::Permanent(reply)
-        } else {
-            Outcome::Transient {
-                error: reply,
-                maybe_sent: false,
-            }
-        }
-    }
-}
+use super::email::Mailer;
+use super::{Outcome, outbox, sms, webhook};
+use crate::alert::config::AlertConfig;
+use crate::alert::error::AlertError;
+use crate::alert::store::DeliveryRow;
 
 /// Token bucket: `rate` starts per second, bursts of up to `max(rate, 1)`.
 struct Bucket {

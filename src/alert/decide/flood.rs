@@ -7,12 +7,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use rusqlite::{Connection, Transaction, params};
-
 use crate::types::Timestamp;
 
-use super::AlertError;
-use super::config::FloodConfig;
+use crate::alert::config::FloodConfig;
 
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Window {
@@ -30,37 +27,17 @@ pub(crate) struct Flood {
 }
 
 impl Flood {
-    pub(crate) fn restore(cfg: &FloodConfig, conn: &Connection) -> Result<Self, AlertError> {
-        let mut stmt = conn
-            .prepare("SELECT receiver, window_start, sent, held, held_by_ward FROM alert_flood")?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, u32>(2)?,
-                r.get::<_, u32>(3)?,
-                r.get::<_, String>(4)?,
-            ))
-        })?;
-        let mut windows = HashMap::new();
-        for row in rows {
-            let (receiver, start, sent, held, wards) = row?;
-            let held_by_ward = serde_json::from_str(&wards).unwrap_or_default();
-            windows.insert(
-                receiver,
-                Window {
-                    start: Timestamp(start),
-                    sent,
-                    held,
-                    held_by_ward,
-                },
-            );
-        }
-        Ok(Self {
+    /// Flood control with `windows` as last committed (empty on a new database).
+    pub(crate) fn new(cfg: &FloodConfig, windows: HashMap<String, Window>) -> Self {
+        Self {
             max: cfg.max_notices,
             window_ms: cfg.window.ms(),
             windows,
-        })
+        }
+    }
+
+    pub(crate) fn windows(&self) -> impl Iterator<Item = (&String, &Window)> {
+        self.windows.iter()
     }
 
     /// Counts a notice for `receiver` at `now`: true to send it, false to hold it.
@@ -113,18 +90,6 @@ impl Flood {
             .map(|w| w.start.plus_ms(self.window_ms))
             .min()
     }
-
-    /// Writes the whole state (a handful of rows) in the caller's transaction.
-    pub(crate) fn persist(&self, tx: &Transaction<'_>) -> Result<(), AlertError> {
-        tx.execute("DELETE FROM alert_flood", [])?;
-        for (r, w) in &self.windows {
-            tx.execute(
-                "INSERT INTO alert_flood (receiver, window_start, sent, held, held_by_ward) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![r, w.start.0, w.sent, w.held, serde_json::to_string(&w.held_by_ward).unwrap_or_default()],
-            )?;
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]
@@ -133,16 +98,11 @@ mod tests {
 
     #[test]
     fn holds_past_the_budget_and_summarises_at_window_end() {
-        let conn = Connection::open_in_memory().unwrap();
-        conn.execute_batch(
-            "CREATE TABLE alert_flood (receiver TEXT PRIMARY KEY, window_start INTEGER, sent INTEGER, held INTEGER, held_by_ward TEXT)",
-        )
-        .unwrap();
         let cfg = FloodConfig {
             max_notices: 2,
-            window: super::super::config::Dur::secs(60),
+            window: crate::alert::config::Dur::secs(60),
         };
-        let mut f = Flood::restore(&cfg, &conn).unwrap();
+        let mut f = Flood::new(&cfg, HashMap::new());
         let t = Timestamp(0);
         assert!(f.admit("post", "W", t));
         assert!(f.admit("post", "W", t.plus_ms(1000)));

@@ -1,25 +1,4 @@
-//! SMS through an HTTP gateway. Kannel's `/cgi-bin/sendsms` is the reference (its parameter names are the
-//! defaults); other gateways are reached by renaming parameters and adding fixed ones in config.
-
-use super::config::{HttpMethod, SmsCoding, SmsConfig};
-use super::gsm;
-use super::notify::Outcome;
-
-/// Keys of `param_names`, and Kannel's name for each.
-pub(crate) const PARAM_KEYS: &[&str] = &[
-    "username", "password", "to", "from", "text", "coding", "charset", "dlr_mask", "dlr_url",
-];
-
-fn param<'a>(cfg: &'a SmsConfig, key: &'a str) -> &'a str {
-    if let Some(n) = cfg.param_names.get(key) {
-        return n;
-    }
-    match key {
-        "dlr_mask" => "dlr-mask",
-        "dlr_url" => "dlr-url",
-        k => k,
-    }
-}
+//! Phone numbers as receivers write them, normalised to E.164 when the config is read.
 
 /// Normalises a phone number to E.164: Vietnamese `0xxxxxxxxx` (and `84xxxxxxxxx`) become `+84xxxxxxxxx`;
 /// spaces, dots, dashes and brackets are ignored. Vietnamese numbers are checked for length and prefix
@@ -62,65 +41,6 @@ pub fn normalize_phone(input: &str) -> Result<String, String> {
         }
         None if (8..=15).contains(&digits.len()) => Ok(format!("+{digits}")),
         None => bad("E.164 numbers have 8 to 15 digits"),
-    }
-}
-
-/// One SMS to one number. Kannel answers 202 with `0: Accepted for delivery` or `3: Queued for later delivery`
-/// (its SMSC link is down; it delivers when the link returns); 4xx is permanent (bad number, bad
-/// credentials) except 408 and 429; 5xx and network errors are worth a retry.
-pub(crate) async fn send(
-    client: &reqwest::Client,
-    cfg: &SmsConfig,
-    to: &str,
-    text: &str,
-    dlr_url: Option<&str>,
-) -> Outcome {
-    let mut params: Vec<(&str, &str)> = vec![
-        (param(cfg, "username"), &cfg.username),
-        (param(cfg, "password"), &cfg.password),
-        (param(cfg, "to"), to),
-        (param(cfg, "text"), text),
-        (param(cfg, "charset"), "UTF-8"),
-    ];
-    if let Some(from) = &cfg.sender {
-        params.push((param(cfg, "from"), from));
-    }
-    if cfg.coding == SmsCoding::Ucs2 || !gsm::is_gsm7(text) {
-        params.push((param(cfg, "coding"), "2"));
-    }
-    if let Some(url) = dlr_url {
-        // 31: every report type (delivered, failed, buffered, SMSC accepted, SMSC rejected).
-        params.push((param(cfg, "dlr_mask"), "31"));
-        params.push((param(cfg, "dlr_url"), url));
-    }
-    for (k, v) in &cfg.extra_params {
-        params.push((k, v));
-    }
-    let req = match cfg.method {
-        HttpMethod::Get => client.get(&cfg.url).query(&params),
-        HttpMethod::Post => client.post(&cfg.url).form(&params),
-    };
-    let resp = match req.timeout(cfg.timeout.std()).send().await {
-        Ok(r) => r,
-        Err(e) => return Outcome::network(e),
-    };
-    let status = resp.status();
-    let body = resp.text().await.unwrap_or_default().trim().to_string();
-    let reply = format!("HTTP {}: {body}", status.as_u16());
-    if status.is_success() {
-        if body.starts_with("3:") {
-            Outcome::Accepted {
-                state: "queued",
-                reply,
-            }
-        } else {
-            Outcome::Accepted {
-                state: "accepted",
-                reply,
-            }
-        }
-    } else {
-        Outcome::from_status(status, reply)
     }
 }
 

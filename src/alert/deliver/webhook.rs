@@ -9,8 +9,8 @@ use sha2::Sha256;
 
 use crate::types::Timestamp;
 
-use super::config::WebhookConfig;
-use super::notify::Outcome;
+use super::Outcome;
+use crate::alert::config::WebhookConfig;
 
 fn signature(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
     // HMAC takes keys of any length, so this cannot fail.

@@ -6,47 +6,9 @@ use serde_json::json;
 
 use crate::types::Timestamp;
 
-use super::config::SmsConfig;
 use super::gsm;
-use super::model::{Alert, NoticeKind, NoticePayload};
-
-const PLACEHOLDERS: &[&str] = &[
-    "title",
-    "rule",
-    "camera",
-    "camera_id",
-    "ward",
-    "time",
-    "summary",
-    "count",
-    "link",
-    "ref",
-    "more",
-    "severity",
-];
-
-/// Checks that a template's placeholders are known and its braces balanced.
-pub(crate) fn check(template: &str) -> Result<(), String> {
-    let mut rest = template;
-    while let Some(open) = rest.find(['{', '}']) {
-        if rest[open..].starts_with('}') {
-            return Err(format!("unmatched '}}' in {template:?}"));
-        }
-        let after = &rest[open + 1..];
-        let close = after
-            .find('}')
-            .ok_or_else(|| format!("unclosed '{{' in {template:?}"))?;
-        let name = &after[..close];
-        if !PLACEHOLDERS.contains(&name) {
-            return Err(format!(
-                "unknown placeholder {{{name}}} (known: {})",
-                PLACEHOLDERS.join(", ")
-            ));
-        }
-        rest = &after[close + 1..];
-    }
-    Ok(())
-}
+use crate::alert::config::SmsConfig;
+use crate::alert::model::{Alert, NoticeKind, NoticePayload};
 
 fn fill(template: &str, value: impl Fn(&str) -> String) -> String {
     let mut out = String::with_capacity(template.len() + 64);
@@ -351,14 +313,6 @@ mod tests {
             held_since: None,
             held_by_ward: BTreeMap::new(),
         }
-    }
-
-    #[test]
-    fn templates_are_checked() {
-        assert!(check("{title} {ward}").is_ok());
-        assert!(check("{nope}").unwrap_err().contains("nope"));
-        assert!(check("{title").is_err());
-        assert!(check("a}").is_err());
     }
 
     #[test]

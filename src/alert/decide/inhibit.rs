@@ -7,9 +7,9 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::config::{InhibitConfig, InhibitRule};
 use super::dedup::Dedup;
-use super::model::Alert;
+use crate::alert::config::{InhibitConfig, InhibitRule};
+use crate::alert::model::Alert;
 
 /// A camera's health as the ingest supervisor reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

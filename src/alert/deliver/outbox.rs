@@ -18,13 +18,13 @@ use sha2::{Digest, Sha256};
 
 use crate::types::Timestamp;
 
-use super::AlertError;
-use super::config::{ReceiverConfig, RetryConfig};
-use super::gsm;
-use super::model::NoticePayload;
-use super::notify::Outcome;
-use super::store::{DeliveryRow, delivery_from_row};
-use super::template::{self, Ctx};
+use super::Outcome;
+use crate::alert::config::{ReceiverConfig, RetryConfig};
+use crate::alert::error::AlertError;
+use crate::alert::model::NoticePayload;
+use crate::alert::store::{DeliveryRow, delivery_from_row};
+use crate::alert::wording::gsm;
+use crate::alert::wording::template::{self, Ctx};
 
 /// One delivery the decision creates.
 pub(crate) struct NewDelivery {
@@ -47,7 +47,7 @@ pub(crate) fn deliveries_for(
         let segments = gsm::segments(&text).count as i64;
         for n in &sms.numbers {
             // Validated at start-up, so the number normalises.
-            let target = super::sms::normalize_phone(n).unwrap_or_else(|_| n.clone());
+            let target = crate::alert::config::normalize_phone(n).unwrap_or_else(|_| n.clone());
             out.push(NewDelivery {
                 channel: "sms",
                 target,

@@ -7,7 +7,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 
 use crate::types::{IncidentEvent, IncidentPhase, Timestamp};
 
-use super::model::Alert;
+use crate::alert::model::Alert;
 
 /// What admission decided about one event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
