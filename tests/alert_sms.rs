@@ -191,8 +191,9 @@ fn bad_credentials_and_a_denied_number_are_dead_lettered_without_retries() {
         "three settled deliveries",
         |r| r.len() == 3 && r.iter().all(settled),
     );
-    // Long enough for several retries had any been scheduled (backoff starts at 100 ms).
-    std::thread::sleep(Duration::from_millis(1500));
+    // A window that outlasts the retry schedule (100 ms, then at most 400 ms between attempts) several times
+    // over, so a retry of a dead-lettered delivery would have shown.
+    std::thread::sleep(Duration::from_secs(3));
     let rows = Store::open(&db).unwrap().deliveries(None).unwrap();
     let by = |t: &str| rows.iter().find(|d| d.target == t).unwrap();
     let denied = by("+84900000123");

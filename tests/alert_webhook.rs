@@ -84,7 +84,8 @@ fn a_4xx_is_dead_lettered_after_one_attempt() {
     let rows = wait_deliveries(&db, Duration::from_secs(20), "dead-lettered", |r| {
         r.len() == 1 && r[0].state == "dead"
     });
-    std::thread::sleep(Duration::from_millis(800));
+    // Outlasts the retry schedule (at most 300 ms between attempts) several times over.
+    std::thread::sleep(Duration::from_secs(2));
     assert_eq!(rows[0].attempts, 1);
     assert_eq!(rows[0].last_error.as_deref(), Some("HTTP 422: ok"));
     assert_eq!(hook.count(), 1, "no retry after a 4xx");
