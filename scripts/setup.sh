@@ -11,7 +11,7 @@ mkdir -p "$deps"
 
 ORT_VERSION=1.31.1
 APT_PACKAGES=(
-  pkg-config libssl-dev unzip python3-pip
+  pkg-config libssl-dev unzip python3-pip make
   libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev libgstrtspserver-1.0-dev
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
   gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-tools

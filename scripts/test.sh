@@ -5,4 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STREETWATCH_SKIP_BUILD=1 ./scripts/setup.sh
+# Shipped files are found from the executable (src/home.rs); this checkout's also when CARGO_TARGET_DIR is elsewhere.
+export STREETWATCH_HOME="$PWD"
 cargo test --locked --no-fail-fast -- --test-threads=2

@@ -16,7 +16,7 @@ use crate::health::{CameraHealth, HealthSnapshot, StreamState};
 use crate::infer::{self, BBox, Detector, ModelManifest, Regions};
 use crate::ingest::{Backoff, CameraStream, Ingest, IngestOptions, Pacing};
 use crate::pool::{Analyser, Pool, PoolConfig, PoolStats};
-use crate::store::Store;
+use crate::store::{DataDirLock, Store};
 use crate::types::{CameraId, Clock, IncidentEvent, IncidentPhase};
 
 #[derive(Debug, Clone)]
@@ -51,6 +51,8 @@ pub struct Pipeline {
     health: Vec<Arc<CameraHealth>>,
     clock: Arc<dyn Clock>,
     pub db_path: PathBuf,
+    /// Released last, when the pipeline is gone.
+    _data_dir: DataDirLock,
 }
 
 /// Loads the ONNX Runtime library and the model manifest named by the configuration.
@@ -98,10 +100,12 @@ impl Pipeline {
         opts: RunOptions,
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<Pipeline> {
-        let manifest = load_model(config)?;
         let data_dir = config.data_dir();
         std::fs::create_dir_all(data_dir.join("snapshots"))
             .with_context(|| format!("creating {}", data_dir.display()))?;
+        // Before anything reads the store: a second process fails at once instead of sending twice.
+        let data_dir_lock = DataDirLock::acquire(&data_dir)?;
+        let manifest = load_model(config)?;
         let db_path = data_dir.join("streetwatch.db");
         let store = Store::open(&db_path)?;
 
@@ -190,6 +194,7 @@ impl Pipeline {
             health,
             clock,
             db_path,
+            _data_dir: data_dir_lock,
         })
     }
 

@@ -1,6 +1,6 @@
 //! `streetwatch bench`: N virtual cameras from recorded footage through the real pipeline, with figures.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -109,13 +109,13 @@ fn sample_proc() -> ProcSample {
 }
 
 fn bench_config(opts: &BenchOptions, urls: &[String]) -> anyhow::Result<Config> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let pipelines = crate::config::installed("pipelines");
     let mut text = format!(
         "[runtime]\nworkers = {}\nmax_batch = {}\nmodel = {:?}\npipelines = {:?}\ndata_dir = {:?}\n",
         opts.workers,
         opts.max_batch,
         std::path::absolute(&opts.model)?,
-        root.join("pipelines"),
+        pipelines,
         std::env::temp_dir().join(format!("streetwatch-bench-{}", std::process::id())),
     );
     let regions = match opts.regions.as_deref() {
@@ -129,7 +129,7 @@ fn bench_config(opts: &BenchOptions, urls: &[String]) -> anyhow::Result<Config> 
             opts.fps, opts.keyframe_only, opts.width
         ));
     }
-    Ok(Config::parse(&text, "bench (generated)", root)?)
+    Ok(Config::parse(&text, "bench (generated)", &pipelines)?)
 }
 
 pub fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {

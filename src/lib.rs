@@ -12,6 +12,7 @@ pub mod eval;
 pub mod frame;
 pub mod health;
 pub mod histogram;
+pub mod home;
 pub mod infer;
 pub mod ingest;
 pub mod pool;

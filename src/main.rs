@@ -275,12 +275,13 @@ fn demo(seconds: Option<u64>) -> anyhow::Result<()> {
     .map(|(m, f)| (m.to_string(), installed(&format!("fixtures/{f}"))))
     .collect();
     let server = FootageServer::start(&mounts, 0)?;
-    let text = std::fs::read_to_string(&demo).context("reading pipelines/demo.toml")?;
+    let text =
+        std::fs::read_to_string(&demo).with_context(|| format!("reading {}", demo.display()))?;
     let text = text.replace("${DEMO_RTSP_PORT}", &server.port().to_string());
     let mut config = Config::parse(
         &text,
-        "pipelines/demo.toml",
-        demo.parent().unwrap_or(Path::new(".")),
+        &demo.display().to_string(),
+        demo.parent().unwrap_or(Path::new("/")),
     )?;
     config.runtime.data_dir = Some(std::env::current_dir()?.join("data"));
     println!(

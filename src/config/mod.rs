@@ -86,7 +86,8 @@ pub struct RuntimeConfig {
     /// capacity (30.6 frames/s) where 0 lets it collapse to 9 (BENCHMARKS.md). No privilege is needed.
     #[serde(default = "default_ingest_nice")]
     pub ingest_nice: Spanned<i32>,
-    /// Path of the ONNX Runtime shared library; empty means the set-up default (.deps/onnxruntime).
+    /// Path of the ONNX Runtime shared library; default: the one installed with streetwatch
+    /// ([`crate::infer::default_runtime_path`]).
     #[serde(default)]
     pub onnxruntime: Option<PathBuf>,
 }
@@ -123,15 +124,7 @@ fn default_score_threshold() -> f32 {
 /// than the fp32 model per frame and agreeing with it on 96–97 % of people (models/README.md).
 pub const DEFAULT_MODEL: &str = "models/nanodet_g_416_coco_int8.toml";
 
-/// A file shipped with streetwatch: from the working directory if it has one, else from the source tree.
-pub fn installed(rel: &str) -> PathBuf {
-    let local = Path::new(rel);
-    if local.exists() {
-        local.to_path_buf()
-    } else {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
-    }
-}
+pub use crate::home::installed;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -513,7 +506,11 @@ impl Config {
             file: path.display().to_string(),
             source,
         })?;
-        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        // Absolute, so that what the file names never depends on the working directory later.
+        let base = std::path::absolute(path)
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+            .unwrap_or_default();
         Self::parse(&text, &path.display().to_string(), &base)
     }
 

@@ -56,23 +56,12 @@ pub enum InferError {
 
 static RUNTIME: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
 
-/// The ONNX Runtime library installed by scripts/setup.sh, looked for beside the working directory and
-/// beside the executable's build folder, unless `STREETWATCH_ORT_LIB` names one.
+/// The ONNX Runtime library installed with streetwatch ([`crate::home`]: `<prefix>/lib/streetwatch/`, or
+/// `.deps/onnxruntime/` of a development checkout), unless `STREETWATCH_ORT_LIB` names one.
 pub fn default_runtime_path() -> PathBuf {
-    if let Some(p) = std::env::var_os("STREETWATCH_ORT_LIB") {
-        return PathBuf::from(p);
-    }
-    let rel = Path::new(".deps/onnxruntime/libonnxruntime.so.1.31.1");
-    let from_exe = std::env::current_exe().ok().and_then(|exe| {
-        exe.ancestors()
-            .find(|d| d.join(rel).is_file())
-            .map(|d| d.join(rel))
-    });
-    if rel.is_file() {
-        rel.to_path_buf()
-    } else {
-        from_exe.unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(rel))
-    }
+    std::env::var_os("STREETWATCH_ORT_LIB")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::home::home().onnxruntime.clone())
 }
 
 fn runtime() -> Result<&'static ort::environment::Environment, String> {
@@ -87,7 +76,7 @@ fn runtime() -> Result<&'static ort::environment::Environment, String> {
 pub fn init_runtime(lib: &Path) -> Result<(), InferError> {
     let outcome = RUNTIME.get_or_init(|| {
         if !lib.is_file() {
-            return Err("not found (run scripts/setup.sh, or set runtime.onnxruntime / STREETWATCH_ORT_LIB)".into());
+            return Err("not found (run scripts/setup.sh and `make install`, or set runtime.onnxruntime / STREETWATCH_ORT_LIB)".into());
         }
         let builder = ort::init_from(lib).map_err(|e| e.to_string())?;
         builder.with_name("streetwatch").with_telemetry(false).build().map_err(|e| e.to_string())

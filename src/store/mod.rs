@@ -1,6 +1,10 @@
 //! The embedded store: one SQLite file (WAL) for incidents; the alert stage keeps its tables in the same
 //! file through its own connection.
 
+mod lock;
+
+pub use lock::{DataDirLock, LockError};
+
 use std::path::Path;
 
 use rusqlite::{Connection, params};
