@@ -25,6 +25,30 @@ pub trait Analyser: Send {
     fn analyse(&mut self, frame: &Frame, detections: &[Detection]);
 }
 
+/// What a worker runs on its batch: the real one is [`Detector`] (ONNX Runtime); tests put fakes here to
+/// exercise the pool's logic alone. One per worker, never shared; the worker is generic over it, so the
+/// call is static.
+pub trait BatchDetector: Send + 'static {
+    /// Most frames per call.
+    fn max_batch(&self) -> usize;
+    /// `out[i]` receives frame i's detections; returns the number of model inputs run.
+    fn detect(&mut self, frames: &[Frame], out: &mut [Vec<Detection>])
+    -> Result<usize, InferError>;
+}
+
+impl BatchDetector for Detector {
+    fn max_batch(&self) -> usize {
+        Detector::max_batch(self)
+    }
+    fn detect(
+        &mut self,
+        frames: &[Frame],
+        out: &mut [Vec<Detection>],
+    ) -> Result<usize, InferError> {
+        Detector::detect(self, frames, out)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
     pub workers: usize,
@@ -138,10 +162,10 @@ pub struct Pool {
 impl Pool {
     /// Starts `config.workers` workers, each with its own detector from `make_detector`. Fails if any
     /// detector cannot be built, so a bad model is a start-up error, not a silent worker death.
-    pub fn start(
+    pub fn start<D: BatchDetector>(
         config: &PoolConfig,
         cameras: Vec<(Arc<CameraHealth>, Box<dyn Analyser>)>,
-        make_detector: impl Fn() -> Result<Detector, InferError>,
+        make_detector: impl Fn() -> Result<D, InferError>,
     ) -> Result<(Pool, FrameSink), InferError> {
         let (ready_tx, ready_rx) = crossbeam::channel::bounded(cameras.len().max(1));
         let slots = cameras
@@ -199,21 +223,21 @@ impl Pool {
     }
 }
 
-struct Worker {
+struct Worker<D> {
     shared: Arc<Shared>,
     ready_rx: Receiver<usize>,
-    detector: Detector,
+    detector: D,
     batch_wait: Duration,
     claimed: Vec<usize>,
     frames: Vec<Frame>,
     detections: Vec<Vec<Detection>>,
 }
 
-impl Worker {
+impl<D: BatchDetector> Worker<D> {
     fn new(
         shared: Arc<Shared>,
         ready_rx: Receiver<usize>,
-        detector: Detector,
+        detector: D,
         config: &PoolConfig,
     ) -> Self {
         let batch = detector.max_batch().min(config.max_batch.max(1));
