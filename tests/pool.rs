@@ -1,5 +1,5 @@
 //! The worker pool's logic with fake detectors behind its `BatchDetector` seam: latest frame wins, one
-//! claim per camera, batches across cameras, bounded memory.
+//! claim per camera, batches across cameras, bounded memory, and a panic in a batch contained.
 //!
 //! Frames carry a GStreamer buffer (as ingest's do) whose memory counts itself alive until the pool lets
 //! go of the frame, so "frames alive" is measured by drops, not inferred from the pool's own counters.
@@ -402,5 +402,88 @@ fn frames_alive_stay_within_one_per_camera_plus_one_batch_per_worker() {
         "a frame outlived its analysis"
     );
     let h = Arc::into_inner(h).unwrap();
+    h.pool.shutdown();
+}
+
+#[test]
+fn a_detector_panic_is_contained_released_and_counted() {
+    let h = Harness::start(
+        2,
+        config(1, 2, 50),
+        |frames: &[Frame]| {
+            if frames.iter().any(|f| f.captured_at.0 == 666) {
+                panic!("fake detector fails on frame 666");
+            }
+        },
+        |_| {},
+    );
+    h.push(0, 1);
+    h.push(1, 1);
+    assert!(wait_until(LIMIT, || h.analysed(0) == 1 && h.analysed(1) == 1));
+    // Each camera's 666 is in a batch that panics (together or apart, depending on timing).
+    h.push(0, 666);
+    h.push(1, 666);
+    assert!(
+        wait_until(LIMIT, || h
+            .health
+            .iter()
+            .all(|x| x.worker_panics.load(Ordering::SeqCst) == 1)),
+        "panics counted: {:?}",
+        h.health
+            .iter()
+            .map(|x| x.worker_panics.load(Ordering::SeqCst))
+            .collect::<Vec<_>>()
+    );
+    // The only worker lives on, and both cameras were released: their next frames are analysed.
+    h.push(0, 2);
+    h.push(1, 2);
+    assert!(
+        wait_until(LIMIT, || h.analysed(0) == 2 && h.analysed(1) == 2),
+        "next frames analysed: {} and {} of 2",
+        h.analysed(0),
+        h.analysed(1)
+    );
+    let mut seen = h.seen();
+    seen.sort();
+    assert_eq!(seen, vec![(0, 1), (0, 2), (1, 1), (1, 2)]);
+    assert!(wait_until(LIMIT, || h.alive.load(Ordering::SeqCst) == 0));
+    for x in &h.health {
+        assert_eq!(x.worker_panics.load(Ordering::SeqCst), 1);
+        assert_eq!(x.snapshot(Timestamp(0)).worker_panics, 1);
+    }
+    h.pool.shutdown();
+}
+
+#[test]
+fn an_analyser_panic_is_counted_for_its_camera_and_its_analyser_carries_on() {
+    let h = Harness::start(
+        2,
+        config(1, 2, 50),
+        |_: &[Frame]| {},
+        |f: &Frame| {
+            if f.camera == 0 && f.captured_at.0 == 666 {
+                panic!("fake analyser fails on camera 0's frame 666");
+            }
+        },
+    );
+    h.push(0, 666);
+    h.push(1, 666);
+    assert!(wait_until(LIMIT, || h.health[0]
+        .worker_panics
+        .load(Ordering::SeqCst)
+        == 1));
+    h.push(0, 2);
+    h.push(1, 2);
+    assert!(
+        wait_until(LIMIT, || h.seen().len() == 3),
+        "seen {:?}",
+        h.seen()
+    );
+    let mut seen = h.seen();
+    seen.sort();
+    // Camera 1 shared the batch and lost nothing; camera 0's analyser (the same one) goes on.
+    assert_eq!(seen, vec![(0, 2), (1, 2), (1, 666)]);
+    assert_eq!(h.health[1].worker_panics.load(Ordering::SeqCst), 0);
+    assert_eq!((h.analysed(0), h.analysed(1)), (1, 2));
     h.pool.shutdown();
 }
