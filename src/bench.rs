@@ -254,11 +254,15 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
         inference_ms_per_frame: round2((us - start_work.2) as f64 / 1000.0 / frames),
     };
     let batch = stats.mean_batch();
-    let restarts: u64 = pipeline
+    let (restarts, panics) = pipeline
         .camera_health()
         .iter()
-        .map(|h| h.restarts.load(Ordering::Relaxed))
-        .sum();
+        .fold((0u64, 0u64), |(r, p), h| {
+            (
+                r + h.restarts.load(Ordering::Relaxed),
+                p + h.worker_panics.load(Ordering::Relaxed),
+            )
+        });
     pipeline.shutdown();
     drop(server);
     if !opts.json || std::io::IsTerminal::is_terminal(&std::io::stderr()) {
@@ -341,6 +345,7 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
             format!("{:.1}", report.threads_per_stream),
         ),
         ("stream restarts", restarts.to_string()),
+        ("worker panics", format!("{panics} (frames lost to a bug)")),
     ];
     for (k, v) in lines {
         println!("  {k:<24} {v}");

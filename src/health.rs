@@ -50,6 +50,9 @@ pub struct CameraHealth {
     /// Frames replaced in the pool's slot before a worker took them: the pool was busy.
     pub frames_dropped: AtomicU64,
     pub restarts: AtomicU64,
+    /// Batches holding this camera's frame that panicked in a pool worker (detector or analyser). The
+    /// worker carries on and the frame is lost, not analysed: above zero means a bug to report.
+    pub worker_panics: AtomicU64,
     /// Milliseconds since the epoch of the last frame; 0 before the first.
     last_frame_ms: AtomicI64,
     /// Only written when a stream fails: never on the frame path.
@@ -65,6 +68,7 @@ pub struct HealthSnapshot {
     pub frames_analysed: u64,
     pub frames_dropped: u64,
     pub restarts: u64,
+    pub worker_panics: u64,
     /// Seconds since the last frame, if any arrived.
     pub last_frame_age_s: Option<f64>,
     pub last_error: Option<String>,
@@ -80,6 +84,7 @@ impl CameraHealth {
             frames_analysed: AtomicU64::new(0),
             frames_dropped: AtomicU64::new(0),
             restarts: AtomicU64::new(0),
+            worker_panics: AtomicU64::new(0),
             last_frame_ms: AtomicI64::new(0),
             last_error: Mutex::new(None),
         }
@@ -120,6 +125,7 @@ impl CameraHealth {
             frames_analysed: self.frames_analysed.load(Ordering::Relaxed),
             frames_dropped: self.frames_dropped.load(Ordering::Relaxed),
             restarts: self.restarts.load(Ordering::Relaxed),
+            worker_panics: self.worker_panics.load(Ordering::Relaxed),
             last_frame_age_s: self.last_frame_at().map(|t| now.since(t) as f64 / 1000.0),
             last_error: self.last_error(),
         }

@@ -306,6 +306,7 @@ fn serve_until_stopped(pipeline: Pipeline, seconds: Option<u64>) -> anyhow::Resu
                     analysed = h.frames_analysed,
                     dropped = h.frames_dropped,
                     restarts = h.restarts,
+                    worker_panics = h.worker_panics,
                     last_frame_age_s = h.last_frame_age_s.map(|a| format!("{a:.1}")).unwrap_or_else(|| "-".into()),
                     last_error = h.last_error.as_deref().unwrap_or("-"),
                     "camera health"

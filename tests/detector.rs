@@ -3,10 +3,13 @@
 
 mod support;
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use streetwatch::frame::Frame;
-use streetwatch::infer::{Detection, Detector, ModelManifest};
+use streetwatch::infer::{Detection, Detector, InferError, ModelManifest};
+use streetwatch::pool::{Pool, PoolConfig};
 use streetwatch::types::Timestamp;
 
 fn detect(detector: &mut Detector, img: image::RgbImage) -> Vec<Detection> {
@@ -171,4 +174,132 @@ fn int8_nanodet_agrees_with_fp32_on_vtest() {
         recall >= 0.93 && precision >= 0.93,
         "int8 vs fp32: recall {recall:.3}, precision {precision:.3}"
     );
+}
+
+/// A copy of the manifest `manifest` (relative to the repository) with `from` replaced by `to`, in a fresh
+/// temporary folder and pointing at the same model file.
+fn edited_manifest(manifest: &str, from: &str, to: &str) -> (tempfile::TempDir, PathBuf) {
+    let path = support::root().join(manifest);
+    let model = ModelManifest::load(&path).unwrap().model_path();
+    let model = model.canonicalize().unwrap().display().to_string();
+    let text: Vec<String> = std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            if l.starts_with("file = ") {
+                format!("file = {model:?}")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    let text = text.join("\n");
+    assert!(text.contains(from), "{manifest} has no `{from}` to edit");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("edited.toml");
+    std::fs::write(&out, text.replace(from, to)).unwrap();
+    (dir, out)
+}
+
+/// `manifest` edited (`from` → `to`) is rejected at start-up, saying each of `what`.
+fn assert_edit_rejected(manifest: &str, from: &str, to: &str, what: &[&str]) {
+    let (_dir, path) = edited_manifest(manifest, from, to);
+    assert_rejected_at_start_up(&path, what);
+}
+
+/// Starts a pool on the manifest at `path`, as the pipeline does, expecting start-up to fail with the
+/// typed mismatch error naming the manifest and saying each of `what`.
+fn assert_rejected_at_start_up(path: &Path, what: &[&str]) {
+    support::nanodet(); // loads the runtime
+    let manifest = Arc::new(ModelManifest::load(path).unwrap());
+    let config = PoolConfig {
+        workers: 1,
+        max_batch: 4,
+        batch_wait: Duration::ZERO,
+    };
+    match Pool::start(&config, Vec::new(), || {
+        Detector::new(manifest.clone(), 4, 0.35)
+    }) {
+        Ok((pool, _)) => {
+            pool.shutdown();
+            panic!("{} was accepted at start-up", path.display())
+        }
+        Err(e) => assert_names(&e, path, what),
+    }
+}
+
+/// `e` is the typed mismatch error, naming `manifest` and saying each of `what`.
+fn assert_names(e: &InferError, manifest: &Path, what: &[&str]) {
+    assert!(matches!(e, InferError::Mismatch { .. }), "{e:?}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains(&manifest.display().to_string()),
+        "the error does not name the manifest: {msg}"
+    );
+    for w in what {
+        assert!(msg.contains(w), "`{w}` missing from: {msg}");
+    }
+}
+
+#[test]
+fn labels_that_do_not_match_the_model_classes_are_rejected_at_start_up() {
+    const NANODET: &str = "models/nanodet_g_416_coco.toml";
+    let more = ("\"toothbrush\",", "\"toothbrush\", \"traffic cone\",");
+    assert_edit_rejected(NANODET, more.0, more.1, &["81 labels", "80 classes"]);
+    let fewer = (" \"toothbrush\",", "");
+    assert_edit_rejected(NANODET, fewer.0, fewer.1, &["79 labels", "80 classes"]);
+    // Channel-major output: the layout that used to index past its data with a label too many.
+    let fall = (
+        "[\"Normal\", \"Fall\"]",
+        "[\"Normal\", \"Fall\", \"Lying\"]",
+    );
+    let yolo = "fixtures/models/yolov8_fall.toml";
+    assert_edit_rejected(yolo, fall.0, fall.1, &["3 labels", "2 classes"]);
+}
+
+#[test]
+fn the_shipped_manifests_fit_their_models() {
+    support::nanodet(); // loads the runtime
+    for m in [
+        "models/nanodet_g_416_coco.toml",
+        "models/nanodet_g_416_coco_int8.toml",
+        "fixtures/models/yolov8_fall.toml",
+    ] {
+        let manifest = Arc::new(ModelManifest::load(&support::root().join(m)).unwrap());
+        if let Err(e) = Detector::new(manifest, 4, 0.35) {
+            panic!("{m}: {e}");
+        }
+    }
+}
+
+#[test]
+fn a_model_whose_output_has_rank_2_is_rejected_at_start_up() {
+    let path = support::root().join("fixtures/models/rank2_output.toml");
+    assert_rejected_at_start_up(&path, &["rank 2", "`output`"]);
+}
+
+#[test]
+fn an_input_that_does_not_match_the_manifest_is_rejected_naming_the_manifest() {
+    const NANODET: &str = "models/nanodet_g_416_coco.toml";
+    let (from, to) = ("name = \"images\"", "name = \"pixels\"");
+    assert_edit_rejected(NANODET, from, to, &["`pixels`", "images"]);
+    assert_edit_rejected(NANODET, "width = 416", "width = 320", &["416", "320"]);
+}
+
+#[test]
+fn an_output_dimension_the_model_leaves_open_is_checked_at_run_time() {
+    support::nanodet(); // loads the runtime
+    let path = support::root().join("fixtures/models/dynamic_output.toml");
+    let manifest = Arc::new(ModelManifest::load(&path).unwrap());
+    // The graph cannot say how many values each anchor has: start-up has nothing to reject.
+    let mut detector = Detector::new(manifest, 2, 0.35).unwrap();
+    let img = image::RgbImage::from_pixel(64, 48, image::Rgb([90, 120, 150]));
+    let frames = [
+        Frame::from_rgb_image(0, Timestamp(0), img.clone()),
+        Frame::from_rgb_image(1, Timestamp(0), img),
+    ];
+    let mut out = vec![Vec::new(), Vec::new()];
+    // The run shows 2 values per anchor where 4 box values and 2 scores need 6: an error, not a panic.
+    let e = detector.detect(&frames, &mut out).unwrap_err();
+    assert_names(&e, &path, &["2 values", "6"]);
 }

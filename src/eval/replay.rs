@@ -58,6 +58,12 @@ pub fn replay(s: &Scenario) -> anyhow::Result<Vec<Detected>> {
                 "the detector failed on a frame (see the log)"
             ));
         }
+        if h.worker_panics > 0 {
+            break Err(anyhow::anyhow!(
+                "a pool worker panicked on {} frame(s) (see the log)",
+                h.worker_panics
+            ));
+        }
         if h.frames_dropped > 0 {
             break Err(anyhow::anyhow!(
                 "{} frames were dropped: the replay would not be deterministic",

@@ -11,13 +11,14 @@ use std::sync::{Arc, OnceLock};
 
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
-use ort::value::TensorRef;
+use ort::value::{Outlet, TensorRef};
 
 pub use manifest::{ModelManifest, OutputLayout};
-pub use postprocess::{BBox, Detection, nms};
+pub use postprocess::{BBox, DecodeError, Detection, nms};
 
-/// Decodes one image's raw output (`anchors` rows in `layout`) into detections in frame fractions.
-/// Exposed for benchmarks; [`Detector::detect`] calls it for every frame.
+/// Decodes one image's raw output (`anchors` rows in `layout`) into detections in frame fractions; an
+/// error if `data` is not exactly that many rows. Exposed for benchmarks; [`Detector::detect`] calls it
+/// for every frame.
 pub fn decode_output(
     layout: OutputLayout,
     classes: usize,
@@ -26,7 +27,7 @@ pub fn decode_output(
     anchors: usize,
     place: &Placement,
     out: &mut Vec<Detection>,
-) {
+) -> Result<(), DecodeError> {
     let p = DecodeParams {
         layout,
         classes,
@@ -34,7 +35,7 @@ pub fn decode_output(
         iou_threshold: 0.5,
         max_detections: 300,
     };
-    postprocess::decode(&p, data, anchors, place, out);
+    postprocess::decode(&p, data, anchors, place, out)
 }
 pub use preprocess::{Letterboxer, Placement};
 pub use regions::{Crop, Regions};
@@ -52,6 +53,14 @@ pub enum InferError {
     Runtime { path: PathBuf, message: String },
     #[error("model {model}: {message}")]
     Session { model: String, message: String },
+    /// The model's input or output does not fit its manifest: found at start-up, or at run time for a
+    /// dimension the model leaves open.
+    #[error("model manifest {manifest}: {message} (model file {model})")]
+    Mismatch {
+        manifest: PathBuf,
+        model: PathBuf,
+        message: String,
+    },
 }
 
 static RUNTIME: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
@@ -135,36 +144,16 @@ impl Detector {
             .map_err(|e| err(e.to_string()))?
             .commit_from_file(manifest.model_path())
             .map_err(|e| err(e.to_string()))?;
-        let input = session
-            .inputs()
-            .iter()
-            .find(|i| i.name() == manifest.input.name)
-            .ok_or_else(|| err(format!("has no input named `{}`", manifest.input.name)))?;
-        let shape = input
-            .dtype()
-            .tensor_shape()
-            .ok_or_else(|| err("input is not a tensor".into()))?;
-        let dims: Vec<i64> = shape.iter().copied().collect();
+        let dims = tensor_dims(&manifest, "input", &manifest.input.name, session.inputs())?;
+        manifest.check_input(&dims)?;
+        let out_dims = tensor_dims(
+            &manifest,
+            "output",
+            &manifest.output.name,
+            session.outputs(),
+        )?;
+        manifest.check_output(&out_dims)?;
         let (h, w) = (manifest.input.height as i64, manifest.input.width as i64);
-        if dims.len() != 4
-            || dims[1] != 3
-            || (dims[2] > 0 && dims[2] != h)
-            || (dims[3] > 0 && dims[3] != w)
-        {
-            return Err(err(format!(
-                "input shape {dims:?} does not match the manifest's [N,3,{h},{w}]"
-            )));
-        }
-        if !session
-            .outputs()
-            .iter()
-            .any(|o| o.name() == manifest.output.name)
-        {
-            return Err(err(format!(
-                "has no output named `{}`",
-                manifest.output.name
-            )));
-        }
         let max_batch = if dims[0] > 0 {
             dims[0] as usize
         } else {
@@ -284,22 +273,35 @@ impl Detector {
         let (out_shape, data) = outputs[self.manifest.output.name.as_str()]
             .try_extract_tensor::<f32>()
             .map_err(err)?;
-        let anchors = match self.params.layout {
-            OutputLayout::Yolov8 => out_shape[2] as usize,
-            OutputLayout::BoxesXyxyScores | OutputLayout::Yolov5 => out_shape[1] as usize,
-        };
+        // Dimensions the model left open at start-up are known now: the same check, then the batch.
+        self.manifest.check_output(out_shape)?;
+        if out_shape[0] != n as i64 {
+            return Err(self.manifest.mismatch(format!(
+                "output `{}` is {:?} for a batch of {n}",
+                self.manifest.output.name, &**out_shape
+            )));
+        }
+        let anchors = out_shape[self.params.layout.anchors_axis()] as usize;
         let per_item = data.len() / n;
         for (slot, &(fi, crop)) in self.items[range].iter().enumerate() {
             let data = &data[slot * per_item..(slot + 1) * per_item];
             let place = &self.placements[slot];
+            let decode_err = |e: postprocess::DecodeError| {
+                self.manifest.mismatch(format!(
+                    "output `{}` at run time: {e}",
+                    self.manifest.output.name
+                ))
+            };
             match crop {
                 // The whole frame, its frame's first item: decoded straight into its list.
                 None => {
-                    postprocess::decode(&self.params, data, anchors, place, &mut out[fi]);
+                    postprocess::decode(&self.params, data, anchors, place, &mut out[fi])
+                        .map_err(decode_err)?;
                     self.whole[fi] = out[fi].len();
                 }
                 Some(c) => {
-                    postprocess::decode(&self.params, data, anchors, place, &mut self.scratch);
+                    postprocess::decode(&self.params, data, anchors, place, &mut self.scratch)
+                        .map_err(decode_err)?;
                     let (f, whole) = (&frames[fi], self.whole[fi]);
                     regions::add_tile_detections(
                         &self.scratch,
@@ -314,4 +316,26 @@ impl Detector {
         }
         Ok(())
     }
+}
+
+/// The dimensions of the model's `kind` (input or output) named `name`, as ONNX Runtime reports them
+/// (negative: left open by the model).
+fn tensor_dims(
+    manifest: &ModelManifest,
+    kind: &str,
+    name: &str,
+    outlets: &[Outlet],
+) -> Result<Vec<i64>, InferError> {
+    let Some(outlet) = outlets.iter().find(|o| o.name() == name) else {
+        let names: Vec<&str> = outlets.iter().map(|o| o.name()).collect();
+        return Err(manifest.mismatch(format!(
+            "the model has no {kind} named `{name}` (its {kind}s: {})",
+            names.join(", ")
+        )));
+    };
+    let shape = outlet
+        .dtype()
+        .tensor_shape()
+        .ok_or_else(|| manifest.mismatch(format!("{kind} `{name}` is not a tensor")))?;
+    Ok(shape.iter().copied().collect())
 }

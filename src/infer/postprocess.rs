@@ -47,7 +47,23 @@ pub struct DecodeParams {
     pub max_detections: usize,
 }
 
-/// Decodes one batch item. `data` is that item's slice of the output, `anchors` its anchor count.
+/// One image's output is not `anchors` anchors of the layout's values (a model whose output shape was left
+/// open at start-up and turned out not to fit the manifest).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{got} values for {anchors} anchors of layout `{layout}` with {classes} classes, which need {per_anchor} values each ({needed} in all)"
+)]
+pub struct DecodeError {
+    pub layout: OutputLayout,
+    pub classes: usize,
+    pub anchors: usize,
+    pub per_anchor: usize,
+    pub needed: usize,
+    pub got: usize,
+}
+
+/// Decodes one batch item. `data` is that item's slice of the output, `anchors` its anchor count; an
+/// error, and nothing decoded, unless `data` holds exactly `anchors` anchors of the layout's values.
 /// Detections are appended to `out` (cleared first), best first.
 pub fn decode(
     p: &DecodeParams,
@@ -55,9 +71,21 @@ pub fn decode(
     anchors: usize,
     place: &Placement,
     out: &mut Vec<Detection>,
-) {
+) -> Result<(), DecodeError> {
     out.clear();
     let c = p.classes;
+    let per_anchor = p.layout.values_per_anchor(c);
+    let needed = anchors.checked_mul(per_anchor);
+    if needed != Some(data.len()) {
+        return Err(DecodeError {
+            layout: p.layout,
+            classes: c,
+            anchors,
+            per_anchor,
+            needed: needed.unwrap_or(usize::MAX),
+            got: data.len(),
+        });
+    }
     let push = |out: &mut Vec<Detection>,
                 class: usize,
                 score: f32,
@@ -106,6 +134,7 @@ pub fn decode(
         }
     }
     nms(out, p.iou_threshold, p.max_detections);
+    Ok(())
 }
 
 fn best(scores: &[f32]) -> (usize, f32) {
@@ -178,7 +207,8 @@ mod tests {
             2,
             &PLACE,
             &mut out,
-        );
+        )
+        .unwrap();
         assert_eq!(out.len(), 1);
         let d = out[0];
         assert_eq!((d.class, d.score), (1, 0.9));
@@ -201,7 +231,7 @@ mod tests {
             40.0, 0.0, 30.0, 0.0, 40.0, 0.0, 20.0, 0.0, 0.8, 0.1, 0.1, 0.2,
         ];
         let mut out = Vec::new();
-        decode(&params(OutputLayout::Yolov8), &data, 2, &PLACE, &mut out);
+        decode(&params(OutputLayout::Yolov8), &data, 2, &PLACE, &mut out).unwrap();
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].class, 0);
         assert_eq!(
@@ -219,9 +249,51 @@ mod tests {
     fn yolov5_multiplies_objectness() {
         let data = [40.0, 30.0, 40.0, 20.0, 0.5, 0.9, 0.1];
         let mut out = Vec::new();
-        decode(&params(OutputLayout::Yolov5), &data, 1, &PLACE, &mut out);
+        decode(&params(OutputLayout::Yolov5), &data, 1, &PLACE, &mut out).unwrap();
         assert!((out[0].score - 0.45).abs() < 1e-6);
     }
+
+    #[test]
+    fn data_that_is_not_the_anchors_of_the_layout_is_an_error_not_a_panic() {
+        // Each layout with 2 classes: 6 or 7 values per anchor. One value short, one too many, and an
+        // anchor count whose product overflows: an error each, nothing decoded.
+        for (layout, per_anchor) in [
+            (OutputLayout::BoxesXyxyScores, 6),
+            (OutputLayout::Yolov8, 6),
+            (OutputLayout::Yolov5, 7),
+        ] {
+            let mut out = vec![Detection {
+                class: 0,
+                score: 1.0,
+                bbox: PLACE_BOX,
+            }];
+            for (anchors, len) in [
+                (3, 3 * per_anchor - 1),
+                (3, 3 * per_anchor + 1),
+                (usize::MAX, 6),
+            ] {
+                let data = vec![0.9; len];
+                let e = decode(&params(layout), &data, anchors, &PLACE, &mut out).unwrap_err();
+                assert_eq!((e.got, e.per_anchor), (len, per_anchor), "{layout}: {e}");
+                assert!(out.is_empty(), "{layout}");
+            }
+            decode(
+                &params(layout),
+                &vec![0.9; 3 * per_anchor],
+                3,
+                &PLACE,
+                &mut out,
+            )
+            .unwrap();
+        }
+    }
+
+    const PLACE_BOX: BBox = BBox {
+        x1: 0.0,
+        y1: 0.0,
+        x2: 1.0,
+        y2: 1.0,
+    };
 
     #[test]
     fn nms_is_class_aware() {

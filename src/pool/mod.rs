@@ -6,7 +6,13 @@
 //! per-camera state is never shared and never locked), runs one batched inference for every camera it
 //! claimed, analyses, then releases. Memory is bounded by construction: one frame per camera in slots, one
 //! batch per worker, and a ready queue no longer than the number of cameras.
+//!
+//! A panic while a batch is processed (in the detector or an analyser) is caught in the worker: the frames
+//! it cost are counted per camera in [`CameraHealth::worker_panics`] and logged, every claim is released as
+//! usual, and the worker takes the next batch. A worker never dies with cameras claimed.
 
+use std::any::Any;
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
 use std::thread::JoinHandle;
@@ -23,6 +29,30 @@ use crate::infer::{Detection, Detector, InferError};
 /// What a camera does with its detections. Owned by one worker at a time.
 pub trait Analyser: Send {
     fn analyse(&mut self, frame: &Frame, detections: &[Detection]);
+}
+
+/// What a worker runs on its batch: the real one is [`Detector`] (ONNX Runtime); tests put fakes here to
+/// exercise the pool's logic alone. One per worker, never shared; the worker is generic over it, so the
+/// call is static.
+pub trait BatchDetector: Send + 'static {
+    /// Most frames per call.
+    fn max_batch(&self) -> usize;
+    /// `out[i]` receives frame i's detections; returns the number of model inputs run.
+    fn detect(&mut self, frames: &[Frame], out: &mut [Vec<Detection>])
+    -> Result<usize, InferError>;
+}
+
+impl BatchDetector for Detector {
+    fn max_batch(&self) -> usize {
+        Detector::max_batch(self)
+    }
+    fn detect(
+        &mut self,
+        frames: &[Frame],
+        out: &mut [Vec<Detection>],
+    ) -> Result<usize, InferError> {
+        Detector::detect(self, frames, out)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -138,10 +168,10 @@ pub struct Pool {
 impl Pool {
     /// Starts `config.workers` workers, each with its own detector from `make_detector`. Fails if any
     /// detector cannot be built, so a bad model is a start-up error, not a silent worker death.
-    pub fn start(
+    pub fn start<D: BatchDetector>(
         config: &PoolConfig,
         cameras: Vec<(Arc<CameraHealth>, Box<dyn Analyser>)>,
-        make_detector: impl Fn() -> Result<Detector, InferError>,
+        make_detector: impl Fn() -> Result<D, InferError>,
     ) -> Result<(Pool, FrameSink), InferError> {
         let (ready_tx, ready_rx) = crossbeam::channel::bounded(cameras.len().max(1));
         let slots = cameras
@@ -199,21 +229,21 @@ impl Pool {
     }
 }
 
-struct Worker {
+struct Worker<D> {
     shared: Arc<Shared>,
     ready_rx: Receiver<usize>,
-    detector: Detector,
+    detector: D,
     batch_wait: Duration,
     claimed: Vec<usize>,
     frames: Vec<Frame>,
     detections: Vec<Vec<Detection>>,
 }
 
-impl Worker {
+impl<D: BatchDetector> Worker<D> {
     fn new(
         shared: Arc<Shared>,
         ready_rx: Receiver<usize>,
-        detector: Detector,
+        detector: D,
         config: &PoolConfig,
     ) -> Self {
         let batch = detector.max_batch().min(config.max_batch.max(1));
@@ -257,11 +287,15 @@ impl Worker {
         if !self.frames.is_empty() {
             let started = Instant::now();
             let n = self.frames.len();
-            match self
-                .detector
-                .detect(&self.frames, &mut self.detections[..n])
-            {
-                Ok(inputs) => {
+            // A panic in the detector loses this batch's frames, never the worker nor the claims: every
+            // camera below is released and scheduled again on its next frame. Whatever the detector left
+            // half-written is overwritten by its next call (outputs and scratch are cleared per call).
+            let detected = panic::catch_unwind(AssertUnwindSafe(|| {
+                self.detector
+                    .detect(&self.frames, &mut self.detections[..n])
+            }));
+            match detected {
+                Ok(Ok(inputs)) => {
                     let stats = &shared.stats;
                     let took = started.elapsed();
                     stats.inference_ms.record_ms(took.as_secs_f64() * 1e3);
@@ -277,8 +311,16 @@ impl Worker {
                     for (frame, dets) in self.frames.iter().zip(&self.detections) {
                         let slot = &shared.slots[frame.camera];
                         if let Some(mut analyser) = slot.analyser.pop() {
-                            analyser.analyse(frame, dets);
+                            // The analyser goes back to its slot even after a panic: dropping it would
+                            // silence the camera for good, while its state is at worst one frame stale.
+                            let analysed = panic::catch_unwind(AssertUnwindSafe(|| {
+                                analyser.analyse(frame, dets)
+                            }));
                             let _ = slot.analyser.push(analyser);
+                            if let Err(payload) = analysed {
+                                worker_panicked(&slot.health, "analyser", &*payload);
+                                continue;
+                            }
                         }
                         slot.health.frames_analysed.fetch_add(1, Ordering::Relaxed);
                         stats
@@ -286,12 +328,18 @@ impl Worker {
                             .record_ms(frame.received.elapsed().as_secs_f64() * 1e3);
                     }
                 }
-                Err(e) => {
+                Ok(Err(e)) => {
                     shared
                         .stats
                         .inference_errors
                         .fetch_add(1, Ordering::Relaxed);
                     tracing::error!(error = %e, frames = n, "inference failed; frames skipped");
+                }
+                Err(payload) => {
+                    for frame in &self.frames {
+                        let health = &shared.slots[frame.camera].health;
+                        worker_panicked(health, "detector", &*payload);
+                    }
                 }
             }
         }
@@ -302,4 +350,20 @@ impl Worker {
         }
         self.claimed.clear();
     }
+}
+
+/// Counts a contained panic against the camera whose frame it cost, and says so in the log.
+fn worker_panicked(health: &CameraHealth, stage: &'static str, payload: &(dyn Any + Send)) {
+    health.worker_panics.fetch_add(1, Ordering::Relaxed);
+    let message = payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)");
+    tracing::error!(
+        camera = %health.camera,
+        stage,
+        panic = message,
+        "a pool worker panicked; the camera's frame is lost, the worker and the camera carry on"
+    );
 }
