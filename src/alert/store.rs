@@ -332,6 +332,35 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// One page of deliveries, newest first: at most `limit` with an id below `before` (all when `None`);
+    /// `state` filters. The next page starts before the last id of this one.
+    pub fn deliveries_page(
+        &self,
+        state: Option<&str>,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<DeliveryRow>, AlertError> {
+        let sql = format!(
+            "SELECT {DELIVERY_COLUMNS} FROM alert_deliveries WHERE (?1 IS NULL OR state = ?1) \
+             AND (?2 IS NULL OR id < ?2) ORDER BY id DESC LIMIT ?3"
+        );
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = stmt.query_map(
+            params![state, before, limit.min(i64::MAX as usize) as i64],
+            delivery_from_row,
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Notices that made no delivery: held by flood control or with no receiver.
+    pub fn notices_without_delivery(&self) -> Result<i64, AlertError> {
+        Ok(self.conn.query_row(
+            "SELECT COUNT(*) FROM alert_notices WHERE status != 'queued'",
+            [],
+            |r| r.get(0),
+        )?)
+    }
+
     /// Deliveries in decision order; `state` filters.
     pub fn deliveries(&self, state: Option<&str>) -> Result<Vec<DeliveryRow>, AlertError> {
         let sql = format!(

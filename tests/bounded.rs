@@ -1,0 +1,250 @@
+//! Nothing grows for good: old records and snapshots are pruned (live ones kept), `outbox list` pages,
+//! peer-supplied text is stored capped, the queue in front of the router is bounded without losing an
+//! opened incident, and the router holds the notification log of live groups only.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use streetwatch::alert::{AlertConfig, AlertService, Router, Store as AlertStore};
+use streetwatch::types::{
+    CameraId, Clock, IncidentEvent, IncidentKey, IncidentPhase, RuleKind, Severity, SystemClock,
+    Timestamp,
+};
+use support::wait_until;
+use tempfile::TempDir;
+
+const T0: Timestamp = Timestamp(1_795_000_000_000);
+
+fn event(camera: &str, ward: &str, episode: Timestamp, phase: IncidentPhase) -> IncidentEvent {
+    IncidentEvent {
+        key: IncidentKey {
+            camera: CameraId::new(camera),
+            rule: "crowd".into(),
+            zone: "plaza".into(),
+            episode,
+        },
+        phase,
+        at: episode,
+        kind: RuleKind::Crowding,
+        severity: Severity::Warning,
+        camera_name: camera.into(),
+        ward: ward.into(),
+        summary: "7 người".into(),
+        count: 7,
+        snapshot: None,
+    }
+}
+
+/// An HTTP peer that answers request n with `replies[n]` (the last one repeats) and counts requests.
+fn http_peer(replies: Vec<(u16, String)>) -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = count.clone();
+    std::thread::spawn(move || {
+        for (n, stream) in listener.incoming().enumerate() {
+            let Ok(mut s) = stream else { return };
+            let mut reader = BufReader::new(s.try_clone().unwrap());
+            let mut len = 0;
+            loop {
+                let mut l = String::new();
+                if reader.read_line(&mut l).unwrap_or(0) == 0 || l.trim().is_empty() {
+                    break;
+                }
+                if let Some((k, v)) = l.split_once(':')
+                    && k.eq_ignore_ascii_case("content-length")
+                {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; len];
+            let _ = reader.read_exact(&mut body);
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let (status, text) = &replies[n.min(replies.len() - 1)];
+            let _ = write!(
+                s,
+                "HTTP/1.1 {status} X\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
+                text.len()
+            );
+        }
+    });
+    (port, count)
+}
+
+/// Webhook receivers (name, URL); the first is the root route's; one group, so one notice, per incident,
+/// sent at once; `routes` adds child routes.
+fn one_notice_per_incident(receivers: &[(&str, String)], routes: &str) -> AlertConfig {
+    let mut toml = String::new();
+    for (name, url) in receivers {
+        toml += &format!(
+            "[[receivers]]\nname = \"{name}\"\nwebhook = {{ url = \"{url}\", secret = \"0123456789abcdef\" }}\n"
+        );
+    }
+    toml += &format!(
+        "[route]\nreceiver = \"{}\"\ngroup_wait = \"0s\"\ngroup_by = [\"...\"]\n{routes}\n",
+        receivers[0].0
+    );
+    AlertConfig::from_toml(&toml).unwrap()
+}
+
+/// Five deliveries, one per notice, none sent.
+fn seed_outbox(db: &Path) {
+    let cfg = one_notice_per_incident(&[("city", "http://127.0.0.1:9/hook".into())], "");
+    let mut router = Router::open(&cfg, db, T0).unwrap();
+    for i in 0..5 {
+        let e = event(
+            &format!("cam-{i}"),
+            "Bến Nghé",
+            T0.plus_ms(i),
+            IncidentPhase::Opened,
+        );
+        router.submit(&e, T0).unwrap();
+    }
+    assert_eq!(router.tick(T0).unwrap().len(), 5);
+}
+
+fn cli(db: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_streetwatch"))
+        .arg("--db")
+        .arg(db)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn ids(json_lines: &str) -> Vec<i64> {
+    json_lines
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn outbox_list_pages_newest_first_through_the_binary() {
+    let dir = TempDir::new().unwrap();
+    let db = dir.path().join("sw.db");
+    seed_outbox(&db);
+    let all: Vec<i64> = AlertStore::open(&db)
+        .unwrap()
+        .deliveries(None)
+        .unwrap()
+        .iter()
+        .map(|d| d.id)
+        .rev()
+        .collect();
+    assert_eq!(all.len(), 5);
+
+    let first = ids(&cli(&db, &["outbox", "list", "--limit", "2", "--json"]));
+    assert_eq!(first, all[..2], "the newest two");
+    let before = first[1].to_string();
+    let second = ids(&cli(
+        &db,
+        &[
+            "outbox", "list", "--limit", "2", "--before", &before, "--json",
+        ],
+    ));
+    assert_eq!(second, all[2..4]);
+    let before = second[1].to_string();
+    let third = ids(&cli(
+        &db,
+        &[
+            "outbox", "list", "--limit", "2", "--before", &before, "--json",
+        ],
+    ));
+    assert_eq!(third, all[4..]);
+
+    let text = cli(&db, &["outbox", "list", "--limit", "2"]);
+    assert!(
+        text.contains(&format!("(more: --before {})", all[1])),
+        "a full page says where the next starts:\n{text}"
+    );
+    assert_eq!(
+        ids(&cli(&db, &["outbox", "list", "--json"])),
+        all,
+        "default page holds all five"
+    );
+}
+
+#[test]
+fn a_5_kib_gateway_reply_is_stored_capped() {
+    // Vietnamese letters are 2–3 bytes in UTF-8: a cut at a byte count would split one.
+    let reply = format!(
+        "0: Accepted for delivery {}",
+        "Đã nhận tin nhắn. ".repeat(250)
+    );
+    let error = format!("<html>{}</html>", "Lỗi máy chủ nội bộ. ".repeat(220));
+    assert!(reply.len() > 5 * 1024 && error.len() > 5 * 1024);
+    let (port, requests) = http_peer(vec![(500, error.clone()), (202, reply.clone())]);
+    let cfg = AlertConfig::from_toml(&format!(
+        r#"
+[[receivers]]
+name = "city"
+sms = {{ url = "http://127.0.0.1:{port}/cgi-bin/sendsms", username = "u", password = "p", numbers = ["0901234567"] }}
+[route]
+receiver = "city"
+group_wait = "0s"
+[retry]
+initial_backoff = "50ms"
+"#
+    ))
+    .unwrap();
+    let dir = TempDir::new().unwrap();
+    let db = dir.path().join("sw.db");
+    let alerts = AlertService::start(cfg, &db, Arc::new(SystemClock)).unwrap();
+    alerts.submit(event(
+        "cam-1",
+        "Bến Nghé",
+        SystemClock.now(),
+        IncidentPhase::Opened,
+    ));
+    let store = AlertStore::open(&db).unwrap();
+    assert!(wait_until(Duration::from_secs(60), || {
+        store.deliveries(Some("accepted")).unwrap().len() == 1
+    }));
+    alerts.shutdown();
+    assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 2);
+
+    let d = store.deliveries(None).unwrap().remove(0);
+    let stored = d.gateway_reply.expect("the reply is stored");
+    let full = format!("HTTP 202: {}", reply.trim());
+    assert!(stored.len() <= 1024, "{} bytes stored", stored.len());
+    let (kept, marker) = stored.split_once('…').expect("a marker says it was cut");
+    assert!(full.starts_with(kept) && kept.len() > 900, "{kept:?}");
+    assert!(marker.contains("truncated"), "{marker:?}");
+    let events = store.delivery_events(d.id).unwrap();
+    let failed = events
+        .iter()
+        .find(|e| {
+            e.state == "pending" && e.detail.as_deref().is_some_and(|t| t.contains("HTTP 500"))
+        })
+        .expect("the failed attempt is recorded");
+    for e in &events {
+        let t = e.detail.as_deref().unwrap_or("");
+        assert!(t.len() <= 1024, "{} bytes in {:?}", t.len(), e.state);
+    }
+    assert!(
+        failed
+            .detail
+            .as_deref()
+            .unwrap()
+            .contains("<html>Lỗi máy chủ"),
+        "the start of the error stays: {:?}",
+        failed.detail
+    );
+}
+
