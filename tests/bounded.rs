@@ -40,6 +40,12 @@ fn event(camera: &str, ward: &str, episode: Timestamp, phase: IncidentPhase) -> 
     }
 }
 
+fn closed(mut e: IncidentEvent, at: Timestamp) -> IncidentEvent {
+    e.phase = IncidentPhase::Closed;
+    e.at = at;
+    e
+}
+
 /// An HTTP peer that answers request n with `replies[n]` (the last one repeats) and counts requests.
 fn http_peer(replies: Vec<(u16, String)>) -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -248,3 +254,62 @@ initial_backoff = "50ms"
     );
 }
 
+#[test]
+fn the_router_holds_the_notification_log_of_live_groups_only() {
+    let cfg = AlertConfig::from_toml(
+        r#"
+[route]
+group_wait = "0s"
+group_interval = "1m"
+repeat_interval = "4h"
+group_by = ["..."]
+"#,
+    )
+    .unwrap();
+    let dir = TempDir::new().unwrap();
+    let db = dir.path().join("sw.db");
+    let mut router = Router::open(&cfg, &db, T0).unwrap();
+    let open: Vec<IncidentEvent> = (0..3)
+        .map(|i| {
+            event(
+                &format!("cam-{i}"),
+                "Bến Nghé",
+                T0.plus_ms(i),
+                IncidentPhase::Opened,
+            )
+        })
+        .collect();
+    for e in &open {
+        router.submit(e, T0).unwrap();
+    }
+    assert!(
+        router.tick(T0).unwrap().is_empty(),
+        "no receiver: recorded, not queued"
+    );
+    assert_eq!(AlertStore::open(&db).unwrap().notices().unwrap().len(), 3);
+    assert_eq!(router.notification_log_len(), 3);
+    let later = T0.plus_ms(1000);
+    for e in &open[..2] {
+        router.submit(&closed(e.clone(), later), later).unwrap();
+    }
+    router.tick(T0.plus_ms(60_000)).unwrap();
+    assert_eq!(
+        router.notification_log_len(),
+        1,
+        "the two resolved groups are gone"
+    );
+
+    let reopened_at = T0.plus_ms(120_000);
+    let mut router = Router::open(&cfg, &db, reopened_at).unwrap();
+    assert_eq!(
+        router.notification_log_len(),
+        1,
+        "only the live group's entry is read"
+    );
+    router.tick(reopened_at).unwrap();
+    assert_eq!(
+        AlertStore::open(&db).unwrap().notices().unwrap().len(),
+        3,
+        "the live group was told 2 minutes ago: its entry holds the repeat back"
+    );
+}
