@@ -4,6 +4,7 @@
 
 mod support;
 
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::Path;
@@ -11,6 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use streetwatch::alert::{AlertConfig, AlertService, Router, Store as AlertStore};
+use streetwatch::app::Forwarder;
+use streetwatch::store::Store;
 use streetwatch::types::{
     CameraId, Clock, IncidentEvent, IncidentKey, IncidentPhase, RuleKind, Severity, SystemClock,
     Timestamp,
@@ -251,6 +254,74 @@ initial_backoff = "50ms"
             .contains("<html>Lỗi máy chủ"),
         "the start of the error stays: {:?}",
         failed.detail
+    );
+}
+
+#[test]
+fn a_flood_of_updates_on_a_full_queue_is_counted_and_every_opened_incident_reaches_the_router() {
+    let dir = TempDir::new().unwrap();
+    // The router's tables in one file, incidents in another, so that holding the router's database locked
+    // stalls the router and nothing else.
+    let alert_db = dir.path().join("alerts.db");
+    let incident_db = dir.path().join("incidents.db");
+    let alerts = Arc::new(
+        AlertService::start_with_queue(AlertConfig::default(), &alert_db, Arc::new(SystemClock), 8)
+            .unwrap(),
+    );
+    let mut forwarder = Forwarder::new(
+        Store::open(&incident_db).unwrap(),
+        Some(alerts.clone()),
+        Arc::default(),
+    );
+    let start = SystemClock.now();
+    let incidents: Vec<IncidentEvent> = (0..12)
+        .map(|i| {
+            event(
+                &format!("cam-{i}"),
+                "Bến Nghé",
+                start.plus_ms(i),
+                IncidentPhase::Opened,
+            )
+        })
+        .collect();
+    let opened: BTreeSet<String> = incidents.iter().map(|e| e.key.to_string()).collect();
+    assert_eq!(opened.len(), 12);
+
+    let lock = rusqlite::Connection::open(&alert_db).unwrap();
+    lock.busy_timeout(Duration::from_secs(10)).unwrap();
+    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+    for e in &incidents {
+        forwarder.record(e.clone());
+        for n in 1..=50 {
+            let mut u = e.clone();
+            u.phase = IncidentPhase::Updated;
+            u.at = e.at.plus_ms(n * 1000);
+            u.count = 7 + n as u32;
+            forwarder.record(u);
+        }
+    }
+    lock.execute_batch("ROLLBACK").unwrap();
+
+    let store = AlertStore::open(&alert_db).unwrap();
+    let known = || -> BTreeSet<String> {
+        store
+            .alerts(None, 1000)
+            .unwrap()
+            .into_iter()
+            .map(|a| a.key)
+            .collect()
+    };
+    let reached = wait_until(Duration::from_secs(60), || {
+        forwarder.catch_up();
+        !forwarder.behind() && opened.is_subset(&known())
+    });
+    let stats = alerts.queue_stats();
+    assert!(stats.dropped_updates > 0, "{stats:?}");
+    assert!(stats.spilled > 0, "{stats:?}");
+    assert!(
+        reached,
+        "missing at the router: {:?}",
+        opened.difference(&known()).collect::<Vec<_>>()
     );
 }
 
