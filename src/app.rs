@@ -21,6 +21,7 @@ use crate::health::{CameraHealth, HealthSnapshot, StreamState};
 use crate::infer::{self, BBox, Detector, ModelManifest, Regions};
 use crate::ingest::{Backoff, CameraStream, Ingest, IngestOptions, Pacing};
 use crate::pool::{Analyser, Pool, PoolConfig, PoolStats};
+use crate::retention::{Policy, RetentionTask};
 use crate::store::Store;
 use crate::types::{CameraId, Clock, IncidentEvent, IncidentPhase};
 
@@ -56,6 +57,7 @@ pub struct Pipeline {
     pool: Pool,
     sink: JoinHandle<()>,
     watcher: Option<(JoinHandle<()>, crossbeam::channel::Sender<()>)>,
+    retention: RetentionTask,
     /// Keeps the incident sink alive until shutdown, whatever the number of cameras.
     events: crossbeam::channel::Sender<AnalysisEvent>,
     health: Vec<Arc<CameraHealth>>,
@@ -172,6 +174,12 @@ impl Pipeline {
             .as_ref()
             .map(|a| watch_camera_health(health.clone(), a.clone()));
         let snapshots = data_dir.join("snapshots");
+        let retention = RetentionTask::start(
+            Policy::from(&config.retention),
+            db_path.clone(),
+            snapshots.clone(),
+            clock.clone(),
+        )?;
         let forwarder = Forwarder::new(store, alerts, dropped_updates);
         let sink = std::thread::Builder::new()
             .name("sw-incidents".into())
@@ -197,6 +205,7 @@ impl Pipeline {
             pool,
             sink,
             watcher,
+            retention,
             events: events_tx,
             health,
             clock,
@@ -233,6 +242,7 @@ impl Pipeline {
         // The sink ends when the analysers' senders and ours are gone, then stops the alert service it owns.
         drop(self.events);
         let _ = self.sink.join();
+        self.retention.stop();
     }
 }
 
@@ -313,11 +323,7 @@ fn incident_sink(
             Err(crossbeam::channel::RecvTimeoutError::Disconnected) => break,
         };
         if let Some(req) = snapshot {
-            let name = format!(
-                "{}_{}_{}.jpg",
-                event.key.camera, event.key.rule, event.key.episode.0
-            );
-            let path = snapshots.join(name);
+            let path = snapshots.join(crate::retention::snapshot_name(&event.key));
             match render_snapshot(req)
                 .map_err(anyhow::Error::from)
                 .and_then(|jpeg| Ok(std::fs::write(&path, jpeg)?))

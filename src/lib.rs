@@ -15,6 +15,7 @@ pub mod histogram;
 pub mod infer;
 pub mod ingest;
 pub mod pool;
+pub mod retention;
 pub mod scenegen;
 pub mod store;
 pub mod types;

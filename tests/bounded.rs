@@ -13,14 +13,17 @@ use std::time::Duration;
 
 use streetwatch::alert::{AlertConfig, AlertService, Router, Store as AlertStore};
 use streetwatch::app::Forwarder;
+use streetwatch::config::RetentionConfig;
+use streetwatch::retention::{self, Policy, snapshot_name};
 use streetwatch::store::Store;
 use streetwatch::types::{
-    CameraId, Clock, IncidentEvent, IncidentKey, IncidentPhase, RuleKind, Severity, SystemClock,
-    Timestamp,
+    CameraId, Clock, IncidentEvent, IncidentKey, IncidentPhase, ManualClock, RuleKind, Severity,
+    SystemClock, Timestamp,
 };
 use support::wait_until;
 use tempfile::TempDir;
 
+const DAY: i64 = 86_400_000;
 const T0: Timestamp = Timestamp(1_795_000_000_000);
 
 fn event(camera: &str, ward: &str, episode: Timestamp, phase: IncidentPhase) -> IncidentEvent {
@@ -99,6 +102,191 @@ fn one_notice_per_incident(receivers: &[(&str, String)], routes: &str) -> AlertC
         receivers[0].0
     );
     AlertConfig::from_toml(&toml).unwrap()
+}
+
+/// A port nothing listens on: connections are refused.
+fn closed_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn files(dir: &Path) -> BTreeSet<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn old_rows_and_snapshots_are_pruned_in_batches_and_live_ones_kept() {
+    let dir = TempDir::new().unwrap();
+    let db = dir.path().join("sw.db");
+    let snaps = dir.path().join("snapshots");
+    std::fs::create_dir_all(&snaps).unwrap();
+    let (hook, _) = http_peer(vec![(200, "ok".into())]);
+    let cfg = one_notice_per_incident(
+        &[
+            ("city", format!("http://127.0.0.1:{hook}/h")),
+            ("dead-end", format!("http://127.0.0.1:{}/h", closed_port())),
+        ],
+        "[[route.routes]]\nmatch = { ward = [\"Đa Kao\"] }\nreceiver = \"dead-end\"",
+    );
+    let clock = ManualClock::at(T0);
+    let store = Store::open(&db).unwrap();
+    let alerts = AlertService::start(cfg, &db, Arc::new(clock.clone())).unwrap();
+
+    // 100 days ago: A, B, C open and close; D (its receiver unreachable) and E stay open.
+    let mut old = Vec::new();
+    for (i, (cam, ward)) in [
+        ("cam-a", "Bến Nghé"),
+        ("cam-b", "Bến Nghé"),
+        ("cam-c", "Bến Nghé"),
+        ("cam-d", "Đa Kao"),
+        ("cam-e", "Bến Nghé"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut e = event(cam, ward, T0.plus_ms(i as i64), IncidentPhase::Opened);
+        let snap = snaps.join(snapshot_name(&e.key));
+        std::fs::write(&snap, b"jpeg").unwrap();
+        e.snapshot = Some(snap.display().to_string());
+        store.record(&e).unwrap();
+        alerts.submit(e.clone());
+        old.push(e);
+    }
+    let astore = AlertStore::open(&db).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            let d = astore.deliveries(None).unwrap();
+            d.iter().filter(|d| d.state == "accepted").count() == 4
+                && d.iter()
+                    .any(|d| d.receiver == "dead-end" && d.attempts >= 1 && d.state == "pending")
+        }),
+        "deliveries: {:?}",
+        astore.deliveries(None).unwrap()
+    );
+    clock.set(T0.plus_ms(60_000));
+    for e in &old[..3] {
+        let c = closed(e.clone(), T0.plus_ms(60_000));
+        store.record(&c).unwrap();
+        alerts.submit(c);
+    }
+    assert!(wait_until(Duration::from_secs(30), || {
+        astore.alerts(Some("resolved"), 100).unwrap().len() == 3
+    }));
+    alerts.shutdown();
+
+    let now = T0.plus_ms(100 * DAY);
+    let snapshot_of = |cam: &str, opened: i64, closed_at: Option<i64>| {
+        let mut e = event(
+            cam,
+            "Bến Nghé",
+            now.plus_ms(-opened * DAY),
+            IncidentPhase::Opened,
+        );
+        let snap = snaps.join(snapshot_name(&e.key));
+        std::fs::write(&snap, b"jpeg").unwrap();
+        e.snapshot = Some(snap.display().to_string());
+        store.record(&e).unwrap();
+        if let Some(c) = closed_at {
+            store
+                .record(&closed(e.clone(), now.plus_ms(-c * DAY)))
+                .unwrap();
+        }
+        (e.key.to_string(), snapshot_name(&e.key))
+    };
+    // F closed 5 days ago; G closed 40 days ago (its picture is past 30 days); I opened 41 days ago and
+    // closed 10 days ago (its picture is kept, though its episode is old).
+    let f = snapshot_of("cam-f", 6, Some(5));
+    let g = snapshot_of("cam-g", 41, Some(40));
+    let i = snapshot_of("cam-i", 41, Some(10));
+    let orphan_old = format!("cam-h_crowd_{}.jpg", now.plus_ms(-50 * DAY).0);
+    let orphan_new = format!("cam-h_crowd_{}.jpg", now.plus_ms(-DAY).0);
+    for name in [&orphan_old, &orphan_new, &"README.txt".to_string()] {
+        std::fs::write(snaps.join(name), b"x").unwrap();
+    }
+
+    let mut policy = Policy::from(&RetentionConfig::default());
+    policy.batch_rows = 2;
+    policy.batch_pause = Duration::ZERO;
+    let (_keep, stop) = crossbeam::channel::bounded::<()>(1);
+    let pruned = retention::prune(&policy, &db, &snaps, now, &stop).unwrap();
+
+    let key = |e: &IncidentEvent| e.key.to_string();
+    let (d, e) = (&old[3], &old[4]);
+    assert_eq!(pruned.incidents, 3, "{pruned:?}");
+    assert_eq!(pruned.alerts, 3, "{pruned:?}");
+    assert_eq!(pruned.deliveries, 4, "{pruned:?}");
+    assert_eq!(pruned.notices, 4, "{pruned:?}");
+    assert_eq!(pruned.notification_log, 5, "{pruned:?}");
+    assert_eq!(pruned.snapshots_cleared, 1, "{pruned:?}");
+    // Two rows per transaction: at least two for each of the four tables that lost three or four rows.
+    assert!(pruned.batches >= 8, "{pruned:?}");
+
+    let kept: BTreeSet<String> = store
+        .incidents()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    let expected: BTreeSet<String> = [key(d), key(e), f.0.clone(), g.0.clone(), i.0.clone()].into();
+    assert_eq!(
+        kept, expected,
+        "open incidents and those closed within 90 days stay"
+    );
+    assert_eq!(store.incident(&g.0).unwrap().unwrap().snapshot, None);
+    assert!(store.incident(&i.0).unwrap().unwrap().snapshot.is_some());
+
+    let left = files(&snaps);
+    let expected: BTreeSet<String> = [
+        snapshot_name(&d.key),
+        snapshot_name(&e.key),
+        f.1.clone(),
+        i.1.clone(),
+        orphan_new.clone(),
+        "README.txt".into(),
+    ]
+    .into();
+    assert_eq!(
+        left, expected,
+        "snapshots of pruned incidents, of G and the old orphan are gone"
+    );
+    assert_eq!(pruned.snapshot_files, 5, "{pruned:?}");
+
+    let firing: BTreeSet<String> = astore
+        .alerts(None, 100)
+        .unwrap()
+        .into_iter()
+        .map(|r| {
+            assert_eq!(r.status, "firing");
+            r.key
+        })
+        .collect();
+    assert_eq!(firing, [key(d), key(e)].into());
+    let deliveries = astore.deliveries(None).unwrap();
+    assert_eq!(deliveries.len(), 1, "{deliveries:?}");
+    assert_eq!(
+        (
+            deliveries[0].receiver.as_str(),
+            deliveries[0].state.as_str()
+        ),
+        ("dead-end", "pending")
+    );
+    assert!(!astore.delivery_events(deliveries[0].id).unwrap().is_empty());
+    let notices = astore.notices().unwrap();
+    assert_eq!(
+        notices.iter().map(|n| n.id).collect::<Vec<_>>(),
+        vec![deliveries[0].notice_id],
+        "only the notice with a live delivery stays"
+    );
+
+    // A second run finds nothing left to prune.
+    let again = retention::prune(&policy, &db, &snaps, now, &stop).unwrap();
+    assert_eq!(again, Default::default());
 }
 
 /// Five deliveries, one per notice, none sent.

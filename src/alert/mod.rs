@@ -65,7 +65,7 @@ pub use decide::silence::Silence;
 pub use error::AlertError;
 pub use model::{Alert, NoticeKind, NoticePayload};
 pub use router::{Router, RouterStats};
-pub use store::{AlertRow, DeliveryEvent, DeliveryRow, NoticeRow, Store};
+pub use store::{AlertRow, DeliveryEvent, DeliveryRow, NoticeRow, Prunable, PruneBatch, Store};
 pub use wording::gsm;
 
 enum Msg {

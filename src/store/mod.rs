@@ -79,6 +79,7 @@ impl Store {
                  count INTEGER NOT NULL, summary TEXT NOT NULL, snapshot TEXT
              );
              CREATE INDEX IF NOT EXISTS incidents_camera_opened ON incidents (camera, opened_at);
+             CREATE INDEX IF NOT EXISTS incidents_closed ON incidents (closed_at);
              CREATE INDEX IF NOT EXISTS incidents_updated ON incidents (updated_at, id);",
         )
         .map_err(wrap)?;
@@ -204,6 +205,65 @@ impl Store {
                 })
             })
             .map_err(wrap)?;
+        rows.collect::<Result<_, _>>().map_err(wrap)
+    }
+
+    /// Deletes at most `limit` incidents closed before `before` (open ones stay, however old), in one
+    /// transaction; returns the snapshot of each row deleted, for the caller to remove the files once the
+    /// deletion is committed.
+    pub fn prune_closed(
+        &mut self,
+        before: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<Option<String>>, StoreError> {
+        let wrap = |source| StoreError {
+            path: self.path.clone(),
+            source,
+        };
+        let mut stmt = self
+            .conn
+            .prepare(
+                "DELETE FROM incidents WHERE id IN (SELECT id FROM incidents WHERE closed_at < ?1 LIMIT ?2) \
+                 RETURNING snapshot",
+            )
+            .map_err(wrap)?;
+        let rows = stmt
+            .query_map(params![before.0, limit as i64], |r| r.get(0))
+            .map_err(wrap)?;
+        rows.collect::<Result<_, _>>().map_err(wrap)
+    }
+
+    /// Clears the snapshot of at most `limit` incidents closed before `before`, in one transaction; returns
+    /// how many. The rows stay; the retention sweep removes the files no row names any more.
+    pub fn forget_snapshots(
+        &mut self,
+        before: Timestamp,
+        limit: usize,
+    ) -> Result<usize, StoreError> {
+        self.conn
+            .execute(
+                "UPDATE incidents SET snapshot = NULL WHERE id IN (SELECT id FROM incidents \
+                 WHERE closed_at < ?1 AND snapshot IS NOT NULL LIMIT ?2)",
+                params![before.0, limit as i64],
+            )
+            .map_err(|source| StoreError {
+                path: self.path.clone(),
+                source,
+            })
+    }
+
+    /// Snapshots still named by incidents whose episode began before `before` (open ones, and closed ones
+    /// whose snapshot is not yet due): the files an age sweep must keep.
+    pub fn snapshots_begun_before(&self, before: Timestamp) -> Result<Vec<String>, StoreError> {
+        let wrap = |source| StoreError {
+            path: self.path.clone(),
+            source,
+        };
+        let mut stmt = self
+            .conn
+            .prepare("SELECT snapshot FROM incidents WHERE episode < ?1 AND snapshot IS NOT NULL")
+            .map_err(wrap)?;
+        let rows = stmt.query_map([before.0], |r| r.get(0)).map_err(wrap)?;
         rows.collect::<Result<_, _>>().map_err(wrap)
     }
 
