@@ -1,13 +1,18 @@
 //! Wires the stages for `run`, `demo`, `bench` and the tests:
 //! ingest → pool (infer) → analyse → incident sink (store, snapshots, log).
 
+mod forward;
+
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use crossbeam::channel::Receiver;
+
+pub use forward::{Forwarder, SPILL_AFTER};
 
 use crate::alert::{self, AlertHandle, AlertService};
 use crate::analyse::{AnalysisEvent, CameraAnalyser, render_snapshot};
@@ -16,8 +21,14 @@ use crate::health::{CameraHealth, HealthSnapshot, StreamState};
 use crate::infer::{self, BBox, Detector, ModelManifest, Regions};
 use crate::ingest::{Backoff, CameraStream, Ingest, IngestOptions, Pacing};
 use crate::pool::{Analyser, Pool, PoolConfig, PoolStats};
+use crate::retention::{Policy, RetentionTask};
 use crate::store::{DataDirLock, Store};
 use crate::types::{CameraId, Clock, IncidentEvent, IncidentPhase};
+
+/// Incident events queued between the analysers and the incident sink. An opened event carries a frame
+/// (a few hundred KB), so this bounds that queue to tens of MB; when it is full, updates are dropped and
+/// counted, opens and closes wait (see `CameraAnalyser`).
+const EVENT_QUEUE: usize = 256;
 
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -46,6 +57,7 @@ pub struct Pipeline {
     pool: Pool,
     sink: JoinHandle<()>,
     watcher: Option<(JoinHandle<()>, crossbeam::channel::Sender<()>)>,
+    retention: RetentionTask,
     /// Keeps the incident sink alive until shutdown, whatever the number of cameras.
     events: crossbeam::channel::Sender<AnalysisEvent>,
     health: Vec<Arc<CameraHealth>>,
@@ -114,7 +126,8 @@ impl Pipeline {
             .iter()
             .map(|c| Arc::new(CameraHealth::new(CameraId::new(c.id.get_ref()))))
             .collect();
-        let (events_tx, events_rx) = crossbeam::channel::unbounded();
+        let (events_tx, events_rx) = crossbeam::channel::bounded(EVENT_QUEUE);
+        let dropped_updates = Arc::new(AtomicU64::new(0));
         let cameras: Vec<(Arc<CameraHealth>, Box<dyn Analyser>)> = config
             .cameras
             .iter()
@@ -122,11 +135,10 @@ impl Pipeline {
             .map(|(c, h)| {
                 (
                     h.clone(),
-                    Box::new(CameraAnalyser::new(
-                        c,
-                        &manifest.output.labels,
-                        events_tx.clone(),
-                    )) as Box<dyn Analyser>,
+                    Box::new(
+                        CameraAnalyser::new(c, &manifest.output.labels, events_tx.clone())
+                            .counting_drops(dropped_updates.clone()),
+                    ) as Box<dyn Analyser>,
                 )
             })
             .collect();
@@ -166,11 +178,18 @@ impl Pipeline {
             .as_ref()
             .map(|a| watch_camera_health(health.clone(), a.clone()));
         let snapshots = data_dir.join("snapshots");
+        let retention = RetentionTask::start(
+            Policy::from(&config.retention),
+            db_path.clone(),
+            snapshots.clone(),
+            clock.clone(),
+        )?;
+        let forwarder = Forwarder::new(store, alerts, dropped_updates);
         let sink = std::thread::Builder::new()
             .name("sw-incidents".into())
             .spawn({
                 let clock = clock.clone();
-                move || incident_sink(events_rx, store, snapshots, alerts, pending_close, clock)
+                move || incident_sink(events_rx, forwarder, snapshots, pending_close, clock)
             })?;
         let ingest = Ingest::start(
             CameraStream::from_config(config, &health),
@@ -190,6 +209,7 @@ impl Pipeline {
             pool,
             sink,
             watcher,
+            retention,
             events: events_tx,
             health,
             clock,
@@ -227,6 +247,7 @@ impl Pipeline {
         // The sink ends when the analysers' senders and ours are gone, then stops the alert service it owns.
         drop(self.events);
         let _ = self.sink.join();
+        self.retention.stop();
     }
 }
 
@@ -283,9 +304,8 @@ fn watch_camera_health(
 /// Runs off the frame path.
 fn incident_sink(
     events: Receiver<AnalysisEvent>,
-    store: Store,
+    mut forwarder: Forwarder,
     snapshots: PathBuf,
-    alerts: Option<Arc<AlertHandle>>,
     mut pending_close: Vec<(std::time::Instant, IncidentEvent)>,
     clock: Arc<dyn Clock>,
 ) {
@@ -296,8 +316,9 @@ fn incident_sink(
             event.phase = IncidentPhase::Closed;
             event.at = clock.now().max(event.at);
             event.summary = "closed after monitoring restarted".into();
-            record(&store, alerts.as_deref(), event);
+            forwarder.record(event);
         }
+        forwarder.catch_up();
         let AnalysisEvent {
             mut event,
             snapshot,
@@ -307,11 +328,7 @@ fn incident_sink(
             Err(crossbeam::channel::RecvTimeoutError::Disconnected) => break,
         };
         if let Some(req) = snapshot {
-            let name = format!(
-                "{}_{}_{}.jpg",
-                event.key.camera, event.key.rule, event.key.episode.0
-            );
-            let path = snapshots.join(name);
+            let path = snapshots.join(crate::retention::snapshot_name(&event.key));
             match render_snapshot(req)
                 .map_err(anyhow::Error::from)
                 .and_then(|jpeg| Ok(std::fs::write(&path, jpeg)?))
@@ -322,41 +339,8 @@ fn incident_sink(
                 }
             }
         }
-        record(&store, alerts.as_deref(), event);
+        forwarder.record(event);
     }
     // Incidents still waiting for their close stay open in the store: the next run hands them over again.
-    if let Some(a) = alerts.and_then(Arc::into_inner) {
-        a.shutdown();
-    }
-}
-
-fn record(store: &Store, alerts: Option<&AlertHandle>, event: IncidentEvent) {
-    if let Err(e) = store.record(&event) {
-        tracing::error!(incident = %event.key, error = %e, "incident not stored");
-    }
-    log_incident(&event);
-    if let Some(a) = alerts {
-        a.submit(event);
-    }
-}
-
-fn log_incident(e: &IncidentEvent) {
-    let what = match e.phase {
-        IncidentPhase::Opened => "INCIDENT OPENED",
-        IncidentPhase::Updated => "incident updated",
-        IncidentPhase::Closed => "INCIDENT CLOSED",
-    };
-    tracing::info!(
-        incident = %e.key,
-        camera = %e.camera_name,
-        ward = %e.ward,
-        rule = e.kind.as_str(),
-        severity = e.severity.as_str(),
-        at = %e.at.to_rfc3339(),
-        snapshot = e.snapshot.as_deref().unwrap_or("-"),
-        "{what}: {} / {}: {}",
-        e.kind.title_vi(),
-        e.kind.title_en(),
-        e.summary
-    );
+    forwarder.finish();
 }

@@ -16,6 +16,7 @@ pub mod home;
 pub mod infer;
 pub mod ingest;
 pub mod pool;
+pub mod retention;
 pub mod scenegen;
 pub mod store;
 pub mod types;

@@ -90,12 +90,17 @@ pub enum AlertsCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum OutboxCommand {
-    /// List deliveries (pending, sending, accepted, queued, delivered, undelivered, dead).
+    /// List deliveries, newest first, a page at a time (pending, sending, accepted, queued, delivered,
+    /// undelivered, dead).
     List {
         #[arg(long)]
         state: Option<String>,
-        #[arg(long, default_value_t = 100)]
-        limit: usize,
+        /// Deliveries per page.
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+        limit: u32,
+        /// Only deliveries with an id below this: the next page starts before the last id shown.
+        #[arg(long)]
+        before: Option<i64>,
         #[arg(long)]
         json: bool,
     },
@@ -302,10 +307,13 @@ pub fn run_to(
                 }
             }
         }
-        AlertCommand::Outbox(OutboxCommand::List { state, limit, json }) => {
-            let mut rows = store.deliveries(state.as_deref())?;
-            let skip = rows.len().saturating_sub(limit);
-            rows.drain(..skip);
+        AlertCommand::Outbox(OutboxCommand::List {
+            state,
+            limit,
+            before,
+            json,
+        }) => {
+            let rows = store.deliveries_page(state.as_deref(), before, limit as usize)?;
             if json {
                 write_json_lines(out, &rows)?;
             } else {
@@ -334,11 +342,12 @@ pub fn run_to(
                         note
                     )?;
                 }
-                let unrouted = store
-                    .notices()?
-                    .iter()
-                    .filter(|n| n.status != "queued")
-                    .count();
+                if rows.len() == limit as usize
+                    && let Some(last) = rows.last()
+                {
+                    writeln!(out, "(more: --before {})", last.id)?;
+                }
+                let unrouted = store.notices_without_delivery()?;
                 if unrouted > 0 {
                     writeln!(
                         out,

@@ -14,6 +14,13 @@
 //! per batch): events still in the in-memory queue when the process dies are not in the database. Re-submitting
 //! the open incidents at start-up is safe (dedup drops what is already known) and closes that gap.
 //!
+//! The queue to the router thread is bounded ([`QUEUE`] events), so a stalled database cannot make it grow
+//! without end. When it is full, an `updated` event is dropped and counted ([`QueueStats::dropped_updates`]):
+//! it only refreshes a count or a summary, and the next one or the close carries the newer state. An
+//! `opened` or `closed` event is never dropped: [`AlertHandle::submit`] waits for room; a caller that has the
+//! event committed elsewhere (the incident sink: it is a row in `incidents`) may use [`AlertHandle::offer`],
+//! which waits a little, then hands it back as spilled so the caller replays it from its table later.
+//!
 //! With no receivers configured the router still decides: notices are recorded as `unrouted` (see
 //! `streetwatch outbox list`) and logged, and nothing is sent.
 //!
@@ -37,10 +44,14 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam::channel::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crossbeam::channel::{
+    self, Receiver, RecvTimeoutError, SendTimeoutError, Sender, TrySendError,
+};
 use tokio::sync::{Notify, watch};
 
-use crate::types::{CameraId, Clock, IncidentEvent};
+use crate::types::{CameraId, Clock, IncidentEvent, IncidentPhase};
 
 pub use config::normalize_phone;
 pub use config::{
@@ -54,7 +65,7 @@ pub use decide::silence::Silence;
 pub use error::AlertError;
 pub use model::{Alert, NoticeKind, NoticePayload};
 pub use router::{Router, RouterStats};
-pub use store::{AlertRow, DeliveryEvent, DeliveryRow, NoticeRow, Store};
+pub use store::{AlertRow, DeliveryEvent, DeliveryRow, NoticeRow, Prunable, PruneBatch, Store};
 pub use wording::gsm;
 
 enum Msg {
@@ -62,6 +73,10 @@ enum Msg {
     Health(CameraId, CameraHealth),
     Stop,
 }
+
+/// Events the router's queue holds. The router takes up to [`BATCH`] at a time into one transaction, so
+/// this is several transactions of slack: room for a burst, small enough to be a few MB at most.
+pub const QUEUE: usize = 4096;
 
 /// Starts the alert router.
 pub struct AlertService;
@@ -73,6 +88,16 @@ impl AlertService {
         config: AlertConfig,
         db_path: &Path,
         clock: Arc<dyn Clock>,
+    ) -> Result<AlertHandle, AlertError> {
+        Self::start_with_queue(config, db_path, clock, QUEUE)
+    }
+
+    /// [`start`](Self::start) with a queue of `queue` events (at least 1) in front of the router.
+    pub fn start_with_queue(
+        config: AlertConfig,
+        db_path: &Path,
+        clock: Arc<dyn Clock>,
+        queue: usize,
     ) -> Result<AlertHandle, AlertError> {
         let router = Router::open(&config, db_path, clock.now())?;
         let cfg = Arc::new(config);
@@ -131,7 +156,7 @@ impl AlertService {
                 });
             })
             .map_err(|e| AlertError::Service(e.to_string()))?;
-        let (tx, rx) = channel::unbounded();
+        let (tx, rx) = channel::bounded(queue.max(1));
         let path = db_path.to_path_buf();
         let router_cfg = cfg.clone();
         let router_thread = std::thread::Builder::new()
@@ -140,6 +165,7 @@ impl AlertService {
             .map_err(|e| AlertError::Service(e.to_string()))?;
         Ok(AlertHandle {
             tx,
+            stats: QueueCounters::default(),
             stop: stop_tx,
             threads: vec![router_thread, notify_thread],
             dlr_addr,
@@ -224,23 +250,96 @@ fn run_router(
     }
 }
 
+/// What the bounded queue in front of the router did with events it had no room for, since the start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// `updated` events dropped because the queue was full.
+    pub dropped_updates: u64,
+    /// `opened` / `closed` events handed back by [`AlertHandle::offer`] for the caller to replay.
+    pub spilled: u64,
+}
+
+#[derive(Default)]
+struct QueueCounters {
+    dropped_updates: AtomicU64,
+    spilled: AtomicU64,
+}
+
+/// What [`AlertHandle::offer`] did with an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Handed {
+    Queued,
+    /// An `updated` event met a full queue and was dropped (counted).
+    DroppedUpdate,
+    /// An `opened` or `closed` event found no room within the wait: the caller must replay it.
+    Spilled,
+    /// The router is not running.
+    Stopped,
+}
+
 /// The running alert service. Dropping it shuts it down.
 pub struct AlertHandle {
     tx: Sender<Msg>,
+    stats: QueueCounters,
     stop: watch::Sender<bool>,
     threads: Vec<JoinHandle<()>>,
     dlr_addr: Option<SocketAddr>,
 }
 
 impl AlertHandle {
-    /// Queues an incident event; never blocks.
+    /// Queues an incident event. An `updated` event that finds the queue full is dropped and counted; an
+    /// `opened` or `closed` one waits for room, so it is never lost.
     pub fn submit(&self, event: IncidentEvent) {
-        if self.tx.send(Msg::Event(Box::new(event))).is_err() {
+        if self.hand(event, None) == Handed::Stopped {
             tracing::error!("alert router is not running; incident event dropped");
         }
     }
 
-    /// Reports a camera's health: while `Down` or `Maintenance`, its rule alerts are muted.
+    /// Queues an event that the caller has committed elsewhere: as [`submit`](Self::submit), but an `opened` or
+    /// `closed` event that finds no room within `wait` is handed back ([`Handed::Spilled`], counted) rather than
+    /// blocking the caller longer; the caller replays it when [`has_room`](Self::has_room).
+    pub fn offer(&self, event: IncidentEvent, wait: Duration) -> Handed {
+        self.hand(event, Some(wait))
+    }
+
+    fn hand(&self, event: IncidentEvent, wait: Option<Duration>) -> Handed {
+        let update = event.phase == IncidentPhase::Updated;
+        let msg = Msg::Event(Box::new(event));
+        let sent = match (update, wait) {
+            (true, _) => self.tx.try_send(msg).map_err(|e| match e {
+                TrySendError::Full(_) => Handed::DroppedUpdate,
+                TrySendError::Disconnected(_) => Handed::Stopped,
+            }),
+            (false, Some(wait)) => self.tx.send_timeout(msg, wait).map_err(|e| match e {
+                SendTimeoutError::Timeout(_) => Handed::Spilled,
+                SendTimeoutError::Disconnected(_) => Handed::Stopped,
+            }),
+            (false, None) => self.tx.send(msg).map_err(|_| Handed::Stopped),
+        };
+        let handed = sent.err().unwrap_or(Handed::Queued);
+        let counter = match handed {
+            Handed::DroppedUpdate => &self.stats.dropped_updates,
+            Handed::Spilled => &self.stats.spilled,
+            _ => return handed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        handed
+    }
+
+    /// True while the queue is at most half full: a good time to replay spilled events.
+    pub fn has_room(&self) -> bool {
+        self.tx.len() * 2 <= self.tx.capacity().unwrap_or(usize::MAX)
+    }
+
+    pub fn queue_stats(&self) -> QueueStats {
+        QueueStats {
+            dropped_updates: self.stats.dropped_updates.load(Ordering::Relaxed),
+            spilled: self.stats.spilled.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Reports a camera's health: while `Down` or `Maintenance`, its rule alerts are muted. Waits for room
+    /// in the queue: a change of health is rare and must not be lost.
     pub fn camera_health(&self, camera: &CameraId, health: CameraHealth) {
         let _ = self.tx.send(Msg::Health(camera.clone(), health));
     }

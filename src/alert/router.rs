@@ -129,32 +129,6 @@ impl Router {
                 dedup.insert(a?);
             }
         }
-        let mut nflog = HashMap::new();
-        {
-            let mut stmt = conn.prepare(
-                "SELECT group_key, receiver, firing, resolved, notified_at FROM alert_nflog",
-            )?;
-            let rows = stmt.query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, i64>(4)?,
-                ))
-            })?;
-            for row in rows {
-                let (g, r, f, res, at) = row?;
-                nflog.insert(
-                    (g, r),
-                    LogEntry {
-                        firing: serde_json::from_str(&f).unwrap_or_default(),
-                        resolved: serde_json::from_str(&res).unwrap_or_default(),
-                        notified_at: Timestamp(at),
-                    },
-                );
-            }
-        }
         let flood = Flood::new(&cfg.flood, store::load_flood_windows(&conn)?);
         let mut router = Self {
             root: Route::compile(&cfg.route),
@@ -163,7 +137,7 @@ impl Router {
             conn,
             dedup,
             groups: Groups::default(),
-            nflog,
+            nflog: HashMap::new(),
             flood,
             stats: RouterStats::default(),
         };
@@ -171,7 +145,47 @@ impl Router {
         for a in &restored {
             router.route_alert(a, now);
         }
+        router.load_notification_log()?;
         Ok(router)
+    }
+
+    /// Reads the notification log of the restored groups only. Any other entry belongs to a group with no
+    /// alert left (every alert it told about has resolved), and such an entry changes no decision: a new
+    /// alert is news with or without it, and there is nothing left to resolve. So the table may hold one
+    /// row per group ever notified (one per incident with `group_by = ["..."]`) while memory holds the live
+    /// groups' rows.
+    fn load_notification_log(&mut self) -> Result<(), AlertError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT firing, resolved, notified_at FROM alert_nflog WHERE group_key = ?1 AND receiver = ?2",
+        )?;
+        for g in self.groups.iter() {
+            let log_key = (g.key.clone(), g.receiver.clone().unwrap_or_default());
+            let row = stmt
+                .query_row(params![log_key.0, log_key.1], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                })
+                .optional()?;
+            if let Some((f, res, at)) = row {
+                self.nflog.insert(
+                    log_key,
+                    LogEntry {
+                        firing: serde_json::from_str(&f).unwrap_or_default(),
+                        resolved: serde_json::from_str(&res).unwrap_or_default(),
+                        notified_at: Timestamp(at),
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Notification-log entries held in memory: one per live group at most.
+    pub fn notification_log_len(&self) -> usize {
+        self.nflog.len()
     }
 
     fn route_alert(&mut self, a: &Alert, now: Timestamp) {
@@ -425,6 +439,9 @@ impl Router {
             let dedup = &self.dedup;
             g.alerts.retain(|k| dedup.get(k).is_some_and(Alert::firing));
             if g.alerts.is_empty() {
+                // Its log entry can no longer change a decision (see `load_notification_log`).
+                let log_key = (gk.clone(), g.receiver.clone().unwrap_or_default());
+                self.nflog.remove(&log_key);
                 self.groups.remove(gk);
             } else {
                 let next = now.plus_ms(g.group_interval.ms());

@@ -57,6 +57,7 @@ CREATE TABLE IF NOT EXISTS alert_deliveries (
     retried_at INTEGER                     -- put back in the queue by hand; restarts the give-up clock
 );
 CREATE INDEX IF NOT EXISTS alert_deliveries_due ON alert_deliveries(state, next_attempt_at);
+CREATE INDEX IF NOT EXISTS alert_deliveries_notice ON alert_deliveries(notice_id);
 CREATE TABLE IF NOT EXISTS alert_delivery_events (
     id INTEGER PRIMARY KEY,
     delivery_id INTEGER NOT NULL,
@@ -332,6 +333,35 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// One page of deliveries, newest first: at most `limit` with an id below `before` (all when `None`);
+    /// `state` filters. The next page starts before the last id of this one.
+    pub fn deliveries_page(
+        &self,
+        state: Option<&str>,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<DeliveryRow>, AlertError> {
+        let sql = format!(
+            "SELECT {DELIVERY_COLUMNS} FROM alert_deliveries WHERE (?1 IS NULL OR state = ?1) \
+             AND (?2 IS NULL OR id < ?2) ORDER BY id DESC LIMIT ?3"
+        );
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = stmt.query_map(
+            params![state, before, limit.min(i64::MAX as usize) as i64],
+            delivery_from_row,
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Notices that made no delivery: held by flood control or with no receiver.
+    pub fn notices_without_delivery(&self) -> Result<i64, AlertError> {
+        Ok(self.conn.query_row(
+            "SELECT COUNT(*) FROM alert_notices WHERE status != 'queued'",
+            [],
+            |r| r.get(0),
+        )?)
+    }
+
     /// Deliveries in decision order; `state` filters.
     pub fn deliveries(&self, state: Option<&str>) -> Result<Vec<DeliveryRow>, AlertError> {
         let sql = format!(
@@ -454,6 +484,120 @@ impl Store {
             params![id, now.0],
         )?;
         Ok(())
+    }
+}
+
+/// What the retention task prunes from the alert tables. Each keeps what is still live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Prunable {
+    /// State changes older than the cutoff, of deliveries in a final state.
+    DeliveryEvents,
+    /// Deliveries in a final state (accepted, delivered, undelivered, dead) last changed before the cutoff,
+    /// with all their events. Pending, sending and queued ones (the gateway still holds them) stay.
+    Deliveries,
+    /// Notices decided before the cutoff that have no delivery left.
+    Notices,
+    /// Notification-log entries written before the cutoff: a group still firing is notified again every
+    /// `repeat_interval`, which rewrites its entry, so an entry this old belongs to no live group.
+    NotificationLog,
+    /// Alerts resolved before the cutoff; firing ones stay, however old.
+    Alerts,
+}
+
+/// States a delivery does not leave by itself.
+const FINAL_STATES: &str = "'accepted', 'delivered', 'undelivered', 'dead'";
+
+impl Prunable {
+    /// The table, its id column, and the condition (cutoff `?1`) a row must meet to go.
+    fn parts(self) -> (&'static str, &'static str, String) {
+        match self {
+            Prunable::DeliveryEvents => (
+                "alert_delivery_events",
+                "id",
+                format!(
+                    "at < ?1 AND NOT EXISTS (SELECT 1 FROM alert_deliveries d \
+                     WHERE d.id = delivery_id AND d.state NOT IN ({FINAL_STATES}))"
+                ),
+            ),
+            Prunable::Deliveries => (
+                "alert_deliveries",
+                "id",
+                format!("updated_at < ?1 AND state IN ({FINAL_STATES})"),
+            ),
+            Prunable::Notices => (
+                "alert_notices",
+                "id",
+                "created_at < ?1 AND NOT EXISTS (SELECT 1 FROM alert_deliveries d \
+                 WHERE d.notice_id = alert_notices.id)"
+                    .into(),
+            ),
+            Prunable::NotificationLog => ("alert_nflog", "rowid", "notified_at < ?1".into()),
+            Prunable::Alerts => (
+                "alert_alerts",
+                "rowid",
+                "status = 'resolved' AND updated_at < ?1".into(),
+            ),
+        }
+    }
+}
+
+/// What one pruning batch did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PruneBatch {
+    pub deleted: usize,
+    /// Where the next batch resumes (`from`), or `None`: nothing older is left.
+    pub next: Option<i64>,
+}
+
+impl Store {
+    /// Deletes at most `limit` rows of `what` older than `before` whose id is above `from` (start at 0).
+    /// The candidates are read first, without the write lock (WAL readers block no one), then deleted in one
+    /// short transaction that checks the condition again, so the router and the notifier wait for the write
+    /// lock no longer than one batch of deletes and a row that came back to life meanwhile (a delivery
+    /// retried by hand) stays. Resuming from the last id makes a whole run one pass over each table.
+    pub fn prune_batch(
+        &mut self,
+        what: Prunable,
+        before: Timestamp,
+        from: i64,
+        limit: usize,
+    ) -> Result<PruneBatch, AlertError> {
+        let (table, id, cond) = what.parts();
+        let candidates: Vec<i64> = self
+            .conn
+            .prepare(&format!(
+                "SELECT {id} FROM {table} WHERE {id} > ?3 AND {cond} ORDER BY {id} LIMIT ?2"
+            ))?
+            .query_map(params![before.0, limit as i64, from], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        let Some(&last) = candidates.last() else {
+            return Ok(PruneBatch {
+                deleted: 0,
+                next: None,
+            });
+        };
+        let ids = serde_json::to_string(&candidates).unwrap_or_default();
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let deleted: Vec<i64> = tx
+            .prepare(&format!(
+                "DELETE FROM {table} WHERE {id} IN (SELECT value FROM json_each(?2)) AND {cond} RETURNING {id}"
+            ))?
+            .query_map(params![before.0, ids], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        if what == Prunable::Deliveries {
+            let mut events =
+                tx.prepare("DELETE FROM alert_delivery_events WHERE delivery_id = ?1")?;
+            for d in &deleted {
+                events.execute([d])?;
+            }
+        }
+        tx.commit()?;
+        Ok(PruneBatch {
+            deleted: deleted.len(),
+            next: (candidates.len() == limit).then_some(last),
+        })
     }
 }
 

@@ -9,7 +9,10 @@ mod schedule;
 mod snapshot;
 mod tracker;
 
-use crossbeam::channel::Sender;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crossbeam::channel::{Sender, TrySendError};
 
 pub use geometry::{Crossing, Line, Polygon};
 pub use rules::Transition;
@@ -72,6 +75,8 @@ pub struct CameraAnalyser {
     zones: Vec<Zone>,
     rules: Vec<Rule>,
     events: Sender<AnalysisEvent>,
+    /// `updated` events dropped because the events queue was full.
+    dropped_updates: Arc<AtomicU64>,
     /// Transitions of the current frame (reused, no allocation per frame in steady state).
     transitions: Vec<Transition>,
 }
@@ -110,8 +115,15 @@ impl CameraAnalyser {
             zones,
             rules,
             events,
+            dropped_updates: Arc::default(),
             transitions: Vec::with_capacity(16),
         }
+    }
+
+    /// Counts `updated` events dropped on a full events queue in `counter` (shared across cameras).
+    pub fn counting_drops(mut self, counter: Arc<AtomicU64>) -> Self {
+        self.dropped_updates = counter;
+        self
     }
 
     /// Tracks one frame's detections and runs every rule on the tracks; `emit` receives each rule
@@ -410,8 +422,16 @@ fn build_rule(r: &RuleConfig, cam: &CameraConfig, zones: &[Zone], labels: &[Stri
 impl Analyser for CameraAnalyser {
     fn analyse(&mut self, frame: &Frame, detections: &[Detection]) {
         self.step(frame.captured_at, detections, |me, ri, tr| {
-            // The receiver lives as long as the process; a send fails only during shutdown.
-            let _ = me.events.send(me.event(ri, tr, frame));
+            // On a bounded queue that is full (the incident sink is stalled), an update is dropped and
+            // counted: the next one or the close carries the newer state, and analysis goes on. An open or a
+            // close waits for room: it must never be lost. A send fails only during shutdown.
+            if tr.phase == IncidentPhase::Updated {
+                if let Err(TrySendError::Full(_)) = me.events.try_send(me.event(ri, tr, frame)) {
+                    me.dropped_updates.fetch_add(1, Ordering::Relaxed);
+                }
+            } else {
+                let _ = me.events.send(me.event(ri, tr, frame));
+            }
         });
     }
 }

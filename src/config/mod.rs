@@ -10,8 +10,10 @@ use serde::Deserialize;
 use toml::Spanned;
 
 mod regions;
+mod retention;
 
 pub use regions::RegionsConfig;
+pub use retention::RetentionConfig;
 
 use crate::alert::AlertConfig;
 use crate::types::{RuleKind, Severity};
@@ -53,6 +55,9 @@ pub struct Config {
     /// logged but nobody is notified.
     #[serde(default)]
     pub alert: Option<Spanned<AlertConfig>>,
+    /// How long records and snapshots are kept.
+    #[serde(default)]
+    pub retention: RetentionConfig,
     #[serde(default)]
     pub cameras: Vec<CameraConfig>,
     /// Where the file was read from; relative paths inside it resolve against its folder.
@@ -628,6 +633,9 @@ impl Validator<'_> {
         {
             return self.err(alert.span(), "alert".into(), e.0);
         }
+        if let Err((span, key, message)) = self.config.retention.check() {
+            return self.err(span, key, message);
+        }
         let nice = &self.config.runtime.ingest_nice;
         if !(0..=19).contains(nice.get_ref()) {
             return self.err(
@@ -977,6 +985,7 @@ pub fn validate_camera(
     let config = Config {
         runtime: RuntimeConfig::default(),
         alert: None,
+        retention: RetentionConfig::default(),
         cameras: vec![camera.clone()],
         base_dir: base_dir.to_path_buf(),
     };
@@ -1113,6 +1122,29 @@ min_seconds = 10
         let m = message(&format!("[runtime]\ningest_nice = -5\n{CAMERA}"));
         assert!(
             m.starts_with("test.toml:2:15: runtime.ingest_nice: must be 0–19, found -5"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn retention_out_of_range_is_located() {
+        let m = message(&format!(
+            "[retention]\nincidents_days = 30\nsnapshots_days = -1\n{CAMERA}"
+        ));
+        assert!(
+            m.starts_with(
+                "test.toml:3:18: retention.snapshots_days: must be 0–36500 days (0 keeps for good), found -1"
+            ),
+            "{m}"
+        );
+        let m = message(&format!("[retention]\nbatch_rows = 0\n{CAMERA}"));
+        assert!(
+            m.starts_with("test.toml:2:14: retention.batch_rows: must be 1–100000 rows, found 0"),
+            "{m}"
+        );
+        let m = message(&format!("[retention]\nincident_days = 30\n{CAMERA}"));
+        assert!(
+            m.starts_with("test.toml:2:1: unknown field `incident_days`"),
             "{m}"
         );
     }

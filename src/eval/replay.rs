@@ -33,6 +33,7 @@ pub fn replay(s: &Scenario) -> anyhow::Result<Vec<Detected>> {
             ..RuntimeConfig::default()
         },
         alert: None,
+        retention: Default::default(),
         cameras: vec![s.camera.clone()],
         base_dir: s.base_dir.clone(),
     };

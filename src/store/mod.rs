@@ -25,6 +25,22 @@ pub struct Store {
     path: String,
 }
 
+/// An incident to replay: the event that opened it, the one that closed it if it did, and where the next
+/// page of [`Store::changed_since`] resumes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplayRow {
+    pub opened: IncidentEvent,
+    pub closed: Option<IncidentEvent>,
+    pub resume: (Timestamp, String),
+}
+
+/// A row as the event that opened it, and its last change and close.
+struct Opened {
+    opened: IncidentEvent,
+    updated_at: i64,
+    closed_at: Option<i64>,
+}
+
 /// An incident as stored: one row for its whole life.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct IncidentRow {
@@ -66,7 +82,9 @@ impl Store {
                  opened_at INTEGER NOT NULL, updated_at INTEGER NOT NULL, closed_at INTEGER,
                  count INTEGER NOT NULL, summary TEXT NOT NULL, snapshot TEXT
              );
-             CREATE INDEX IF NOT EXISTS incidents_camera_opened ON incidents (camera, opened_at);",
+             CREATE INDEX IF NOT EXISTS incidents_camera_opened ON incidents (camera, opened_at);
+             CREATE INDEX IF NOT EXISTS incidents_closed ON incidents (closed_at);
+             CREATE INDEX IF NOT EXISTS incidents_updated ON incidents (updated_at, id);",
         )
         .map_err(wrap)?;
         Ok(Self { conn, path: p })
@@ -104,19 +122,58 @@ impl Store {
 
     /// Incidents not closed yet, as the events that opened them.
     pub fn open_incidents(&self) -> Result<Vec<IncidentEvent>, StoreError> {
+        Ok(self
+            .events("WHERE closed_at IS NULL ORDER BY opened_at", [])?
+            .into_iter()
+            .map(|r| r.opened)
+            .collect())
+    }
+
+    /// Incidents changed at or after `since`, ordered by (last change, id) and resuming after `after`: each as
+    /// the event that opened it (with its latest count and summary) and, if it closed, the closing event.
+    /// For replaying to the router the events it could not take at the time.
+    pub fn changed_since(
+        &self,
+        since: Timestamp,
+        after: Option<&(Timestamp, String)>,
+        limit: usize,
+    ) -> Result<Vec<ReplayRow>, StoreError> {
+        let (at, id) = after.map_or((since.0, ""), |(t, id)| (t.0, id.as_str()));
+        Ok(self
+            .events(
+                "WHERE updated_at >= ?1 AND (updated_at, id) > (?2, ?3) ORDER BY updated_at, id LIMIT ?4",
+                params![since.0, at, id, limit as i64],
+            )?
+            .into_iter()
+            .map(|r| {
+                let closed = r.closed_at.map(|t| IncidentEvent {
+                    phase: IncidentPhase::Closed,
+                    at: Timestamp(t),
+                    ..r.opened.clone()
+                });
+                ReplayRow {
+                    resume: (Timestamp(r.updated_at), r.opened.key.to_string()),
+                    opened: r.opened,
+                    closed,
+                }
+            })
+            .collect())
+    }
+
+    /// Rows as the events that opened them.
+    fn events(&self, tail: &str, args: impl rusqlite::Params) -> Result<Vec<Opened>, StoreError> {
         let wrap = |source| StoreError {
             path: self.path.clone(),
             source,
         };
-        let mut stmt = self
-            .conn
-            .prepare(
-                "SELECT camera, rule, zone, episode, kind, severity, camera_name, ward, opened_at, count, summary, snapshot
-                 FROM incidents WHERE closed_at IS NULL ORDER BY opened_at",
-            )
-            .map_err(wrap)?;
+        let sql = format!(
+            "SELECT camera, rule, zone, episode, kind, severity, camera_name, ward, opened_at, count, summary, snapshot,
+                 updated_at, closed_at
+             FROM incidents {tail}"
+        );
+        let mut stmt = self.conn.prepare(&sql).map_err(wrap)?;
         let rows = stmt
-            .query_map([], |r| {
+            .query_map(args, |r| {
                 let text = |i: usize| r.get::<_, String>(i);
                 let parse = |i: usize| -> rusqlite::Result<serde_json::Value> {
                     Ok(serde_json::Value::String(text(i)?))
@@ -128,7 +185,7 @@ impl Store {
                         Box::new(e),
                     )
                 };
-                Ok(IncidentEvent {
+                let event = IncidentEvent {
                     key: IncidentKey {
                         camera: CameraId::new(&text(0)?),
                         rule: text(1)?,
@@ -144,9 +201,73 @@ impl Store {
                     count: r.get(9)?,
                     summary: text(10)?,
                     snapshot: r.get(11)?,
+                };
+                Ok(Opened {
+                    opened: event,
+                    updated_at: r.get(12)?,
+                    closed_at: r.get(13)?,
                 })
             })
             .map_err(wrap)?;
+        rows.collect::<Result<_, _>>().map_err(wrap)
+    }
+
+    /// Deletes at most `limit` incidents closed before `before` (open ones stay, however old), in one
+    /// transaction; returns the snapshot of each row deleted, for the caller to remove the files once the
+    /// deletion is committed.
+    pub fn prune_closed(
+        &mut self,
+        before: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<Option<String>>, StoreError> {
+        let wrap = |source| StoreError {
+            path: self.path.clone(),
+            source,
+        };
+        let mut stmt = self
+            .conn
+            .prepare(
+                "DELETE FROM incidents WHERE id IN (SELECT id FROM incidents WHERE closed_at < ?1 LIMIT ?2) \
+                 RETURNING snapshot",
+            )
+            .map_err(wrap)?;
+        let rows = stmt
+            .query_map(params![before.0, limit as i64], |r| r.get(0))
+            .map_err(wrap)?;
+        rows.collect::<Result<_, _>>().map_err(wrap)
+    }
+
+    /// Clears the snapshot of at most `limit` incidents closed before `before`, in one transaction; returns
+    /// how many. The rows stay; the retention sweep removes the files no row names any more.
+    pub fn forget_snapshots(
+        &mut self,
+        before: Timestamp,
+        limit: usize,
+    ) -> Result<usize, StoreError> {
+        self.conn
+            .execute(
+                "UPDATE incidents SET snapshot = NULL WHERE id IN (SELECT id FROM incidents \
+                 WHERE closed_at < ?1 AND snapshot IS NOT NULL LIMIT ?2)",
+                params![before.0, limit as i64],
+            )
+            .map_err(|source| StoreError {
+                path: self.path.clone(),
+                source,
+            })
+    }
+
+    /// Snapshots still named by incidents whose episode began before `before` (open ones, and closed ones
+    /// whose snapshot is not yet due): the files an age sweep must keep.
+    pub fn snapshots_begun_before(&self, before: Timestamp) -> Result<Vec<String>, StoreError> {
+        let wrap = |source| StoreError {
+            path: self.path.clone(),
+            source,
+        };
+        let mut stmt = self
+            .conn
+            .prepare("SELECT snapshot FROM incidents WHERE episode < ?1 AND snapshot IS NOT NULL")
+            .map_err(wrap)?;
+        let rows = stmt.query_map([before.0], |r| r.get(0)).map_err(wrap)?;
         rows.collect::<Result<_, _>>().map_err(wrap)
     }
 

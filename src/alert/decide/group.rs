@@ -64,6 +64,10 @@ impl Groups {
             .collect()
     }
 
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Group> {
+        self.map.values()
+    }
+
     pub(crate) fn get_mut(&mut self, key: &str) -> Option<&mut Group> {
         self.map.get_mut(key)
     }

@@ -13,6 +13,8 @@
 //! Decisions commit with synchronous=FULL (they survive a power cut); delivery progress with NORMAL (it
 //! survives a process crash; a power cut may roll back the last marks, which can only mean a resend).
 
+use std::borrow::Cow;
+
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use sha2::{Digest, Sha256};
 
@@ -25,6 +27,24 @@ use crate::alert::model::NoticePayload;
 use crate::alert::store::{DeliveryRow, delivery_from_row};
 use crate::alert::wording::gsm;
 use crate::alert::wording::template::{self, Ctx};
+
+/// Most bytes of peer-supplied text kept per column or event: a gateway reply, an error, a delivery report's
+/// answer. A gateway that answers with a whole HTML error page (or a hostile peer) must not add kilobytes to
+/// the outbox per attempt; the start of a reply says what went wrong.
+pub(crate) const MAX_STORED_TEXT: usize = 1024;
+
+/// `text`, or its first bytes (cut on a character boundary) and a marker, in at most [`MAX_STORED_TEXT`].
+pub(crate) fn capped(text: &str) -> Cow<'_, str> {
+    if text.len() <= MAX_STORED_TEXT {
+        return Cow::Borrowed(text);
+    }
+    let marker = format!("… [truncated, {} bytes in all]", text.len());
+    let mut end = MAX_STORED_TEXT.saturating_sub(marker.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(format!("{}{marker}", &text[..end]))
+}
 
 /// One delivery the decision creates.
 pub(crate) struct NewDelivery {
@@ -147,7 +167,7 @@ fn event(
     detail: &str,
 ) -> Result<(), AlertError> {
     conn.prepare_cached("INSERT INTO alert_delivery_events (delivery_id, at, state, detail) VALUES (?1, ?2, ?3, ?4)")?
-        .execute(params![id, now.0, state, detail])?;
+        .execute(params![id, now.0, state, capped(detail)])?;
     Ok(())
 }
 
@@ -230,7 +250,7 @@ pub(crate) fn dead_letter(
 ) -> Result<(), AlertError> {
     conn.execute(
         "UPDATE alert_deliveries SET state = 'dead', last_error = ?3, updated_at = ?2 WHERE id = ?1",
-        params![id, now.0, reason],
+        params![id, now.0, capped(reason)],
     )?;
     event(conn, id, now, "dead", reason)
 }
@@ -260,7 +280,7 @@ pub(crate) fn finish(
             let now_state: String = tx.query_row(
                 "UPDATE alert_deliveries SET state = CASE WHEN state = 'sending' THEN ?3 ELSE state END, \
                  gateway_reply = ?4, last_error = NULL, updated_at = ?2 WHERE id = ?1 RETURNING state",
-                params![d.id, now.0, state, reply],
+                params![d.id, now.0, state, capped(reply)],
                 |r| r.get(0),
             )?;
             event(&tx, d.id, now, &now_state, reply)?;
@@ -268,7 +288,7 @@ pub(crate) fn finish(
         Outcome::Permanent(reason) => {
             tx.execute(
                 "UPDATE alert_deliveries SET state = 'dead', last_error = ?3, updated_at = ?2 WHERE id = ?1",
-                params![d.id, now.0, reason],
+                params![d.id, now.0, capped(reason)],
             )?;
             event(&tx, d.id, now, "dead", reason)?;
         }
@@ -285,7 +305,7 @@ pub(crate) fn finish(
                 );
                 tx.execute(
                     "UPDATE alert_deliveries SET state = 'dead', last_error = ?3, updated_at = ?2 WHERE id = ?1",
-                    params![d.id, now.0, reason],
+                    params![d.id, now.0, capped(&reason)],
                 )?;
                 event(&tx, d.id, now, "dead", &reason)?;
             } else {
@@ -293,7 +313,7 @@ pub(crate) fn finish(
                 tx.execute(
                     "UPDATE alert_deliveries SET state = 'pending', last_error = ?3, next_attempt_at = ?4, \
                      possible_duplicates = possible_duplicates + ?5, updated_at = ?2 WHERE id = ?1",
-                    params![d.id, now.0, error, next.0, i64::from(*maybe_sent)],
+                    params![d.id, now.0, capped(error), next.0, i64::from(*maybe_sent)],
                 )?;
                 let detail = format!(
                     "attempt {attempts} failed: {error}; retry at {}",

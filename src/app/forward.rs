@@ -1,0 +1,184 @@
+//! The incident sink's last step: store each incident event, log it, and hand it to the alert router over
+//! its bounded queue, so that no opened or closed incident is ever lost however far behind the router is.
+//!
+//! An event is committed to `incidents` before it is offered to the router. When the queue is full, an
+//! `updated` event is dropped (counted: the next one or the close carries the newer state); an `opened` or
+//! `closed` one waits [`SPILL_AFTER`], then is left in `incidents` (counted as spilled) and the sink notes
+//! from when it is behind. Once the queue is half empty again the sink replays, from the table, every
+//! incident changed since then: the opening and, if it closed, the close. The router drops what it already
+//! knew as duplicates. A crash while behind loses nothing that is open: start-up hands open incidents over.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::alert::{AlertHandle, Handed, QueueStats};
+use crate::store::Store;
+use crate::types::{IncidentEvent, IncidentPhase, Timestamp};
+
+/// How long an opened or closed event waits for room in the router's queue before it is left for replay:
+/// long enough to ride out a burst, short enough that the sink keeps storing incidents.
+pub const SPILL_AFTER: Duration = Duration::from_millis(250);
+/// Incidents read per page when replaying.
+const REPLAY_PAGE: usize = 256;
+/// Least time between two warnings about dropped or spilled events.
+const REPORT_EVERY: Duration = Duration::from_secs(10);
+
+pub struct Forwarder {
+    store: Store,
+    alerts: Option<Arc<AlertHandle>>,
+    /// `updated` events the analysers dropped before the sink (their queue was full).
+    upstream_drops: Arc<AtomicU64>,
+    /// Changes since this time may not have reached the router: replay from here.
+    behind_since: Option<Timestamp>,
+    reported: (u64, QueueStats),
+    last_report: Instant,
+}
+
+impl Forwarder {
+    pub fn new(
+        store: Store,
+        alerts: Option<Arc<AlertHandle>>,
+        upstream_drops: Arc<AtomicU64>,
+    ) -> Self {
+        Self {
+            store,
+            alerts,
+            upstream_drops,
+            behind_since: None,
+            reported: (0, QueueStats::default()),
+            last_report: Instant::now(),
+        }
+    }
+
+    /// Stores the event, logs it and hands it to the router.
+    pub fn record(&mut self, event: IncidentEvent) {
+        let stored = match self.store.record(&event) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(incident = %event.key, error = %e, "incident not stored");
+                false
+            }
+        };
+        log_incident(&event);
+        let Some(alerts) = &self.alerts else {
+            return;
+        };
+        if !stored {
+            // Not in the table, so it cannot be replayed from there: wait for room instead.
+            alerts.submit(event);
+            return;
+        }
+        let at = event.at;
+        if alerts.offer(event, SPILL_AFTER) == Handed::Spilled {
+            self.behind_since = Some(self.behind_since.map_or(at, |t| t.min(at)));
+        }
+        self.report();
+    }
+
+    /// Replays what spilled, once the router's queue has room. Cheap when nothing spilled.
+    pub fn catch_up(&mut self) {
+        self.replay(false);
+        self.report();
+    }
+
+    /// True while events that spilled have not been replayed.
+    pub fn behind(&self) -> bool {
+        self.behind_since.is_some()
+    }
+
+    /// Hands over everything still behind, waiting for room, and stops the router.
+    pub fn finish(mut self) {
+        self.replay(true);
+        self.report();
+        if let Some(a) = self.alerts.take().and_then(Arc::into_inner) {
+            a.shutdown();
+        }
+    }
+
+    fn replay(&mut self, wait: bool) {
+        let (Some(alerts), Some(since)) = (self.alerts.clone(), self.behind_since) else {
+            return;
+        };
+        if !wait && !alerts.has_room() {
+            return;
+        }
+        self.behind_since = None;
+        let mut after = None;
+        loop {
+            let rows = match self.store.changed_since(since, after.as_ref(), REPLAY_PAGE) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read incidents to replay to the alert router");
+                    self.behind_since = Some(since);
+                    return;
+                }
+            };
+            for row in &rows {
+                for event in std::iter::once(row.opened.clone()).chain(row.closed.clone()) {
+                    let handed = if wait {
+                        alerts.submit(event);
+                        Handed::Queued
+                    } else {
+                        alerts.offer(event, SPILL_AFTER)
+                    };
+                    if handed == Handed::Spilled {
+                        // Rows are in order of their last change: everything from this one on is behind.
+                        self.behind_since = Some(row.resume.0);
+                        return;
+                    }
+                }
+            }
+            match rows.last() {
+                Some(last) if rows.len() == REPLAY_PAGE => after = Some(last.resume.clone()),
+                _ => return,
+            }
+        }
+    }
+
+    /// Warns, at most every [`REPORT_EVERY`], when events were dropped or spilled since the last warning.
+    fn report(&mut self) {
+        if self.last_report.elapsed() < REPORT_EVERY {
+            return;
+        }
+        let upstream = self.upstream_drops.load(Ordering::Relaxed);
+        let queue = self
+            .alerts
+            .as_ref()
+            .map(|a| a.queue_stats())
+            .unwrap_or_default();
+        if (upstream, queue) != self.reported {
+            tracing::warn!(
+                analysis_updates_dropped = upstream,
+                router_updates_dropped = queue.dropped_updates,
+                router_spilled = queue.spilled,
+                behind = self.behind(),
+                "incident events overflowed a full queue (totals since start; updates are dropped, \
+                 opens and closes are replayed from the incidents table)"
+            );
+            self.reported = (upstream, queue);
+        }
+        self.last_report = Instant::now();
+    }
+}
+
+fn log_incident(e: &IncidentEvent) {
+    let what = match e.phase {
+        IncidentPhase::Opened => "INCIDENT OPENED",
+        IncidentPhase::Updated => "incident updated",
+        IncidentPhase::Closed => "INCIDENT CLOSED",
+    };
+    tracing::info!(
+        incident = %e.key,
+        camera = %e.camera_name,
+        ward = %e.ward,
+        rule = e.kind.as_str(),
+        severity = e.severity.as_str(),
+        at = %e.at.to_rfc3339(),
+        snapshot = e.snapshot.as_deref().unwrap_or("-"),
+        "{what}: {} / {}: {}",
+        e.kind.title_vi(),
+        e.kind.title_en(),
+        e.summary
+    );
+}
