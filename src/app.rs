@@ -157,7 +157,7 @@ impl Pipeline {
         })?;
         let alerts = match &config.alert {
             Some(a) => Some(Arc::new(AlertService::start(
-                a.get_ref().clone(),
+                a.clone(),
                 &db_path,
                 clock.clone(),
             )?)),

@@ -324,7 +324,8 @@ fn wait_for_signal(limit: Option<Duration>, mut tick: impl FnMut()) {
         .enable_all()
         .build()
         .expect("a current-thread runtime");
-    let deadline = limit.map(|d| tokio::time::Instant::now() + d);
+    // A limit past what the clock can count to is no limit (adding it would panic).
+    let deadline = limit.and_then(|d| tokio::time::Instant::now().checked_add(d));
     rt.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
         let mut every = tokio::time::interval(Duration::from_millis(200));

@@ -266,3 +266,43 @@ fn alerts_and_outbox_show_what_the_router_decided() {
         1
     );
 }
+
+/// Times and durations an operator can mistype: each is refused with a reason, none panics.
+#[test]
+fn odd_times_and_durations_are_refused_not_panicked() {
+    let dir = TempDir::new().unwrap();
+    let db = dir.path().join("sw.db");
+    let add = |extra: &[&str]| {
+        let mut args = vec!["silence", "add", "--ward", "W", "--comment", "x"];
+        args.extend_from_slice(extra);
+        run(&db, &args)
+    };
+    let refused = [
+        // A non-ASCII offset: byte slicing in the middle of `é` used to panic.
+        (&["--starts", "2026-11-18T11:06+0é00"][..], "bad time"),
+        (&["--ends", "2026-11-18T11:06:00+éé0"][..], "bad time"),
+        // No 31 February, no offset of a day or more.
+        (&["--starts", "2026-02-31T00:00Z"][..], "bad time"),
+        (&["--starts", "2026-11-18T11:06+24:00"][..], "bad time"),
+        // Milliseconds past the end of time used to overflow adding to the start.
+        (
+            &["--duration", "9223372036854775807ms"][..],
+            "--duration must be more than 0s and at most 366d",
+        ),
+        (
+            &["--duration=-5"][..],
+            "--duration must be more than 0s and at most 366d",
+        ),
+    ];
+    for (extra, want) in refused {
+        let err = add(extra).unwrap_err();
+        assert!(err.contains(want), "{extra:?}: {err}");
+    }
+    // What is right still works: the longest silence, and an offset with minutes.
+    assert!(add(&["--duration", "366d"]).is_ok());
+    let out = add(&["--starts", "2026-11-18T23:36-05:30", "--duration", "1h"]).unwrap();
+    assert!(
+        out.contains("2026-11-19T05:06:00Z until 2026-11-19T06:06:00Z"),
+        "{out}"
+    );
+}

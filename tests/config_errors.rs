@@ -252,3 +252,203 @@ fn write_beside(original: &std::path::Path, text: &str) -> std::path::PathBuf {
     std::fs::write(&copy, text).unwrap();
     copy
 }
+
+/// `GOOD` with `find` replaced by `with`.
+fn good_with(find: &str, with: &str) -> String {
+    assert!(GOOD.contains(find), "{find}");
+    GOOD.replacen(find, with, 1)
+}
+
+/// `GOOD` followed by an `[alert]` table whose first line (after the header) is line 19.
+fn with_alert(table: &str) -> String {
+    format!("{GOOD}[alert]\n{table}")
+}
+
+const RECEIVER: &str = "[[alert.receivers]]\nname = \"hq\"\n";
+const HOOK: &str =
+    "webhook = { url = \"http://127.0.0.1:9/hook\", secret = \"0123456789abcdef\" }\n";
+
+/// The numbers reported to panic, wrap or break a thread at run time: each is refused at its own line and
+/// key, before anything starts.
+#[test]
+fn numbers_that_broke_the_run_are_refused_where_they_are() {
+    let cam = "url = \"rtsp://admin:pw@10.0.0.5/stream1\"";
+    fails_with(
+        &good_with(cam, &format!("{cam}\nstall_seconds = -1")),
+        7,
+        "cameras[0].stall_seconds",
+        "must be 1–3600 s, found -1",
+    );
+    fails_with(
+        &good_with(cam, &format!("{cam}\nstall_seconds = nan")),
+        7,
+        "cameras[0].stall_seconds",
+        "must be 1–3600 s, found NaN",
+    );
+    fails_with(
+        &with_alert(&format!(
+            "{RECEIVER}max_concurrency = 4000000000000000000\n{HOOK}"
+        )),
+        21,
+        "alert.receivers[0].max_concurrency",
+        "must be 1–1000, found 4000000000000000000",
+    );
+    fails_with(
+        &with_alert("[alert.route]\ngroup_wait = 9223372036854775\n"),
+        20,
+        "alert.route.group_wait",
+        "must be 0s–30d",
+    );
+    fails_with(
+        &with_alert("[alert.retry]\ngive_up_after = 0\n"),
+        20,
+        "alert.retry.give_up_after",
+        "must be more than 0s and at most 30d, found 0s",
+    );
+    fails_with(
+        &with_alert(&format!("{RECEIVER}rate_per_second = 1e-20\n{HOOK}")),
+        21,
+        "alert.receivers[0].rate_per_second",
+        "0 (no limit) or at least one a day",
+    );
+    // Seconds that overflow milliseconds fail while parsing, at the value.
+    let (ok, out, file) = check(&with_alert(
+        "[alert.route]\ngroup_wait = 9223372036854776\n",
+    ));
+    assert!(!ok, "accepted: {out}");
+    assert!(
+        out.contains(&format!("{file}:20:14:")) && out.contains("too large"),
+        "{out}"
+    );
+}
+
+/// Every other number in the file is checked against a sane range too, and located at its key.
+#[test]
+fn numbers_out_of_range_are_located() {
+    let model = "model = \"MODEL\"";
+    let cam = "url = \"rtsp://admin:pw@10.0.0.5/stream1\"";
+    let cases: Vec<(String, usize, &str, &str)> = vec![
+        (
+            good_with(model, &format!("{model}\nworkers = 100000")),
+            3,
+            "runtime.workers",
+            "must be 0 (one per core) to 256, found 100000",
+        ),
+        (
+            good_with(model, &format!("{model}\nmax_batch = 0")),
+            3,
+            "runtime.max_batch",
+            "must be 1–64, found 0",
+        ),
+        (
+            good_with(model, &format!("{model}\nbatch_wait_ms = 100000")),
+            3,
+            "runtime.batch_wait_ms",
+            "must be 0–1000 ms, found 100000",
+        ),
+        (
+            good_with(model, &format!("{model}\nscore_threshold = nan")),
+            3,
+            "runtime.score_threshold",
+            "must be within 0–1, found NaN",
+        ),
+        (
+            good_with(cam, &format!("{cam}\nfps = 0")),
+            7,
+            "cameras[0].fps",
+            "must be in (0, 60], found 0",
+        ),
+        (
+            good_with(cam, &format!("{cam}\nwidth = 0")),
+            7,
+            "cameras[0].width",
+            "must be 32–7680 px, found 0",
+        ),
+        (
+            good_with("min_seconds = 10", "min_seconds = 1e30"),
+            17,
+            "cameras[0].rules[0].min_seconds",
+            "must be a duration of 0–2592000 s (30 days), found 1e30",
+        ),
+        (
+            format!(
+                "{GOOD}\n[[cameras.lines]]\nid = \"gate\"\npoints = [[0.1, 0.5], [0.9, 0.5]]\nin_direction = [nan, 1.0]\n"
+            ),
+            22,
+            "cameras[0].lines[0].in_direction",
+            "must be finite",
+        ),
+        (
+            format!(
+                "{GOOD}\n[[cameras.rules]]\nkind = \"wrong_way\"\nid = \"ww\"\nzone = \"plaza\"\ndirection = [inf, 0.0]\n"
+            ),
+            23,
+            "cameras[0].rules[1].direction",
+            "must be finite",
+        ),
+        (
+            with_alert(&format!("{RECEIVER}max_concurrency = 0\n{HOOK}")),
+            21,
+            "alert.receivers[0].max_concurrency",
+            "must be 1–1000, found 0",
+        ),
+        (
+            with_alert(
+                "[[alert.receivers]]\nname = \"sms\"\n[alert.receivers.sms]\nurl = \"http://127.0.0.1:13013/\"\nusername = \"u\"\npassword = \"p\"\nnumbers = [\"0901234567\"]\nmax_segments = 1000\n",
+            ),
+            26,
+            "alert.receivers[0].sms.max_segments",
+            "must be 1–255, found 1000",
+        ),
+        (
+            with_alert(&format!(
+                "{RECEIVER}[alert.receivers.webhook]\nurl = \"http://127.0.0.1:9/\"\nsecret = \"0123456789abcdef\"\ntimeout = \"0s\"\n"
+            )),
+            24,
+            "alert.receivers[0].webhook.timeout",
+            "must be more than 0s and at most 1h, found 0s",
+        ),
+        (
+            with_alert(&format!(
+                "{RECEIVER}[alert.receivers.email]\nsmtp_host = \"127.0.0.1\"\nsmtp_port = 0\nfrom = \"a@b.vn\"\nto = [\"c@d.vn\"]\n"
+            )),
+            23,
+            "alert.receivers[0].email.smtp_port",
+            "must be 1–65535, found 0",
+        ),
+        (
+            with_alert("[alert.flood]\nwindow = \"0s\"\n"),
+            20,
+            "alert.flood.window",
+            "must be more than 0s and at most 30d, found 0s",
+        ),
+        (
+            with_alert("[alert.retry]\nmultiplier = nan\n"),
+            20,
+            "alert.retry.multiplier",
+            "must be 1–100, found NaN",
+        ),
+        (
+            with_alert("[[alert.route.routes]]\nrepeat_interval = \"400d\"\n"),
+            20,
+            "alert.route.routes[0].repeat_interval",
+            "must be more than 0s and at most 30d, found 400d",
+        ),
+        (
+            with_alert("resolved_retention = -1\n"),
+            19,
+            "alert.resolved_retention",
+            "must be 0s–30d, found -1s",
+        ),
+    ];
+    for (text, line, key, what) in cases {
+        fails_with(&text, line, key, what);
+    }
+}
+
+/// `[alert.route]` without an `[alert]` header is the same TOML as with one.
+#[test]
+fn alert_sub_tables_need_no_alert_header() {
+    let (ok, out, _) = check(&format!("{GOOD}[alert.route]\ngroup_wait = \"1s\"\n"));
+    assert!(ok, "{out}");
+}

@@ -138,8 +138,11 @@ fn parse_time(text: &str, now: Timestamp) -> anyhow::Result<Timestamp> {
     let bad = || {
         anyhow::anyhow!("bad time {text:?}: use RFC 3339 like 2026-11-23T22:00:00+07:00, or now")
     };
+    // Every valid form is ASCII: refusing anything else first makes each byte offset below a character
+    // boundary.
     let b = text.as_bytes();
-    if b.len() < 17
+    if !text.is_ascii()
+        || b.len() < 17
         || b[4] != b'-'
         || b[7] != b'-'
         || !matches!(b[10], b'T' | b't' | b' ')
@@ -147,9 +150,14 @@ fn parse_time(text: &str, now: Timestamp) -> anyhow::Result<Timestamp> {
     {
         return Err(bad());
     }
-    let num = |r: std::ops::Range<usize>| -> anyhow::Result<i64> {
-        text.get(r).and_then(|s| s.parse().ok()).ok_or_else(bad)
+    let digits = |s: &str| -> anyhow::Result<i64> {
+        if s.bytes().all(|c| c.is_ascii_digit()) {
+            s.parse().map_err(|_| bad())
+        } else {
+            Err(bad())
+        }
     };
+    let num = |r: std::ops::Range<usize>| digits(text.get(r).unwrap_or_default());
     let (y, mo, d, h, mi) = (
         num(0..4)?,
         num(5..7)?,
@@ -157,25 +165,65 @@ fn parse_time(text: &str, now: Timestamp) -> anyhow::Result<Timestamp> {
         num(11..13)?,
         num(14..16)?,
     );
-    let (sec, rest) = if b.get(16) == Some(&b':') {
-        (num(17..19)?, &text[19..])
+    let (sec, rest) = if b[16] == b':' {
+        (num(17..19)?, text.get(19..).unwrap_or_default())
     } else {
         (0, &text[16..])
     };
-    let offset_min = match rest {
-        "Z" | "z" => 0,
-        r if r.len() == 6 && (r.starts_with('+') || r.starts_with('-')) && &r[3..4] == ":" => {
-            let v = r[1..3].parse::<i64>().map_err(|_| bad())? * 60
-                + r[4..6].parse::<i64>().map_err(|_| bad())?;
-            if r.starts_with('-') { -v } else { v }
+    let offset_min = match rest.as_bytes() {
+        [b'Z' | b'z'] => 0,
+        [sign @ (b'+' | b'-'), _, _, b':', _, _] => {
+            let (oh, om) = (digits(&rest[1..3])?, digits(&rest[4..6])?);
+            if oh > 23 || om > 59 {
+                return Err(bad());
+            }
+            if *sign == b'-' {
+                -(oh * 60 + om)
+            } else {
+                oh * 60 + om
+            }
         }
         _ => return Err(bad()),
     };
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
+    if !(1..=12).contains(&mo) || d < 1 || d > days_in_month(y, mo) || h > 23 || mi > 59 || sec > 60
+    {
         return Err(bad());
     }
     let secs = days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + sec - offset_min * 60;
     Ok(Timestamp(secs * 1000))
+}
+
+fn days_in_month(y: i64, m: i64) -> i64 {
+    match m {
+        2 if y % 4 == 0 && (y % 100 != 0 || y % 400 == 0) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// The longest silence the command sets: a year and a day covers any planned works; longer is a typo.
+const MAX_SILENCE: Dur = Dur::secs(366 * 86_400);
+
+/// A silence's start and end from `--starts`, `--ends` and `--duration`.
+fn silence_window(
+    starts: &str,
+    ends: Option<&str>,
+    duration: &str,
+    now: Timestamp,
+) -> anyhow::Result<(Timestamp, Timestamp)> {
+    let starts = parse_time(starts, now)?;
+    let ends = match ends {
+        Some(e) => parse_time(e, now)?,
+        None => {
+            let d = Dur::parse(duration).map_err(anyhow::Error::msg)?;
+            if d.ms() <= 0 || d > MAX_SILENCE {
+                bail!("--duration must be more than 0s and at most {MAX_SILENCE}, found {d}");
+            }
+            starts.plus_ms(d.ms())
+        }
+    };
+    Ok((starts, ends))
 }
 
 /// Runs a command against the database at `db_path`, printing to stdout.
@@ -209,11 +257,7 @@ pub fn run_to(
                 severity: a.severity,
                 min_severity: None,
             };
-            let starts = parse_time(&a.starts, now)?;
-            let ends = match &a.ends {
-                Some(e) => parse_time(e, now)?,
-                None => starts.plus_ms(Dur::parse(&a.duration).map_err(anyhow::Error::msg)?.ms()),
-            };
+            let (starts, ends) = silence_window(&a.starts, a.ends.as_deref(), &a.duration, now)?;
             if a.comment.trim().is_empty() {
                 bail!("--comment must say why");
             }
@@ -434,5 +478,50 @@ mod tests {
         );
         assert!(parse_time("2026-13-01T00:00:00Z", now).is_err());
         assert!(parse_time("tomorrow", now).is_err());
+    }
+
+    #[test]
+    fn offsets_and_dates_outside_the_calendar_are_refused() {
+        let now = Timestamp(5);
+        for t in [
+            "2026-11-18T11:06+0é00",
+            "2026-11-18T11:06:00+éé0",
+            "2026-02-29T00:00Z",
+            "2026-04-31T00:00Z",
+            "2026-11-18T11:06+24:00",
+            "2026-11-18T11:06+07:60",
+            "2026-+1-18T11:06Z",
+            "2026-11-18T11:06++7:00",
+        ] {
+            assert!(parse_time(t, now).is_err(), "{t}");
+        }
+        assert!(parse_time("2028-02-29T00:00Z", now).is_ok());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_time_text_parses_or_errs(text in proptest::prelude::any::<String>()) {
+            let _ = parse_time(&text, Timestamp(5));
+        }
+
+        /// Valid-looking dates with any tail: the offset is where byte slicing used to split a character.
+        #[test]
+        fn any_tail_after_a_date_parses_or_errs(
+            date in "[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}(:[0-9]{2})?",
+            tail in "([+-][0-9]{0,2}:?[0-9]{0,2})?\\PC{0,4}",
+        ) {
+            let _ = parse_time(&format!("{date}{tail}"), Timestamp(5));
+        }
+
+        #[test]
+        fn any_silence_window_is_ordered_or_an_error(
+            starts in "now|2026-11-18T11:06(:00)?(Z|[+-][0-9]{2}:[0-9]{2})|\\PC{0,20}",
+            duration in "[+-]?[0-9]{1,20}(ms|s|m|h|d)?|\\PC{0,12}",
+        ) {
+            let now = Timestamp(1_795_000_000_000);
+            if let Ok((from, to)) = silence_window(&starts, None, &duration, now) {
+                proptest::prop_assert!(from < to && to.since(from) <= MAX_SILENCE.ms());
+            }
+        }
     }
 }

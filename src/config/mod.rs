@@ -9,8 +9,11 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
+#[cfg(test)]
+mod proptests;
 mod regions;
 mod retention;
+mod spans;
 
 pub use regions::RegionsConfig;
 pub use retention::RetentionConfig;
@@ -54,7 +57,7 @@ pub struct Config {
     /// The alert router's settings (receivers, routes, grouping); without it incidents are stored and
     /// logged but nobody is notified.
     #[serde(default)]
-    pub alert: Option<Spanned<AlertConfig>>,
+    pub alert: Option<AlertConfig>,
     /// How long records and snapshots are kept.
     #[serde(default)]
     pub retention: RetentionConfig,
@@ -535,6 +538,7 @@ impl Config {
             text,
             file,
             config: &config,
+            single_camera: false,
         }
         .validate()?;
         Ok(config)
@@ -594,7 +598,18 @@ struct Validator<'a> {
     text: &'a str,
     file: &'a str,
     config: &'a Config,
+    /// The text holds one `[camera]` table (an `eval` scenario), not `[[cameras]]`.
+    single_camera: bool,
 }
+
+/// Ranges of the numbers a configuration sets; outside them a value would wrap, panic or mean nothing.
+const MAX_WORKERS: usize = 256;
+const MAX_BATCH: usize = 64;
+const MAX_BATCH_WAIT_MS: u64 = 1000;
+const WIDTHS: std::ops::RangeInclusive<u32> = 32..=7680;
+const STALL_SECONDS: std::ops::RangeInclusive<f32> = 1.0..=3600.0;
+/// A rule's waits: up to 30 days.
+const RULE_SECONDS: std::ops::RangeInclusive<f32> = 0.0..=2_592_000.0;
 
 impl Validator<'_> {
     fn err<T>(
@@ -613,6 +628,74 @@ impl Validator<'_> {
         })
     }
 
+    /// An error at `key`, located where the file writes it (or the nearest table it does write).
+    fn err_at<T>(&self, key: String, message: String) -> Result<T, ConfigError> {
+        let path = if self.single_camera {
+            key.replacen("cameras[0]", "camera", 1)
+        } else {
+            key.clone()
+        };
+        self.err(spans::find(self.text, &path), key, message)
+    }
+
+    /// Checks of `(key, in range, the range in words, the value found)` under `table`; the first that
+    /// fails is the error.
+    fn in_ranges(
+        &self,
+        table: &str,
+        checks: &[(&str, bool, String, String)],
+    ) -> Result<(), ConfigError> {
+        match checks.iter().find(|c| !c.1) {
+            Some((key, _, range, found)) => self.err_at(
+                format!("{table}.{key}"),
+                format!("must be {range}, found {found}"),
+            ),
+            None => Ok(()),
+        }
+    }
+
+    fn validate_runtime(&self) -> Result<(), ConfigError> {
+        let rt = &self.config.runtime;
+        let nice = &rt.ingest_nice;
+        if !(0..=19).contains(nice.get_ref()) {
+            return self.err(
+                nice.span(),
+                "runtime.ingest_nice".into(),
+                format!("must be 0–19, found {}", nice.get_ref()),
+            );
+        }
+        self.in_ranges(
+            "runtime",
+            &[
+                (
+                    "workers",
+                    rt.workers <= MAX_WORKERS,
+                    format!("0 (one per core) to {MAX_WORKERS}"),
+                    format!("{}", rt.workers),
+                ),
+                (
+                    "max_batch",
+                    (1..=MAX_BATCH).contains(&rt.max_batch),
+                    format!("1–{MAX_BATCH}"),
+                    format!("{}", rt.max_batch),
+                ),
+                (
+                    "batch_wait_ms",
+                    rt.batch_wait_ms <= MAX_BATCH_WAIT_MS,
+                    format!("0–{MAX_BATCH_WAIT_MS} ms"),
+                    format!("{}", rt.batch_wait_ms),
+                ),
+                (
+                    "score_threshold",
+                    (0.0..=1.0).contains(&rt.score_threshold),
+                    "within 0–1".into(),
+                    format!("{:?}", rt.score_threshold),
+                ),
+            ],
+        )?;
+        Ok(())
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         let model = self.config.model_path();
         if !model.is_file() {
@@ -629,21 +712,18 @@ impl Validator<'_> {
             );
         }
         if let Some(alert) = &self.config.alert
-            && let Err(e) = alert.get_ref().validate()
+            && let Err(e) = alert.validate()
         {
-            return self.err(alert.span(), "alert".into(), e.0);
+            let key = match e.key.as_str() {
+                "" => "alert".to_string(),
+                k => format!("alert.{k}"),
+            };
+            return self.err_at(key, e.message);
         }
         if let Err((span, key, message)) = self.config.retention.check() {
             return self.err(span, key, message);
         }
-        let nice = &self.config.runtime.ingest_nice;
-        if !(0..=19).contains(nice.get_ref()) {
-            return self.err(
-                nice.span(),
-                "runtime.ingest_nice".into(),
-                format!("must be 0–19, found {}", nice.get_ref()),
-            );
-        }
+        self.validate_runtime()?;
         let mut ids = HashSet::new();
         let mut labels: Option<Vec<String>> = None;
         for (ci, cam) in self.config.cameras.iter().enumerate() {
@@ -670,13 +750,30 @@ impl Validator<'_> {
             if let Err(message) = SourceUrl::parse(cam.url.get_ref(), &self.config.base_dir) {
                 return self.err(cam.url.span(), at("url"), message);
             }
-            if !(cam.fps > 0.0 && cam.fps <= 60.0) {
-                return self.err(
-                    cam.url.span(),
-                    at("fps"),
-                    format!("fps must be in (0, 60], found {}", cam.fps),
-                );
-            }
+            // The watchdog's timer takes stall_seconds: negative or NaN seconds panic as a Duration.
+            self.in_ranges(
+                &format!("cameras[{ci}]"),
+                &[
+                    (
+                        "fps",
+                        cam.fps > 0.0 && cam.fps <= 60.0,
+                        "in (0, 60]".into(),
+                        format!("{:?}", cam.fps),
+                    ),
+                    (
+                        "width",
+                        WIDTHS.contains(&cam.width),
+                        format!("{}–{} px", WIDTHS.start(), WIDTHS.end()),
+                        format!("{}", cam.width),
+                    ),
+                    (
+                        "stall_seconds",
+                        STALL_SECONDS.contains(&cam.stall_seconds),
+                        format!("{}–{} s", STALL_SECONDS.start(), STALL_SECONDS.end()),
+                        format!("{:?}", cam.stall_seconds),
+                    ),
+                ],
+            )?;
             let mut zone_ids = HashSet::new();
             for (zi, zone) in cam.zones.iter().enumerate() {
                 let key = at(&format!("zones[{zi}].polygon"));
@@ -729,6 +826,13 @@ impl Validator<'_> {
                     );
                 }
                 let [ix, iy] = *line.in_direction.get_ref();
+                if !(ix.is_finite() && iy.is_finite()) {
+                    return self.err(
+                        line.in_direction.span(),
+                        key("in_direction"),
+                        format!("must be finite, found [{ix:?}, {iy:?}]"),
+                    );
+                }
                 let cross = (dx * iy - dy * ix) / (dx.hypot(dy) * ix.hypot(iy).max(1e-9));
                 if ix.hypot(iy) < 1e-6 || cross.abs() < 0.1 {
                     return self.err(
@@ -828,12 +932,16 @@ impl Validator<'_> {
             ("clear_seconds", &rule.clear_seconds),
         ] {
             if let Some(v) = v
-                && !(*v.get_ref() >= 0.0 && v.get_ref().is_finite())
+                && !RULE_SECONDS.contains(v.get_ref())
             {
                 return self.err(
                     v.span(),
                     key(name),
-                    format!("must be a duration ≥ 0 s, found {}", v.get_ref()),
+                    format!(
+                        "must be a duration of 0–{} s (30 days), found {:?}",
+                        RULE_SECONDS.end(),
+                        v.get_ref()
+                    ),
                 );
             }
         }
@@ -912,8 +1020,12 @@ impl Validator<'_> {
             needs("direction", rule.direction.is_some())?;
             let d = rule.direction.as_ref().expect("checked above");
             let [dx, dy] = *d.get_ref();
-            if dx.hypot(dy) <= 1e-6 || dx.is_nan() || dy.is_nan() {
-                return self.err(d.span(), key("direction"), "must not be zero".into());
+            if !(dx.is_finite() && dy.is_finite()) || dx.hypot(dy) <= 1e-6 {
+                return self.err(
+                    d.span(),
+                    key("direction"),
+                    format!("must be finite and not zero, found [{dx:?}, {dy:?}]"),
+                );
             }
         }
         if let Some(sched) = &rule.schedule {
@@ -993,6 +1105,7 @@ pub fn validate_camera(
         text,
         file,
         config: &config,
+        single_camera: true,
     }
     .validate()
     .map_err(|e| match e {

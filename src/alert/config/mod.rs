@@ -39,6 +39,14 @@ impl Dur {
         std::time::Duration::from_millis(self.0.max(0) as u64)
     }
 
+    /// Seconds as read from a file or the command line: an error, not an overflow, when their
+    /// milliseconds do not fit.
+    pub fn checked_secs(s: i64) -> Result<Self, String> {
+        s.checked_mul(1000)
+            .map(Self)
+            .ok_or_else(|| format!("duration {s} s is too large"))
+    }
+
     /// Parses `"1h30m"`-style text; units ms, s, m, h, d.
     pub fn parse(text: &str) -> Result<Self, String> {
         let t = text.trim();
@@ -46,7 +54,7 @@ impl Dur {
             return Err("empty duration".into());
         }
         if let Ok(secs) = t.parse::<i64>() {
-            return Ok(Self::secs(secs));
+            return Self::checked_secs(secs);
         }
         let mut total: i64 = 0;
         let mut rest = t;
@@ -117,7 +125,7 @@ impl<'de> Deserialize<'de> for Dur {
             Text(String),
         }
         match Raw::deserialize(d)? {
-            Raw::Secs(s) => Ok(Dur::secs(s)),
+            Raw::Secs(s) => Dur::checked_secs(s).map_err(serde::de::Error::custom),
             Raw::Text(t) => Dur::parse(&t).map_err(serde::de::Error::custom),
         }
     }
@@ -442,10 +450,30 @@ pub struct DlrConfig {
     pub public_url: Option<String>,
 }
 
-/// What is wrong with a config, in the operator's words.
+/// The longest span of time any setting takes: a month is past any sensible wait, interval, retention or
+/// retry, and keeps `now ± span` far from overflowing.
+pub(crate) const MAX_SPAN: Dur = Dur::secs(30 * 86_400);
+/// The longest a single request to a gateway or mail server may take.
+pub(crate) const MAX_TIMEOUT: Dur = Dur::secs(3600);
+
+/// What is wrong with a config, in the operator's words, and the key it is about: a path inside the
+/// `[alert]` table such as `receivers[0].max_concurrency` (empty for the table as a whole), from which
+/// the main configuration locates the mistake in its file.
 #[derive(Debug, thiserror::Error)]
-#[error("alert config: {0}")]
-pub struct ConfigError(pub String);
+#[error("alert config: {}{message}", if key.is_empty() { String::new() } else { format!("{key}: ") })]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -461,5 +489,73 @@ mod tests {
         assert!(Dur::parse("m").is_err());
         assert_eq!(Dur::secs(300).to_string(), "5m");
         assert_eq!(Dur::millis(1500).to_string(), "1500ms");
+    }
+
+    #[test]
+    fn durations_that_do_not_fit_are_errors_not_overflows() {
+        // Seconds are kept as milliseconds: 9223372036854776 s do not fit an i64 of them.
+        let e = Dur::parse("9223372036854776").unwrap_err();
+        assert!(e.contains("too large"), "{e}");
+        assert!(Dur::parse("9223372036854775807s").is_err());
+        assert!(Dur::parse("106751991168d").is_err());
+        #[derive(Debug, Deserialize)]
+        struct T {
+            #[allow(dead_code)]
+            d: Dur,
+        }
+        let e = toml::from_str::<T>("d = 9223372036854776").unwrap_err();
+        assert!(e.message().contains("too large"), "{e}");
+        assert_eq!(
+            Dur::parse("9223372036854775").unwrap(),
+            Dur(9_223_372_036_854_775_000)
+        );
+    }
+
+    /// Milliseconds of `(number, unit)` parts computed wide, to compare the parser with.
+    fn wide_ms(parts: &[(u64, &str)]) -> i128 {
+        parts
+            .iter()
+            .map(|(n, unit)| {
+                let scale: i128 = match *unit {
+                    "ms" => 1,
+                    "s" => 1000,
+                    "m" => 60_000,
+                    "h" => 3_600_000,
+                    _ => 86_400_000,
+                };
+                i128::from(*n) * scale
+            })
+            .sum()
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_text_parses_or_errs(text in proptest::prelude::any::<String>()) {
+            let _ = Dur::parse(&text);
+        }
+
+        #[test]
+        fn digits_alone_are_seconds_that_fit_or_an_error(digits in "[+-]?[0-9]{1,25}") {
+            let wide = digits.parse::<i128>().unwrap() * 1000;
+            match Dur::parse(&digits) {
+                Ok(d) => proptest::prop_assert_eq!(i128::from(d.ms()), wide),
+                Err(_) => proptest::prop_assert!(i64::try_from(wide).is_err()),
+            }
+        }
+
+        #[test]
+        fn parts_sum_exactly_or_are_too_large(
+            parts in proptest::collection::vec(
+                (0u64..u64::MAX, proptest::sample::select(vec!["ms", "s", "m", "h", "d"])),
+                1..4,
+            )
+        ) {
+            let text: String = parts.iter().map(|(n, u)| format!("{n}{u}")).collect();
+            let wide = wide_ms(&parts);
+            match Dur::parse(&text) {
+                Ok(d) => proptest::prop_assert_eq!(i128::from(d.ms()), wide),
+                Err(_) => proptest::prop_assert!(i64::try_from(wide).is_err(), "{}", text),
+            }
+        }
     }
 }

@@ -4,131 +4,223 @@
 use std::collections::HashSet;
 
 use super::{
-    AlertConfig, ConfigError, HourWindow, Matchers, ReceiverConfig, RouteConfig, check_template,
-    normalize_phone,
+    AlertConfig, ConfigError, Dur, HourWindow, MAX_SPAN, MAX_TIMEOUT, Matchers, ReceiverConfig,
+    RouteConfig, check_template, normalize_phone,
 };
 
 /// The labels `group_by` and `equal` may name.
 const LABELS: &[&str] = &["camera", "ward", "rule", "zone", "severity"];
 
+/// Most deliveries in flight to one receiver: far past what a gateway or mail server takes at once.
+const MAX_CONCURRENCY: usize = 1000;
+/// Below one delivery a day a rate limit is a mistake (and its wait no longer fits a timer).
+const MIN_RATE: f64 = 1.0 / 86_400.0;
+/// Most parts of a concatenated SMS: the header's part count is one byte.
+const MAX_SEGMENTS: usize = 255;
+
+/// A span of time at `key` within `(0, max]`, or `[0, max]` when `zero` is allowed.
+fn time_span(key: String, d: Dur, zero: bool, max: Dur) -> Result<(), ConfigError> {
+    match (d.ms(), zero) {
+        (ms, _) if ms > 0 && d <= max => Ok(()),
+        (0, true) => Ok(()),
+        (_, true) => Err(ConfigError::new(
+            key,
+            format!("must be 0s–{max}, found {d}"),
+        )),
+        (_, false) => Err(ConfigError::new(
+            key,
+            format!("must be more than 0s and at most {max}, found {d}"),
+        )),
+    }
+}
+
 impl AlertConfig {
     /// Parses the contents of an `[alert]` table (without the header), mainly for tests and tools.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let cfg: Self = toml::from_str(text).map_err(|e| ConfigError(e.to_string()))?;
+        let cfg: Self = toml::from_str(text).map_err(|e| ConfigError::new("", e.to_string()))?;
         cfg.validate()?;
         Ok(cfg)
     }
 
-    /// Checks cross-references and values that serde cannot.
+    /// Checks cross-references and values that serde cannot; the error names the key at fault.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let err = |m: String| Err(ConfigError(m));
         let mut names = HashSet::new();
-        for r in &self.receivers {
+        for (i, r) in self.receivers.iter().enumerate() {
+            self.validate_receiver(r, &format!("receivers[{i}]"))?;
             if !names.insert(r.name.as_str()) {
-                return err(format!("receiver {:?} is defined twice", r.name));
-            }
-            if r.sms.is_none() && r.email.is_none() && r.webhook.is_none() {
-                return err(format!(
-                    "receiver {:?} has no sms, email or webhook",
-                    r.name
+                return Err(ConfigError::new(
+                    format!("receivers[{i}].name"),
+                    format!("receiver {:?} is defined twice", r.name),
                 ));
-            }
-            if r.max_concurrency == 0 {
-                return err(format!(
-                    "receiver {:?}: max_concurrency must be at least 1",
-                    r.name
-                ));
-            }
-            if !(r.rate_per_second >= 0.0 && r.rate_per_second.is_finite()) {
-                return err(format!(
-                    "receiver {:?}: rate_per_second must be ≥ 0",
-                    r.name
-                ));
-            }
-            if let Some(s) = &r.sms {
-                url::Url::parse(&s.url)
-                    .map_err(|e| ConfigError(format!("receiver {:?}: sms url: {e}", r.name)))?;
-                if s.numbers.is_empty() {
-                    return err(format!("receiver {:?}: sms has no numbers", r.name));
-                }
-                for n in &s.numbers {
-                    normalize_phone(n)
-                        .map_err(|e| ConfigError(format!("receiver {:?}: {e}", r.name)))?;
-                }
-                if s.max_segments == 0 {
-                    return err(format!(
-                        "receiver {:?}: sms max_segments must be at least 1",
-                        r.name
-                    ));
-                }
-                for k in s.param_names.keys() {
-                    if !super::SMS_PARAM_KEYS.contains(&k.as_str()) {
-                        return err(format!(
-                            "receiver {:?}: unknown sms param_names key {k:?} (known: {})",
-                            r.name,
-                            super::SMS_PARAM_KEYS.join(", ")
-                        ));
-                    }
-                }
-                check_template(&s.template).map_err(|e| {
-                    ConfigError(format!("receiver {:?}: sms template: {e}", r.name))
-                })?;
-            }
-            if let Some(e) = &r.email {
-                if e.to.is_empty() {
-                    return err(format!("receiver {:?}: email has no `to`", r.name));
-                }
-                for a in e.to.iter().chain(std::iter::once(&e.from)) {
-                    a.parse::<lettre::message::Mailbox>().map_err(|x| {
-                        ConfigError(format!("receiver {:?}: bad address {a:?}: {x}", r.name))
-                    })?;
-                }
-                if let Some(ca) = &e.ca_file
-                    && !ca.is_file()
-                {
-                    return err(format!(
-                        "receiver {:?}: ca_file {} does not exist",
-                        r.name,
-                        ca.display()
-                    ));
-                }
-            }
-            if let Some(w) = &r.webhook {
-                url::Url::parse(&w.url)
-                    .map_err(|e| ConfigError(format!("receiver {:?}: webhook url: {e}", r.name)))?;
-                if w.secret.len() < 16 {
-                    return err(format!(
-                        "receiver {:?}: webhook secret must be at least 16 bytes",
-                        r.name
-                    ));
-                }
             }
         }
-        self.validate_route(&self.route, &names, true)?;
-        for rule in &self.inhibit.rules {
+        self.validate_route(&self.route, "route", &names, true)?;
+        for (i, rule) in self.inhibit.rules.iter().enumerate() {
             for l in &rule.equal {
                 if !LABELS.contains(&l.as_str()) || l == "severity" {
-                    return err(format!(
-                        "inhibit rule: cannot compare label {l:?} (use camera, ward, rule, zone)"
+                    return Err(ConfigError::new(
+                        format!("inhibit.rules[{i}].equal"),
+                        format!(
+                            "inhibit rule: cannot compare label {l:?} (use camera, ward, rule, zone)"
+                        ),
                     ));
                 }
             }
         }
-        if self.flood.max_notices > 0 && self.flood.window.ms() <= 0 {
-            return err("flood.window must be positive".into());
-        }
+        let flood = &self.flood;
+        time_span(
+            "flood.window".into(),
+            flood.window,
+            flood.max_notices == 0,
+            MAX_SPAN,
+        )?;
         let r = &self.retry;
-        if r.initial_backoff.ms() <= 0 || r.max_backoff < r.initial_backoff {
-            return err("retry: need 0 < initial_backoff ≤ max_backoff".into());
+        time_span(
+            "retry.initial_backoff".into(),
+            r.initial_backoff,
+            false,
+            MAX_SPAN,
+        )?;
+        if !(r.initial_backoff <= r.max_backoff && r.max_backoff <= MAX_SPAN) {
+            return Err(ConfigError::new(
+                "retry.max_backoff",
+                format!(
+                    "need initial_backoff ≤ max_backoff ≤ {MAX_SPAN}, found {} and {}",
+                    r.initial_backoff, r.max_backoff
+                ),
+            ));
         }
-        if !(r.multiplier >= 1.0 && r.multiplier.is_finite() && (0.0..=1.0).contains(&r.jitter)) {
-            return err("retry: multiplier must be ≥ 1 and jitter within 0..1".into());
+        // Past 100 the second retry already waits max_backoff; NaN or infinity would poison every wait.
+        if !(1.0..=100.0).contains(&r.multiplier) {
+            return Err(ConfigError::new(
+                "retry.multiplier",
+                format!("must be 1–100, found {:?}", r.multiplier),
+            ));
         }
+        if !(0.0..=1.0).contains(&r.jitter) {
+            return Err(ConfigError::new(
+                "retry.jitter",
+                format!("must be within 0–1, found {:?}", r.jitter),
+            ));
+        }
+        time_span(
+            "retry.give_up_after".into(),
+            r.give_up_after,
+            false,
+            MAX_SPAN,
+        )?;
+        time_span(
+            "resolved_retention".into(),
+            self.resolved_retention,
+            true,
+            MAX_SPAN,
+        )?;
         if let Some(base) = &self.snapshot_base_url {
-            url::Url::parse(base).map_err(|e| ConfigError(format!("snapshot_base_url: {e}")))?;
+            url::Url::parse(base)
+                .map_err(|e| ConfigError::new("snapshot_base_url", e.to_string()))?;
         }
         if !(-14 * 60..=14 * 60).contains(&self.utc_offset_minutes) {
-            return err("utc_offset_minutes must be within ±840".into());
+            return Err(ConfigError::new(
+                "utc_offset_minutes",
+                format!(
+                    "must be within ±840 (±14 h), found {}",
+                    self.utc_offset_minutes
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_receiver(&self, r: &ReceiverConfig, at: &str) -> Result<(), ConfigError> {
+        let key = |k: &str| format!("{at}.{k}");
+        let err = |k: &str, m: String| Err(ConfigError::new(key(k), m));
+        if r.sms.is_none() && r.email.is_none() && r.webhook.is_none() {
+            return err(
+                "name",
+                format!("receiver {:?} has no sms, email or webhook", r.name),
+            );
+        }
+        if !(1..=MAX_CONCURRENCY).contains(&r.max_concurrency) {
+            return err(
+                "max_concurrency",
+                format!("must be 1–{MAX_CONCURRENCY}, found {}", r.max_concurrency),
+            );
+        }
+        if !(r.rate_per_second == 0.0
+            || (r.rate_per_second >= MIN_RATE && r.rate_per_second.is_finite()))
+        {
+            return err(
+                "rate_per_second",
+                format!(
+                    "must be 0 (no limit) or at least one a day ({MIN_RATE:.7}), found {:?}",
+                    r.rate_per_second
+                ),
+            );
+        }
+        if let Some(s) = &r.sms {
+            url::Url::parse(&s.url).map_err(|e| ConfigError::new(key("sms.url"), e.to_string()))?;
+            if s.numbers.is_empty() {
+                return err("sms.numbers", "sms has no numbers".into());
+            }
+            for n in &s.numbers {
+                normalize_phone(n).map_err(|e| ConfigError::new(key("sms.numbers"), e))?;
+            }
+            if !(1..=MAX_SEGMENTS).contains(&s.max_segments) {
+                return err(
+                    "sms.max_segments",
+                    format!("must be 1–{MAX_SEGMENTS}, found {}", s.max_segments),
+                );
+            }
+            for k in s.param_names.keys() {
+                if !super::SMS_PARAM_KEYS.contains(&k.as_str()) {
+                    return err(
+                        "sms.param_names",
+                        format!(
+                            "unknown sms param_names key {k:?} (known: {})",
+                            super::SMS_PARAM_KEYS.join(", ")
+                        ),
+                    );
+                }
+            }
+            check_template(&s.template)
+                .map_err(|e| ConfigError::new(key("sms.template"), format!("sms template: {e}")))?;
+            time_span(key("sms.timeout"), s.timeout, false, MAX_TIMEOUT)?;
+        }
+        if let Some(e) = &r.email {
+            if e.to.is_empty() {
+                return err("email.to", "email has no `to`".into());
+            }
+            for (k, a) in
+                e.to.iter()
+                    .map(|a| ("email.to", a))
+                    .chain([("email.from", &e.from)])
+            {
+                a.parse::<lettre::message::Mailbox>()
+                    .map_err(|x| ConfigError::new(key(k), format!("bad address {a:?}: {x}")))?;
+            }
+            if e.smtp_port == 0 {
+                return err("email.smtp_port", "must be 1–65535, found 0".into());
+            }
+            if let Some(ca) = &e.ca_file
+                && !ca.is_file()
+            {
+                return err(
+                    "email.ca_file",
+                    format!("ca_file {} does not exist", ca.display()),
+                );
+            }
+            time_span(key("email.timeout"), e.timeout, false, MAX_TIMEOUT)?;
+        }
+        if let Some(w) = &r.webhook {
+            url::Url::parse(&w.url)
+                .map_err(|e| ConfigError::new(key("webhook.url"), e.to_string()))?;
+            if w.secret.len() < 16 {
+                return err(
+                    "webhook.secret",
+                    "webhook secret must be at least 16 bytes".into(),
+                );
+            }
+            time_span(key("webhook.timeout"), w.timeout, false, MAX_TIMEOUT)?;
         }
         Ok(())
     }
@@ -136,50 +228,54 @@ impl AlertConfig {
     fn validate_route(
         &self,
         r: &RouteConfig,
+        at: &str,
         receivers: &HashSet<&str>,
         root: bool,
     ) -> Result<(), ConfigError> {
+        let key = |k: &str| format!("{at}.{k}");
         if let Some(name) = &r.receiver
             && !receivers.contains(name.as_str())
         {
-            return Err(ConfigError(format!(
-                "route names unknown receiver {name:?}"
-            )));
+            return Err(ConfigError::new(
+                key("receiver"),
+                format!("route names unknown receiver {name:?}"),
+            ));
         }
         if root && (!r.hours.is_empty() || r.matchers != Matchers::default()) {
-            return Err(ConfigError(
-                "the root route matches everything: no match or hours on it".into(),
+            let k = if r.hours.is_empty() { "match" } else { "hours" };
+            return Err(ConfigError::new(
+                key(k),
+                "the root route matches everything: no match or hours on it",
             ));
         }
         for h in &r.hours {
-            HourWindow::parse(h).map_err(ConfigError)?;
+            HourWindow::parse(h).map_err(|e| ConfigError::new(key("hours"), e))?;
         }
         if let Some(g) = &r.group_by {
             for l in g {
                 if l != "..." && !LABELS.contains(&l.as_str()) {
-                    return Err(ConfigError(format!(
-                        "group_by label {l:?} unknown (use camera, ward, rule, zone, severity or \"...\")"
-                    )));
+                    return Err(ConfigError::new(
+                        key("group_by"),
+                        format!(
+                            "group_by label {l:?} unknown (use camera, ward, rule, zone, severity or \"...\")"
+                        ),
+                    ));
                 }
             }
         }
-        for (what, d) in [
+        if let Some(d) = r.group_wait {
+            time_span(key("group_wait"), d, true, MAX_SPAN)?;
+        }
+        for (k, d) in [
             ("group_interval", r.group_interval),
             ("repeat_interval", r.repeat_interval),
         ] {
-            if let Some(d) = d
-                && d.ms() <= 0
-            {
-                return Err(ConfigError(format!("{what} must be positive")));
+            if let Some(d) = d {
+                time_span(key(k), d, false, MAX_SPAN)?;
             }
         }
-        if let Some(d) = r.group_wait
-            && d.ms() < 0
-        {
-            return Err(ConfigError("group_wait must not be negative".into()));
-        }
-        for c in &r.routes {
-            self.validate_route(c, receivers, false)?;
+        for (i, c) in r.routes.iter().enumerate() {
+            self.validate_route(c, &key(&format!("routes[{i}]")), receivers, false)?;
         }
         Ok(())
     }

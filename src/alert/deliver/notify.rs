@@ -39,7 +39,9 @@ impl Bucket {
             self.tokens -= 1.0;
             Ok(())
         } else {
-            Err(Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
+            // Validation keeps the rate at one a day or more; saturate rather than panic regardless.
+            Err(Duration::try_from_secs_f64((1.0 - self.tokens) / self.rate)
+                .unwrap_or(Duration::MAX))
         }
     }
 }
@@ -182,7 +184,11 @@ impl Notifier {
                     format!(
                         "{b}/dlr?d={}&k={}&s=%d&a=%A",
                         d.id,
-                        &d.idempotency_key[..16]
+                        // The key is read back from the database: cut at a character, never mid-way.
+                        d.idempotency_key
+                            .char_indices()
+                            .nth(16)
+                            .map_or(d.idempotency_key.as_str(), |(i, _)| &d.idempotency_key[..i])
                     )
                 });
                 sms::send(&self.http, cfg, &d.target, &d.body, dlr.as_deref()).await
@@ -235,5 +241,22 @@ impl Notifier {
             }
         }
         self.wake.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tiny_rate_waits_long_instead_of_panicking() {
+        let mut b = Bucket {
+            rate: 1e-20,
+            tokens: 1.0,
+            last: Instant::now(),
+        };
+        assert!(b.take().is_ok());
+        let wait = b.take().unwrap_err();
+        assert!(wait >= Duration::from_secs(365 * 86_400), "{wait:?}");
     }
 }

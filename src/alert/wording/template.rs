@@ -41,8 +41,13 @@ pub(crate) fn rule_name(kind: &str) -> &str {
 
 /// `HH:MM DD/MM` in local time.
 pub(crate) fn local_time(t: Timestamp, offset_minutes: i32) -> String {
-    let s = t.plus_ms(i64::from(offset_minutes) * 60_000).to_rfc3339();
-    format!("{} {}/{}", &s[11..16], &s[8..10], &s[5..7])
+    // Times come back from the database: saturate at the ends of time, and read the fields from the end
+    // of the text, as the year before them may have any number of digits.
+    let local = Timestamp(t.0.saturating_add(i64::from(offset_minutes) * 60_000));
+    let s = local.to_rfc3339();
+    let tail = s.get(s.len().saturating_sub(15)..).unwrap_or_default(); // "MM-DDTHH:MM:SSZ"
+    let field = |r: std::ops::Range<usize>| tail.get(r).unwrap_or("??");
+    format!("{} {}/{}", field(6..11), field(3..5), field(0..2))
 }
 
 pub(crate) fn snapshot_link(a: &Alert, base: Option<&str>) -> Option<String> {
@@ -338,5 +343,15 @@ mod tests {
         );
         let s = gsm::segments(&plain);
         assert_eq!((s.alphabet, s.count), (gsm::Alphabet::Gsm7, 1), "{plain}");
+    }
+
+    #[test]
+    fn local_time_reads_any_timestamp_read_back() {
+        // 10000-01-01T00:00:00Z: a five-digit year moved every field the text was cut at.
+        assert_eq!(local_time(Timestamp(253_402_300_800_000), 0), "00:00 01/01");
+        assert_eq!(local_time(Timestamp(1_795_000_000_000), 420), "18:06 18/11");
+        // A damaged row: the end of time plus the offset must not overflow.
+        let t = local_time(Timestamp(i64::MAX), 420);
+        assert_eq!((t.len(), &t[2..3], &t[8..9]), (11, ":", "/"), "{t}");
     }
 }
