@@ -78,6 +78,12 @@ impl AlertConfig {
                 if e.to.is_empty() {
                     return err(format!("receiver {:?}: email has no `to`", r.name));
                 }
+                if e.timeout.ms() <= 0 || e.send_timeout.ms() <= 0 {
+                    return err(format!(
+                        "receiver {:?}: email timeout and send_timeout must be positive",
+                        r.name
+                    ));
+                }
                 for a in e.to.iter().chain(std::iter::once(&e.from)) {
                     a.parse::<lettre::message::Mailbox>().map_err(|x| {
                         ConfigError(format!("receiver {:?}: bad address {a:?}: {x}", r.name))
