@@ -1,5 +1,6 @@
-//! The notifier under broken peers: an SMTP server that goes silent mid-conversation.
-//! The broken peers are real TCP servers in this process, speaking just enough SMTP.
+//! The notifier under broken peers: an SMTP server that goes silent mid-conversation, one receiver's backlog
+//! beside another's fresh notice, and the SQLite file locked by another connection while sends are in flight.
+//! The broken peers are real TCP servers in this process, speaking just enough SMTP or HTTP.
 
 #[path = "support/alert_peers.rs"]
 mod peers;
@@ -9,9 +10,10 @@ mod util;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use peers::{SMTP_PASS, SMTP_USER, Smtp};
 use streetwatch::alert::{AlertConfig, AlertHandle, AlertService, DeliveryRow, Store};
 use streetwatch::types::SystemClock;
 use tempfile::TempDir;
@@ -231,4 +233,309 @@ fn smtp_silent_before_data_is_given_up_without_counting_a_duplicate() {
     assert_eq!(d.possible_duplicates, 0, "{d:?}");
     assert_eq!(run.peer.bodies().len(), 1);
     run.alert.shutdown();
+}
+
+/// An HTTP server that takes requests and never answers (a gateway hung behind its load balancer).
+struct SilentHttp {
+    port: u16,
+    connections: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl SilentHttp {
+    fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let connections = Arc::new(Mutex::new(Vec::new()));
+        let held = connections.clone();
+        std::thread::spawn(move || {
+            for s in listener.incoming() {
+                let Ok(s) = s else { return };
+                held.lock().unwrap().push(s);
+            }
+        });
+        Self { port, connections }
+    }
+}
+
+/// After an SMS outage the SMS receiver has hundreds of due deliveries; an e-mail receiver's notice decided
+/// later must not wait behind them.
+#[test]
+fn one_receivers_backlog_does_not_hold_back_another_receiver() {
+    let gateway = SilentHttp::start();
+    let smtp = Smtp::start();
+    let dir = TempDir::new().unwrap();
+    let db = dir.path().join("sw.db");
+    let cfg = AlertConfig::from_toml(&format!(
+        r#"
+[flood]
+max_notices = 0
+[[receivers]]
+name = "post"
+max_concurrency = 2
+[receivers.sms]
+url = "http://127.0.0.1:{gw}/cgi-bin/sendsms"
+username = "u"
+password = "p"
+numbers = ["0901234567"]
+timeout = "60s"
+[[receivers]]
+name = "district-command"
+[receivers.email]
+smtp_host = "127.0.0.1"
+smtp_port = {smtp_port}
+tls_domain = "localhost"
+username = "{SMTP_USER}"
+password = "{SMTP_PASS}"
+ca_file = "{ca}"
+from = "streetwatch <{SMTP_USER}>"
+to = ["truc-ban@q1.police.vn"]
+[route]
+receiver = "post"
+group_by = ["..."]
+group_wait = "0s"
+[[route.routes]]
+receiver = "district-command"
+match = {{ ward = ["Đa Kao"] }}
+"#,
+        gw = gateway.port,
+        smtp_port = smtp.port,
+        ca = smtp.ca_file.display(),
+    ))
+    .unwrap();
+    let alert = AlertService::start(cfg, &db, Arc::new(SystemClock)).unwrap();
+    // More due SMS than the notifier looked at in one go (256); the gateway holds the first two.
+    for i in 0..300 {
+        alert.submit(opened(&format!("cam-{i}"), "Bến Nghé", None));
+    }
+    wait_deliveries(&db, Duration::from_secs(60), "300 SMS decided", |r| {
+        r.len() == 300
+    });
+    peers::wait_for(
+        "two SMS requests held by the gateway",
+        Duration::from_secs(30),
+        || (gateway.connections.lock().unwrap().len() >= 2).then_some(()),
+    );
+    let t = Instant::now();
+    alert.submit(opened("d1-dk-01", "Đa Kao", None));
+    let rows = wait_deliveries(
+        &db,
+        Duration::from_secs(20),
+        "the e-mail sent while the SMS backlog waits",
+        |r| {
+            r.iter()
+                .any(|d| d.channel == "email" && d.state == "accepted")
+        },
+    );
+    eprintln!(
+        "e-mail accepted {:?} after its incident, behind 300 due SMS",
+        t.elapsed()
+    );
+    let sms_waiting = rows
+        .iter()
+        .filter(|d| d.channel == "sms" && d.state == "pending")
+        .count();
+    assert!(
+        sms_waiting >= 290,
+        "the SMS backlog is still there: {sms_waiting}"
+    );
+    assert_eq!(smtp.messages().len(), 1);
+    alert.shutdown();
+}
+
+/// An HTTP receiver that holds every request until [`HeldHooks::release`], then answers 200.
+struct HeldHooks {
+    port: u16,
+    state: Arc<(Mutex<(usize, bool)>, Condvar)>,
+}
+
+impl HeldHooks {
+    fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        // (requests arrived, released)
+        let state = Arc::new((Mutex::new((0usize, false)), Condvar::new()));
+        let st = state.clone();
+        std::thread::spawn(move || {
+            for s in listener.incoming() {
+                let Ok(s) = s else { return };
+                let st = st.clone();
+                std::thread::spawn(move || {
+                    let _ = held_session(s, &st);
+                });
+            }
+        });
+        Self { port, state }
+    }
+
+    fn arrived(&self) -> usize {
+        self.state.0.lock().unwrap().0
+    }
+
+    fn release(&self) {
+        self.state.0.lock().unwrap().1 = true;
+        self.state.1.notify_all();
+    }
+}
+
+fn held_session(mut s: TcpStream, st: &(Mutex<(usize, bool)>, Condvar)) -> std::io::Result<()> {
+    let mut r = BufReader::new(s.try_clone()?);
+    loop {
+        let mut len = 0usize;
+        let mut first = true;
+        loop {
+            let mut l = String::new();
+            if r.read_line(&mut l)? == 0 {
+                return Ok(());
+            }
+            if l.trim().is_empty() && !first {
+                break;
+            }
+            first = false;
+            if let Some((k, v)) = l.split_once(':')
+                && k.eq_ignore_ascii_case("content-length")
+            {
+                len = v.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0; len];
+        r.read_exact(&mut body)?;
+        let (lock, cv) = st;
+        let mut g = lock.lock().unwrap();
+        g.0 += 1;
+        cv.notify_all();
+        while !g.1 {
+            g = cv.wait(g).unwrap();
+        }
+        drop(g);
+        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")?;
+    }
+}
+
+/// Asks the delivery-report listener (a task on the notifier's runtime) for a page it does not have;
+/// returns how long the 404 took, or None if none came within `limit`.
+fn probe(port: u16, limit: Duration) -> Option<Duration> {
+    let t = Instant::now();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(limit)).ok()?;
+    write!(s, "GET /probe HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).ok()?;
+    (resp.split_whitespace().nth(1) == Some("404")).then(|| t.elapsed())
+}
+
+/// Another process (the CLI, a backup, the incident store) holding a write transaction on the shared file
+/// must not stall the notifier's runtime: sends that finish meanwhile wait for the lock off the runtime's
+/// threads, and everything else on it (here the delivery-report listener) keeps answering.
+#[test]
+fn a_long_write_transaction_elsewhere_does_not_stall_the_notifier_runtime() {
+    let hooks = HeldHooks::start();
+    let dir = TempDir::new().unwrap();
+    let db = dir.path().join("sw.db");
+    let cfg = AlertConfig::from_toml(&format!(
+        r#"
+[dlr]
+listen = "127.0.0.1:0"
+[flood]
+max_notices = 0
+[[receivers]]
+name = "city-platform"
+max_concurrency = 4
+[receivers.webhook]
+url = "http://127.0.0.1:{}/hooks"
+secret = "city-integration-secret"
+timeout = "60s"
+[route]
+receiver = "city-platform"
+group_by = ["..."]
+group_wait = "0s"
+"#,
+        hooks.port
+    ))
+    .unwrap();
+    let alert = AlertService::start(cfg, &db, Arc::new(SystemClock)).unwrap();
+    let dlr_port = alert.dlr_addr().unwrap().port();
+    // More sends in flight than the runtime has threads.
+    for i in 0..4 {
+        alert.submit(opened(&format!("cam-{i}"), "Bến Nghé", None));
+    }
+    peers::wait_for(
+        "four webhook calls in flight",
+        Duration::from_secs(30),
+        || (hooks.arrived() == 4).then_some(()),
+    );
+    assert!(probe(dlr_port, Duration::from_secs(5)).is_some());
+
+    let lock = rusqlite::Connection::open(&db).unwrap();
+    lock.busy_timeout(Duration::from_secs(10)).unwrap();
+    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let locked = Instant::now();
+    // The four answers come while the file is locked: each send's outcome waits to be recorded.
+    hooks.release();
+    let hold = Duration::from_secs(6);
+    let mut slowest = Duration::ZERO;
+    let mut stalled = 0;
+    while locked.elapsed() < hold {
+        std::thread::sleep(Duration::from_millis(250));
+        match probe(dlr_port, Duration::from_secs(2)) {
+            Some(took) => slowest = slowest.max(took),
+            None => stalled += 1,
+        }
+    }
+    lock.execute_batch("ROLLBACK").unwrap();
+    assert_eq!(
+        stalled, 0,
+        "the runtime stopped answering while another connection held the write lock (slowest answer {slowest:?})"
+    );
+    wait_deliveries(
+        &db,
+        Duration::from_secs(30),
+        "the four outcomes recorded once the lock is gone",
+        |r| r.len() == 4 && r.iter().all(|d| d.state == "accepted"),
+    );
+    alert.shutdown();
+}
+
+/// Deliveries left queued for a receiver that was then removed from the config are dead-lettered with the
+/// reason at the next start, not left pending for ever.
+#[test]
+fn deliveries_of_a_removed_receiver_are_dead_lettered() {
+    let dir = TempDir::new().unwrap();
+    let db = dir.path().join("sw.db");
+    // Nothing listens on this port: the webhook fails and waits for its retry.
+    let closed = peers::free_port();
+    let receiver = |name: &str| {
+        format!(
+            "[retry]\ninitial_backoff = \"10m\"\nmax_backoff = \"10m\"\n[[receivers]]\nname = \"{name}\"\n\
+             webhook = {{ url = \"http://127.0.0.1:{closed}/hooks\", secret = \"city-integration-secret\" }}\n\
+             [route]\nreceiver = \"{name}\"\ngroup_wait = \"0s\"\n"
+        )
+    };
+    let alert = AlertService::start(
+        AlertConfig::from_toml(&receiver("old-platform")).unwrap(),
+        &db,
+        Arc::new(SystemClock),
+    )
+    .unwrap();
+    alert.submit(opened("d1-nh-03", "Bến Nghé", None));
+    wait_deliveries(&db, Duration::from_secs(30), "a failed attempt", |r| {
+        r.len() == 1 && r[0].state == "pending" && r[0].attempts == 1
+    });
+    alert.shutdown();
+
+    let alert = AlertService::start(
+        AlertConfig::from_toml(&receiver("new-platform")).unwrap(),
+        &db,
+        Arc::new(SystemClock),
+    )
+    .unwrap();
+    // (The incident is still open, so the new receiver gets a notice of its own.)
+    let rows = wait_deliveries(&db, Duration::from_secs(30), "dead-lettered", |r| {
+        r[0].state == "dead"
+    });
+    assert_eq!(rows[0].receiver, "old-platform");
+    assert_eq!(
+        rows[0].last_error.as_deref(),
+        Some("receiver \"old-platform\" is no longer configured")
+    );
+    alert.shutdown();
 }

@@ -57,6 +57,8 @@ CREATE TABLE IF NOT EXISTS alert_deliveries (
     retried_at INTEGER                     -- put back in the queue by hand; restarts the give-up clock
 );
 CREATE INDEX IF NOT EXISTS alert_deliveries_due ON alert_deliveries(state, next_attempt_at);
+-- the notifier looks for each receiver's due deliveries on its own
+CREATE INDEX IF NOT EXISTS alert_deliveries_receiver_due ON alert_deliveries(receiver, state, next_attempt_at);
 CREATE TABLE IF NOT EXISTS alert_delivery_events (
     id INTEGER PRIMARY KEY,
     delivery_id INTEGER NOT NULL,
