@@ -8,16 +8,17 @@ mod peers;
 mod util;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use peers::{SMTP_PASS, SMTP_USER, Smtp};
 use streetwatch::alert::{AlertConfig, AlertHandle, AlertService, DeliveryRow, Store};
 use streetwatch::types::SystemClock;
 use tempfile::TempDir;
-use util::{opened, wait_deliveries};
+use util::{Gate, opened, serve_each, wait_deliveries};
 
 /// What one connection to [`ScriptedSmtp`] does.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -42,20 +43,13 @@ struct ScriptedSmtp {
 
 impl ScriptedSmtp {
     fn start(script: Vec<Smtp1>) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
         let bodies = Arc::new(Mutex::new(Vec::new()));
         let held = Arc::new(Mutex::new(Vec::new()));
         let (b, h) = (bodies.clone(), held.clone());
-        std::thread::spawn(move || {
-            for (n, stream) in listener.incoming().enumerate() {
-                let Ok(s) = stream else { return };
-                let mode = script[n.min(script.len() - 1)];
-                let (b, h) = (b.clone(), h.clone());
-                std::thread::spawn(move || {
-                    let _ = smtp_session(s, mode, &b, &h);
-                });
-            }
+        let connections = AtomicUsize::new(0);
+        let port = serve_each(move |s| {
+            let n = connections.fetch_add(1, Ordering::SeqCst);
+            let _ = smtp_session(s, script[n.min(script.len() - 1)], &b, &h);
         });
         Self { port, bodies, held }
     }
@@ -243,16 +237,9 @@ struct SilentHttp {
 
 impl SilentHttp {
     fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
         let connections = Arc::new(Mutex::new(Vec::new()));
         let held = connections.clone();
-        std::thread::spawn(move || {
-            for s in listener.incoming() {
-                let Ok(s) = s else { return };
-                held.lock().unwrap().push(s);
-            }
-        });
+        let port = serve_each(move |s| held.lock().unwrap().push(s));
         Self { port, connections }
     }
 }
@@ -342,42 +329,14 @@ match = {{ ward = ["Đa Kao"] }}
     alert.shutdown();
 }
 
-/// An HTTP receiver that holds every request until [`HeldHooks::release`], then answers 200.
-struct HeldHooks {
-    port: u16,
-    state: Arc<(Mutex<(usize, bool)>, Condvar)>,
+/// An HTTP receiver that holds every request until its gate is released, then answers 200.
+fn held_hooks(gate: Arc<Gate>) -> u16 {
+    serve_each(move |s| {
+        let _ = held_session(s, &gate);
+    })
 }
 
-impl HeldHooks {
-    fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        // (requests arrived, released)
-        let state = Arc::new((Mutex::new((0usize, false)), Condvar::new()));
-        let st = state.clone();
-        std::thread::spawn(move || {
-            for s in listener.incoming() {
-                let Ok(s) = s else { return };
-                let st = st.clone();
-                std::thread::spawn(move || {
-                    let _ = held_session(s, &st);
-                });
-            }
-        });
-        Self { port, state }
-    }
-
-    fn arrived(&self) -> usize {
-        self.state.0.lock().unwrap().0
-    }
-
-    fn release(&self) {
-        self.state.0.lock().unwrap().1 = true;
-        self.state.1.notify_all();
-    }
-}
-
-fn held_session(mut s: TcpStream, st: &(Mutex<(usize, bool)>, Condvar)) -> std::io::Result<()> {
+fn held_session(mut s: TcpStream, gate: &Gate) -> std::io::Result<()> {
     let mut r = BufReader::new(s.try_clone()?);
     loop {
         let mut len = 0usize;
@@ -399,14 +358,7 @@ fn held_session(mut s: TcpStream, st: &(Mutex<(usize, bool)>, Condvar)) -> std::
         }
         let mut body = vec![0; len];
         r.read_exact(&mut body)?;
-        let (lock, cv) = st;
-        let mut g = lock.lock().unwrap();
-        g.0 += 1;
-        cv.notify_all();
-        while !g.1 {
-            g = cv.wait(g).unwrap();
-        }
-        drop(g);
+        gate.arrive(|_| true);
         s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")?;
     }
 }
@@ -428,7 +380,8 @@ fn probe(port: u16, limit: Duration) -> Option<Duration> {
 /// threads, and everything else on it (here the delivery-report listener) keeps answering.
 #[test]
 fn a_long_write_transaction_elsewhere_does_not_stall_the_notifier_runtime() {
-    let hooks = HeldHooks::start();
+    let hooks = Arc::new(Gate::default());
+    let hooks_port = held_hooks(hooks.clone());
     let dir = TempDir::new().unwrap();
     let db = dir.path().join("sw.db");
     let cfg = AlertConfig::from_toml(&format!(
@@ -449,7 +402,7 @@ receiver = "city-platform"
 group_by = ["..."]
 group_wait = "0s"
 "#,
-        hooks.port
+        hooks_port
     ))
     .unwrap();
     let alert = AlertService::start(cfg, &db, Arc::new(SystemClock)).unwrap();
