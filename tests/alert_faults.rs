@@ -8,6 +8,8 @@ mod peers;
 mod util;
 
 use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command};
 use std::sync::Arc;
@@ -17,10 +19,11 @@ use peers::{KANNEL_PASS, KANNEL_USER, Kannel};
 use streetwatch::alert::{AlertConfig, AlertService, Store};
 use streetwatch::types::SystemClock;
 use tempfile::TempDir;
-use util::{opened, wait_deliveries};
+use util::{Gate, opened, serve_each, wait_deliveries};
 
-/// One notice per incident, at once; quick retries; stripped text so each notice is one SMS part.
-fn config(kannel: &Kannel, extra: &str) -> String {
+/// One notice per incident, at once; quick retries; stripped text so each notice is one SMS part. `extra`
+/// goes into the receiver's table, `sms_extra` into its `sms` table.
+fn config(url: &str, extra: &str, sms_extra: &str) -> String {
     format!(
         r#"
 [dlr]
@@ -40,12 +43,12 @@ username = "{KANNEL_USER}"
 password = "{KANNEL_PASS}"
 numbers = ["0901234567"]
 strip_diacritics = true
+{sms_extra}
 [route]
 receiver = "post"
 group_by = ["..."]
 group_wait = "0s"
-"#,
-        url = kannel.sendsms_url()
+"#
     )
 }
 
@@ -76,12 +79,14 @@ fn gateway_down_for_a_while_then_every_notice_is_delivered_once() {
     let dir = TempDir::new().unwrap();
     let db = dir.path().join("sw.db");
     let alert = AlertService::start(
-        AlertConfig::from_toml(&config(&kannel, "")).unwrap(),
+        AlertConfig::from_toml(&config(&kannel.sendsms_url(), "", "")).unwrap(),
         &db,
         Arc::new(SystemClock),
     )
     .unwrap();
 
+    // Deadlines are generous: on a loaded machine Kannel's restart alone can take many seconds; polling
+    // returns as soon as the condition holds.
     // The gateway's HTTP side goes away: connections are refused and deliveries wait, retrying.
     kannel.kill_smsbox();
     for i in 0..8 {
@@ -89,7 +94,7 @@ fn gateway_down_for_a_while_then_every_notice_is_delivered_once() {
     }
     wait_deliveries(
         &db,
-        Duration::from_secs(20),
+        Duration::from_secs(60),
         "8 deliveries failing and retrying",
         |r| r.len() == 8 && r.iter().all(|d| d.state == "pending" && d.attempts >= 2),
     );
@@ -99,10 +104,10 @@ fn gateway_down_for_a_while_then_every_notice_is_delivered_once() {
     kannel.start_bearerbox();
     kannel.start_fakesmsc();
     kannel.start_smsbox();
-    let rows = wait_deliveries(&db, Duration::from_secs(30), "all delivered", |r| {
+    let rows = wait_deliveries(&db, Duration::from_secs(60), "all delivered", |r| {
         r.iter().all(|d| delivered(&d.state))
     });
-    let got = kannel.wait_received(8, Duration::from_secs(20));
+    let got = kannel.wait_received(8, Duration::from_secs(60));
     std::thread::sleep(Duration::from_millis(500));
     let per = received_per_notice(&kannel);
     assert_eq!(per.len(), 8, "{got:?}");
@@ -130,7 +135,7 @@ fn smsc_link_down_gateway_queues_then_delivery_reports_confirm() {
     let dir = TempDir::new().unwrap();
     let db = dir.path().join("sw.db");
     let alert = AlertService::start(
-        AlertConfig::from_toml(&config(&kannel, "")).unwrap(),
+        AlertConfig::from_toml(&config(&kannel.sendsms_url(), "", "")).unwrap(),
         &db,
         Arc::new(SystemClock),
     )
@@ -232,7 +237,11 @@ fn sigkill_between_decision_and_delivery_loses_nothing_and_duplicates_at_most_on
     let db = dir.path().join("sw.db");
     let cfg = dir.path().join("alert.toml");
     // 20 starts per second: phase 2's deliveries take long enough to be caught mid-way.
-    std::fs::write(&cfg, config(&kannel, "rate_per_second = 20.0")).unwrap();
+    std::fs::write(
+        &cfg,
+        config(&kannel.sendsms_url(), "rate_per_second = 20.0", ""),
+    )
+    .unwrap();
 
     // Phase 1: decided and written to the outbox while the gateway is unreachable, then killed.
     let child = spawn_child(&cfg, &db, 10, "a");
@@ -308,4 +317,125 @@ fn util_wait_per_notice(kannel: &Kannel, notices: usize) -> BTreeMap<i64, usize>
             (per.len() >= notices).then_some(per)
         },
     )
+}
+
+/// An HTTP gateway in front of Kannel's sendsms that holds the first request it gets until released, then
+/// passes it on; later requests pass straight through. One request per connection.
+struct HoldingGateway {
+    port: u16,
+    gate: Arc<Gate>,
+}
+
+impl HoldingGateway {
+    fn start(upstream: u16) -> Self {
+        let gate = Arc::new(Gate::default());
+        let g = gate.clone();
+        let port = serve_each(move |s| {
+            let _ = hold_then_forward(s, upstream, &g);
+        });
+        Self { port, gate }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/cgi-bin/sendsms", self.port)
+    }
+}
+
+fn hold_then_forward(mut client: TcpStream, upstream: u16, gate: &Gate) -> std::io::Result<()> {
+    let mut r = BufReader::new(client.try_clone()?);
+    let mut first = String::new();
+    r.read_line(&mut first)?;
+    // HTTP/1.0 to Kannel, so it closes the connection after its answer.
+    let mut request = first.replacen("HTTP/1.1", "HTTP/1.0", 1);
+    let mut len = 0;
+    loop {
+        let mut l = String::new();
+        if r.read_line(&mut l)? == 0 {
+            return Ok(());
+        }
+        if l.trim().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = l.split_once(':') {
+            if k.eq_ignore_ascii_case("connection") {
+                continue;
+            }
+            if k.eq_ignore_ascii_case("content-length") {
+                len = v.trim().parse().unwrap_or(0);
+            }
+        }
+        request.push_str(&l);
+    }
+    request.push_str("\r\n");
+    let mut body = vec![0; len];
+    r.read_exact(&mut body)?;
+    gate.arrive(|n| n == 1);
+    let mut up = TcpStream::connect(("127.0.0.1", upstream))?;
+    up.write_all(request.as_bytes())?;
+    up.write_all(&body)?;
+    let mut answer = Vec::new();
+    up.read_to_end(&mut answer)?;
+    // For the held request the caller is gone by now; the gateway has done its work all the same.
+    client.write_all(&answer)
+}
+
+/// SIGKILL while the gateway holds the request: the delivery is `sending` when the process dies, and the
+/// gateway then sends the SMS anyway. After the restart it is sent exactly once more: the phone gets two
+/// copies, and the delivery says one possible duplicate.
+#[test]
+fn sigkill_while_the_gateway_holds_the_request_resends_once_and_counts_the_duplicate() {
+    let kannel = Kannel::start();
+    let gateway = HoldingGateway::start(kannel.sendsms_port);
+    let dir = TempDir::new().unwrap();
+    let db = dir.path().join("sw.db");
+    let cfg = dir.path().join("alert.toml");
+    // A long request timeout: the child must still be waiting for the gateway when it is killed.
+    std::fs::write(&cfg, config(&gateway.url(), "", "timeout = \"10m\"")).unwrap();
+
+    let child = spawn_child(&cfg, &db, 1, "held");
+    peers::wait_for(
+        "the SMS request at the gateway",
+        Duration::from_secs(60),
+        || (gateway.gate.arrived() == 1).then_some(()),
+    );
+    let rows = Store::open(&db).unwrap().deliveries(None).unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        rows[0].state, "sending",
+        "killed mid-delivery: {:?}",
+        rows[0]
+    );
+    sigkill(child);
+    gateway.gate.release();
+    kannel.wait_received(1, Duration::from_secs(60));
+
+    let child = spawn_child(&cfg, &db, 0, "held");
+    let rows = wait_deliveries(
+        &db,
+        Duration::from_secs(60),
+        "the delivery sent again after the restart",
+        |r| r.len() == 1 && delivered(&r[0].state),
+    );
+    let d = &rows[0];
+    assert_eq!(d.attempts, 2, "{d:?}");
+    assert_eq!(d.possible_duplicates, 1, "{d:?}");
+    let per = wait_copies(&kannel, d.notice_id, 2);
+    sigkill(child);
+    assert_eq!(
+        per.get(&d.notice_id),
+        Some(&2),
+        "the held copy and one resend, no more: {per:?}"
+    );
+    assert_eq!(gateway.gate.arrived(), 2);
+}
+
+/// Waits until notice `id` reached the fake SMSC `copies` times, then a moment more for any extra copy.
+fn wait_copies(kannel: &Kannel, id: i64, copies: usize) -> BTreeMap<i64, usize> {
+    peers::wait_for(
+        &format!("{copies} copies of notice {id} at the fake SMSC"),
+        Duration::from_secs(60),
+        || (received_per_notice(kannel).get(&id) >= Some(&copies)).then_some(()),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    received_per_notice(kannel)
 }

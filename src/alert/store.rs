@@ -58,6 +58,8 @@ CREATE TABLE IF NOT EXISTS alert_deliveries (
 );
 CREATE INDEX IF NOT EXISTS alert_deliveries_due ON alert_deliveries(state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS alert_deliveries_notice ON alert_deliveries(notice_id);
+-- the notifier looks for each receiver's due deliveries on its own
+CREATE INDEX IF NOT EXISTS alert_deliveries_receiver_due ON alert_deliveries(receiver, state, next_attempt_at);
 CREATE TABLE IF NOT EXISTS alert_delivery_events (
     id INTEGER PRIMARY KEY,
     delivery_id INTEGER NOT NULL,

@@ -15,6 +15,10 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+/// How long a Kannel box may take to come up or go down: seconds on a quiet machine, far more on a loaded
+/// one (the waits poll, so a generous bound costs nothing when all is well).
+const PEER_START: Duration = Duration::from_secs(60);
+
 /// A port that was free a moment ago (bind to 0, read it, release it).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -251,11 +255,9 @@ max-messages = 5
         let conf = self.conf.display().to_string();
         self.bearerbox = Some(self.spawn(BEARERBOX, &[&conf], "bearerbox.out"));
         let port = self.smsc_port;
-        wait_for(
-            "bearerbox's fake SMSC port",
-            Duration::from_secs(10),
-            || port_open(port).then_some(()),
-        );
+        wait_for("bearerbox's fake SMSC port", PEER_START, || {
+            port_open(port).then_some(())
+        });
     }
 
     /// SIGKILL: no clean shutdown, as in a crash.
@@ -281,32 +283,24 @@ max-messages = 5
             .unwrap_or_else(|e| panic!("cannot start {FAKESMSC}: {e}"));
         self.fakesmsc = Some(child);
         let admin = self.admin_port;
-        wait_for(
-            "the fake SMSC to be online",
-            Duration::from_secs(10),
-            || {
-                let (_, body) = http_get(admin, "/status.txt?password=admin-pw")?;
-                body.lines()
-                    .any(|l| l.contains("fake") && l.contains("online"))
-                    .then_some(())
-            },
-        );
+        wait_for("the fake SMSC to be online", PEER_START, || {
+            let (_, body) = http_get(admin, "/status.txt?password=admin-pw")?;
+            body.lines()
+                .any(|l| l.contains("fake") && l.contains("online"))
+                .then_some(())
+        });
     }
 
     pub fn kill_fakesmsc(&mut self) {
         kill(&mut self.fakesmsc);
         let admin = self.admin_port;
-        wait_for(
-            "the fake SMSC to go offline",
-            Duration::from_secs(10),
-            || {
-                let (_, body) = http_get(admin, "/status.txt?password=admin-pw")?;
-                (!body
-                    .lines()
-                    .any(|l| l.contains("fake") && l.contains("online")))
-                .then_some(())
-            },
-        );
+        wait_for("the fake SMSC to go offline", PEER_START, || {
+            let (_, body) = http_get(admin, "/status.txt?password=admin-pw")?;
+            (!body
+                .lines()
+                .any(|l| l.contains("fake") && l.contains("online")))
+            .then_some(())
+        });
     }
 
     pub fn start_smsbox(&mut self) {
@@ -314,15 +308,11 @@ max-messages = 5
         self.smsbox = Some(self.spawn(SMSBOX, &[&conf], "smsbox.out"));
         let port = self.sendsms_port;
         // Ready: the sendsms interface answers, refusing a request without credentials.
-        wait_for(
-            "smsbox's sendsms interface",
-            Duration::from_secs(10),
-            || {
-                http_get(port, "/cgi-bin/sendsms")
-                    .filter(|(s, _)| *s == 403)
-                    .map(|_| ())
-            },
-        );
+        wait_for("smsbox's sendsms interface", PEER_START, || {
+            http_get(port, "/cgi-bin/sendsms")
+                .filter(|(s, _)| *s == 403)
+                .map(|_| ())
+        });
     }
 
     pub fn kill_smsbox(&mut self) {

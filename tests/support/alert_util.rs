@@ -87,3 +87,49 @@ pub fn settled(d: &DeliveryRow) -> bool {
         "accepted" | "queued" | "delivered" | "undelivered" | "dead"
     )
 }
+
+/// Serves each connection on 127.0.0.1 with `handle` on a thread of its own; returns the port. For peers
+/// in the test process that misbehave on purpose (silent, holding requests).
+pub fn serve_each(handle: impl Fn(std::net::TcpStream) + Send + Sync + 'static) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let handle = std::sync::Arc::new(handle);
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(s) = s else { return };
+            let h = handle.clone();
+            std::thread::spawn(move || h(s));
+        }
+    });
+    port
+}
+
+/// Holds requests at a peer in the test process until the test releases them.
+#[derive(Default)]
+pub struct Gate {
+    /// (requests arrived, released)
+    state: std::sync::Mutex<(usize, bool)>,
+    cv: std::sync::Condvar,
+}
+
+impl Gate {
+    /// Counts a request and, if `hold` says so for its number (1, 2, …), waits until released.
+    pub fn arrive(&self, hold: impl Fn(usize) -> bool) {
+        let mut g = self.state.lock().unwrap();
+        g.0 += 1;
+        let held = hold(g.0);
+        self.cv.notify_all();
+        while held && !g.1 {
+            g = self.cv.wait(g).unwrap();
+        }
+    }
+
+    pub fn arrived(&self) -> usize {
+        self.state.lock().unwrap().0
+    }
+
+    pub fn release(&self) {
+        self.state.lock().unwrap().1 = true;
+        self.cv.notify_all();
+    }
+}

@@ -334,8 +334,13 @@ pub struct EmailConfig {
     pub tls_domain: Option<String>,
     pub from: String,
     pub to: Vec<String>,
+    /// For connecting to the server.
     #[serde(default = "default_smtp_timeout")]
     pub timeout: Dur,
+    /// For the whole conversation, connecting to the server's answer to the message: a server that goes
+    /// silent mid-way must not hold the attempt (and the receiver's slot) for ever.
+    #[serde(default = "default_smtp_send_timeout")]
+    pub send_timeout: Dur,
 }
 
 fn default_smtp_port() -> u16 {
@@ -346,6 +351,9 @@ fn default_true() -> bool {
 }
 fn default_smtp_timeout() -> Dur {
     Dur::secs(30)
+}
+fn default_smtp_send_timeout() -> Dur {
+    Dur::secs(60)
 }
 
 /// JSON POST signed with HMAC-SHA256.

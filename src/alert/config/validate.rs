@@ -210,6 +210,12 @@ impl AlertConfig {
                 );
             }
             time_span(key("email.timeout"), e.timeout, false, MAX_TIMEOUT)?;
+            time_span(
+                key("email.send_timeout"),
+                e.send_timeout,
+                false,
+                MAX_TIMEOUT,
+            )?;
         }
         if let Some(w) = &r.webhook {
             url::Url::parse(&w.url)

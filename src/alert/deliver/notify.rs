@@ -1,5 +1,7 @@
 //! Notifier: takes due deliveries from the outbox and sends them, each receiver with its own concurrency
-//! and rate limit, retrying transient failures with backoff and dead-lettering permanent ones.
+//! and rate limit, retrying transient failures with backoff and dead-lettering permanent ones. Each
+//! receiver's due deliveries are fetched on their own, so one receiver's backlog delays no other; the
+//! SQLite work runs on blocking threads, so a lock held elsewhere delays no send in flight.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -52,7 +54,7 @@ struct Limit {
 }
 
 pub(crate) struct Notifier {
-    db: Mutex<Connection>,
+    db: Arc<Mutex<Connection>>,
     cfg: Arc<AlertConfig>,
     clock: Arc<dyn Clock>,
     http: reqwest::Client,
@@ -66,6 +68,9 @@ pub(crate) struct Notifier {
 const POLL: Duration = Duration::from_millis(200);
 /// On shutdown, wait this long for attempts in flight before leaving them to crash recovery.
 const DRAIN: Duration = Duration::from_secs(5);
+/// How often to look for deliveries of receivers no longer configured (at start, then this often): the
+/// query reads every pending delivery, too much for each round during a backlog.
+const SWEEP: Duration = Duration::from_secs(30);
 
 impl Notifier {
     pub(crate) fn new(
@@ -98,7 +103,7 @@ impl Notifier {
             .build()
             .map_err(|e| AlertError::Config(format!("HTTP client: {e}")))?;
         Ok(Self {
-            db: Mutex::new(db),
+            db: Arc::new(Mutex::new(db)),
             cfg,
             clock,
             http,
@@ -109,13 +114,28 @@ impl Notifier {
         })
     }
 
-    fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
-        // A panic while holding the lock leaves the connection usable (every write is one transaction).
-        self.db.lock().unwrap_or_else(|p| p.into_inner())
+    /// Runs `f` on the notifier's connection on a blocking thread. Another connection's write transaction
+    /// (the CLI, the incident store, a backup) makes a write here wait up to busy_timeout; on one of the
+    /// runtime's two threads that wait would stall every send in flight and the delivery-report listener.
+    async fn on_db<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, AlertError> + Send + 'static,
+    ) -> Result<T, AlertError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            // A panic while holding the lock leaves the connection usable (every write is one transaction).
+            f(&mut db.lock().unwrap_or_else(|p| p.into_inner()))
+        })
+        .await
+        .map_err(|e| AlertError::Service(format!("alert outbox task: {e}")))?
     }
 
     pub(crate) async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
-        match outbox::recover_interrupted(&mut self.db(), self.clock.now()) {
+        let now = self.clock.now();
+        match self
+            .on_db(move |db| outbox::recover_interrupted(db, now))
+            .await
+        {
             Ok(0) => {}
             Ok(n) => tracing::warn!(
                 deliveries = n,
@@ -124,9 +144,14 @@ impl Notifier {
             Err(e) => tracing::error!(error = %e, "alert outbox: crash recovery failed"),
         }
         let mut tasks = JoinSet::new();
+        let mut next_sweep = Instant::now();
         while !*stop.borrow() {
             while tasks.try_join_next().is_some() {}
-            let wait = self.dispatch(&mut tasks).unwrap_or_else(|e| {
+            if Instant::now() >= next_sweep {
+                self.sweep_unconfigured().await;
+                next_sweep = Instant::now() + SWEEP;
+            }
+            let wait = self.dispatch(&mut tasks).await.unwrap_or_else(|e| {
                 tracing::error!(error = %e, "alert outbox: dispatch failed");
                 POLL
             });
@@ -140,18 +165,53 @@ impl Notifier {
             tokio::time::timeout(DRAIN, async { while tasks.join_next().await.is_some() {} }).await;
     }
 
-    /// Starts every due delivery its receiver has room for; returns how long to wait before looking again.
-    fn dispatch(self: &Arc<Self>, tasks: &mut JoinSet<()>) -> Result<Duration, AlertError> {
+    /// Dead-letters what waits for a receiver that left the config: nothing could ever send it.
+    async fn sweep_unconfigured(&self) {
+        let names: Vec<String> = self.limits.keys().cloned().collect();
         let now = self.clock.now();
-        // Enough rows to fill every free slot; the rest wait in the table, not in memory.
-        let due = outbox::due(&self.db(), now, 256)?;
+        match self
+            .on_db(move |db| outbox::dead_letter_unconfigured(db, &names, now))
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                deliveries = n,
+                "dead-lettered deliveries for receivers no longer configured"
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "alert outbox: cannot dead-letter deliveries of removed receivers")
+            }
+        }
+    }
+
+    /// Starts every due delivery its receiver has room for; returns how long to wait before looking again.
+    async fn dispatch(self: &Arc<Self>, tasks: &mut JoinSet<()>) -> Result<Duration, AlertError> {
+        let now = self.clock.now();
+        // Each receiver's own oldest due deliveries, as many as it has free slots: an SMS gateway down
+        // for an hour must not hold back the e-mail and webhooks decided since.
+        let room: Vec<(String, usize)> = self
+            .limits
+            .iter()
+            .map(|(name, l)| (name.clone(), l.slots.available_permits()))
+            .filter(|&(_, free)| free > 0)
+            .collect();
+        let (due, next) = self
+            .on_db(move |db| {
+                let mut due = Vec::new();
+                for (receiver, free) in &room {
+                    due.extend(outbox::due_for(db, receiver, now, *free)?);
+                }
+                Ok((due, outbox::next_due(db, now)?))
+            })
+            .await?;
         let mut wait = POLL;
+        if let Some(next) = next {
+            let ms = next.since(self.clock.now()).max(0) as u64;
+            wait = wait.min(Duration::from_millis(ms));
+        }
+        let mut ready = Vec::new();
         for d in due {
-            let Some(limit) = self.limits.get(&d.receiver) else {
-                let reason = format!("receiver {:?} is no longer configured", d.receiver);
-                outbox::dead_letter(&self.db(), d.id, now, &reason)?;
-                continue;
-            };
+            let limit = &self.limits[&d.receiver];
             let Ok(permit) = limit.slots.clone().try_acquire_owned() else {
                 continue;
             };
@@ -164,13 +224,16 @@ impl Notifier {
                 wait = wait.min(until);
                 continue;
             }
-            if outbox::mark_sending(&self.db(), d.id, now)? {
-                tasks.spawn(self.clone().deliver(d, permit));
-            }
+            ready.push((d, permit));
         }
-        if let Some(next) = outbox::next_due(&self.db(), now)? {
-            let ms = next.since(self.clock.now()).max(0) as u64;
-            wait = wait.min(Duration::from_millis(ms));
+        if !ready.is_empty() {
+            let ids: Vec<i64> = ready.iter().map(|(d, _)| d.id).collect();
+            let claimed = self.on_db(move |db| outbox::claim(db, &ids, now)).await?;
+            for ((d, permit), ok) in ready.into_iter().zip(claimed) {
+                if ok {
+                    tasks.spawn(self.clone().deliver(d, permit));
+                }
+            }
         }
         Ok(wait.max(Duration::from_millis(1)))
     }
@@ -225,16 +288,16 @@ impl Notifier {
                 tracing::error!(delivery = d.id, receiver = %d.receiver, channel = %d.channel, %reason, "delivery dead-lettered")
             }
         }
+        let id = d.id;
+        let attempt = Arc::new((d, outcome));
         for tries in 1..=5u64 {
-            let recorded = outbox::finish(
-                &mut self.db(),
-                &d,
-                &outcome,
-                &self.cfg.retry,
-                self.clock.now(),
-            );
+            let (me, attempt) = (self.clone(), attempt.clone());
+            let now = self.clock.now();
+            let recorded = self
+                .on_db(move |db| outbox::finish(db, &attempt.0, &attempt.1, &me.cfg.retry, now))
+                .await;
             let Err(e) = recorded else { break };
-            tracing::error!(delivery = d.id, error = %e, "alert outbox: cannot record a delivery outcome");
+            tracing::error!(delivery = id, error = %e, "alert outbox: cannot record a delivery outcome");
             // After the last try the row stays `sending`: crash recovery resends it at the next start.
             if tries < 5 {
                 tokio::time::sleep(Duration::from_millis(200 * tries)).await;

@@ -200,19 +200,21 @@ pub(crate) fn recover_interrupted(
     Ok(ids.len())
 }
 
-/// Pending deliveries whose time has come, oldest first.
-pub(crate) fn due(
+/// One receiver's pending deliveries whose time has come, oldest first. Asked per receiver, so one
+/// receiver's backlog cannot hide another's deliveries.
+pub(crate) fn due_for(
     conn: &Connection,
+    receiver: &str,
     now: Timestamp,
     limit: usize,
 ) -> Result<Vec<DeliveryRow>, AlertError> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, notice_id, receiver, channel, target, idempotency_key, body, segments, state, attempts, \
          next_attempt_at, created_at, updated_at, last_error, gateway_reply, possible_duplicates \
-         FROM alert_deliveries WHERE state = 'pending' AND next_attempt_at <= ?1 \
-         ORDER BY next_attempt_at, id LIMIT ?2",
+         FROM alert_deliveries WHERE receiver = ?1 AND state = 'pending' AND next_attempt_at <= ?2 \
+         ORDER BY next_attempt_at, id LIMIT ?3",
     )?;
-    let rows = stmt.query_map(params![now.0, limit as i64], delivery_from_row)?;
+    let rows = stmt.query_map(params![receiver, now.0, limit as i64], delivery_from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
@@ -227,32 +229,59 @@ pub(crate) fn next_due(conn: &Connection, now: Timestamp) -> Result<Option<Times
     Ok(t.map(Timestamp))
 }
 
-/// Claims a delivery for one attempt; false if something else changed it meanwhile.
-pub(crate) fn mark_sending(conn: &Connection, id: i64, now: Timestamp) -> Result<bool, AlertError> {
-    let n = conn
-        .prepare_cached(
-            "UPDATE alert_deliveries SET state = 'sending', attempts = attempts + 1, updated_at = ?2 \
-             WHERE id = ?1 AND state = 'pending'",
-        )?
-        .execute(params![id, now.0])?;
-    if n == 1 {
-        event(conn, id, now, "sending", "attempt started")?;
+/// Claims deliveries for one attempt each, in one transaction; says for each whether it was still pending
+/// (something else may have changed it meanwhile).
+pub(crate) fn claim(
+    conn: &mut Connection,
+    ids: &[i64],
+    now: Timestamp,
+) -> Result<Vec<bool>, AlertError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut claimed = Vec::with_capacity(ids.len());
+    for &id in ids {
+        let n = tx
+            .prepare_cached(
+                "UPDATE alert_deliveries SET state = 'sending', attempts = attempts + 1, updated_at = ?2 \
+                 WHERE id = ?1 AND state = 'pending'",
+            )?
+            .execute(params![id, now.0])?;
+        if n == 1 {
+            event(&tx, id, now, "sending", "attempt started")?;
+        }
+        claimed.push(n == 1);
     }
-    Ok(n == 1)
+    tx.commit()?;
+    Ok(claimed)
 }
 
-/// Marks a delivery that cannot be sent at all (e.g. its receiver left the config).
-pub(crate) fn dead_letter(
-    conn: &Connection,
-    id: i64,
+/// Dead-letters the pending deliveries of receivers not in `configured` (a receiver removed from the
+/// config while it had deliveries queued); returns how many.
+pub(crate) fn dead_letter_unconfigured(
+    conn: &mut Connection,
+    configured: &[String],
     now: Timestamp,
-    reason: &str,
-) -> Result<(), AlertError> {
-    conn.execute(
-        "UPDATE alert_deliveries SET state = 'dead', last_error = ?3, updated_at = ?2 WHERE id = ?1",
-        params![id, now.0, capped(reason)],
-    )?;
-    event(conn, id, now, "dead", reason)
+) -> Result<usize, AlertError> {
+    let names = serde_json::to_string(configured)
+        .map_err(|e| AlertError::Db(format!("encode receiver names: {e}")))?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let orphans: Vec<(i64, String)> = {
+        let mut stmt = tx.prepare(
+            "SELECT id, receiver FROM alert_deliveries WHERE state = 'pending' \
+             AND receiver NOT IN (SELECT value FROM json_each(?1))",
+        )?;
+        stmt.query_map([names], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?
+    };
+    for (id, receiver) in &orphans {
+        let reason = format!("receiver {receiver:?} is no longer configured");
+        tx.execute(
+            "UPDATE alert_deliveries SET state = 'dead', last_error = ?3, updated_at = ?2 WHERE id = ?1",
+            params![id, now.0, capped(&reason)],
+        )?;
+        event(&tx, *id, now, "dead", &reason)?;
+    }
+    tx.commit()?;
+    Ok(orphans.len())
 }
 
 /// Exponential backoff with jitter for the `attempts`-th failure.
