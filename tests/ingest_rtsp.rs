@@ -4,32 +4,46 @@
 mod support;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use streetwatch::app::{Pipeline, RunOptions};
 use streetwatch::config::Config;
 use streetwatch::health::{HealthSnapshot, StreamState};
-use streetwatch::ingest::{Backoff, FootageServer};
+use streetwatch::ingest::{Backoff, BasicAuth, FootageServer};
 use streetwatch::types::SystemClock;
 
+/// The backoff most tests use: quick retries, so recoveries show within seconds.
+fn quick_backoff() -> Backoff {
+    Backoff {
+        initial: Duration::from_millis(200),
+        max: Duration::from_secs(1),
+        reset_after: Duration::from_secs(30),
+    }
+}
+
 fn start(urls: &[String], stall_seconds: f32) -> (Pipeline, tempfile::TempDir) {
+    let cameras: String = urls
+        .iter()
+        .enumerate()
+        .map(|(i, url)| {
+            format!(
+                "[[cameras]]\nid = \"cam{i}\"\nurl = {url:?}\nfps = 4\nstall_seconds = {stall_seconds}\n"
+            )
+        })
+        .collect();
+    start_cameras(&cameras, quick_backoff())
+}
+
+/// Starts the pipeline on `cameras` (`[[cameras]]` tables) with the fp32 model.
+fn start_cameras(cameras: &str, backoff: Backoff) -> (Pipeline, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let mut text = format!(
-        "[runtime]\nmodel = \"models/nanodet_g_416_coco.toml\"\ndata_dir = {:?}\n",
+    let text = format!(
+        "[runtime]\nmodel = \"models/nanodet_g_416_coco.toml\"\ndata_dir = {:?}\n{cameras}",
         dir.path()
     );
-    for (i, url) in urls.iter().enumerate() {
-        text += &format!(
-            "[[cameras]]\nid = \"cam{i}\"\nurl = {url:?}\nfps = 4\nstall_seconds = {stall_seconds}\n"
-        );
-    }
     let config = Config::parse(&text, "test.toml", &support::root()).unwrap();
     let opts = RunOptions {
-        backoff: Backoff {
-            initial: Duration::from_millis(200),
-            max: Duration::from_secs(1),
-            reset_after: Duration::from_secs(30),
-        },
+        backoff,
         ..RunOptions::default()
     };
     (
@@ -162,4 +176,207 @@ fn a_restarted_server_is_recovered_and_a_frozen_one_is_caught_by_the_watchdog() 
     );
     p.shutdown();
     drop((a, b));
+}
+
+// Credentials for a server that requires them. Distinctive strings, so "absent from the logs" means
+// something: they cannot occur there by accident, and they share no part with the user name.
+const CAM_USER: &str = "viewer7";
+const CAM_PASS: &str = "Qz8-okapi-RIGHT-41";
+const WRONG_PASS: &str = "Jx3-zebra-WRONG-96";
+
+/// A footage server whose every mount requires `CAM_USER`/`CAM_PASS` (RTSP basic auth).
+fn auth_server() -> FootageServer {
+    FootageServer::start_with_auth(
+        &[("vtest".into(), support::footage("vtest_h264.mp4"))],
+        0,
+        Some(BasicAuth {
+            user: CAM_USER.into(),
+            password: CAM_PASS.into(),
+        }),
+    )
+    .unwrap()
+}
+
+fn with_credentials(url: &str, user: &str, password: &str) -> String {
+    url.replace("rtsp://", &format!("rtsp://{user}:{password}@"))
+}
+
+/// Every form a password could leak in: as typed, percent-encoded and inside a basic-auth header.
+fn secret_forms() -> Vec<String> {
+    use base64::Engine as _;
+    let b64 = |p: &str| base64::engine::general_purpose::STANDARD.encode(format!("{CAM_USER}:{p}"));
+    vec![
+        CAM_PASS.into(),
+        WRONG_PASS.into(),
+        CAM_PASS.to_lowercase(),
+        WRONG_PASS.to_lowercase(),
+        b64(CAM_PASS),
+        b64(WRONG_PASS),
+    ]
+}
+
+/// The log without its colour codes (which would split `camera=bad`, or a password, in two).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // CSI: ESC [ parameters… final byte in @..~
+            if chars.next() == Some('[') {
+                for c in chars.by_ref() {
+                    if ('@'..='~').contains(&c) {
+                        break;
+                    }
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn assert_no_secret(text: &str, what: &str) {
+    for secret in secret_forms() {
+        assert!(
+            !text.contains(&secret),
+            "{what} contains the password (as {secret:?}):\n{text}"
+        );
+    }
+}
+
+#[test]
+fn the_right_password_streams_from_a_server_that_requires_it() {
+    let server = auth_server();
+    let (p, _dir) = start(
+        &[
+            with_credentials(&server.url("vtest"), CAM_USER, CAM_PASS),
+            // The same server refuses a client without credentials: the server really checks them.
+            server.url("vtest"),
+        ],
+        5.0,
+    );
+    assert!(
+        support::wait_until(Duration::from_secs(60), || cam(&p, 0).frames_analysed >= 4
+            && cam(&p, 1).restarts >= 1),
+        "{:?}",
+        p.health()
+    );
+    let good = cam(&p, 0);
+    assert_eq!(good.state, StreamState::Streaming, "{good:?}");
+    assert_eq!(good.restarts, 0, "{good:?}");
+    assert_eq!(good.last_error, None, "{good:?}");
+    let refused = cam(&p, 1);
+    assert_eq!(refused.frames_received, 0, "{refused:?}");
+    assert!(
+        refused
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("authentication failed (401)")),
+        "{refused:?}"
+    );
+    assert_no_secret(&serde_json::to_string(&p.health()).unwrap(), "health");
+    p.shutdown();
+}
+
+#[test]
+fn a_wrong_password_is_a_clear_error_retried_with_backoff() {
+    let server = auth_server();
+    let backoff = Backoff {
+        initial: Duration::from_millis(500),
+        max: Duration::from_secs(8),
+        reset_after: Duration::from_secs(30),
+    };
+    let url = with_credentials(&server.url("vtest"), CAM_USER, WRONG_PASS);
+    let (p, _dir) = start_cameras(
+        &format!("[[cameras]]\nid = \"cam0\"\nurl = {url:?}\nfps = 4\nstall_seconds = 5\n"),
+        backoff.clone(),
+    );
+    assert!(
+        support::wait_until(Duration::from_secs(60), || cam(&p, 0).restarts >= 1),
+        "{:?}",
+        cam(&p, 0)
+    );
+    let first = Instant::now();
+    let h = cam(&p, 0);
+    assert!(
+        h.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("authentication failed (401)")),
+        "{h:?}"
+    );
+    assert!(
+        matches!(h.state, StreamState::Backoff | StreamState::Connecting),
+        "{h:?}"
+    );
+    // Retried, but not hammered: three more attempts wait at least half of initial·(1 + 2 + 4) between
+    // them (equal jitter), 1.75 s; a supervisor that retried at once would get there in milliseconds.
+    assert!(
+        support::wait_until(Duration::from_secs(60), || cam(&p, 0).restarts >= 4),
+        "{:?}",
+        cam(&p, 0)
+    );
+    let took = first.elapsed();
+    let least = (backoff.initial * (1 + 2 + 4)) / 2;
+    assert!(
+        took + Duration::from_millis(100) >= least,
+        "4 failures within {took:?}, backoff allows no less than {least:?}"
+    );
+    let h = cam(&p, 0);
+    assert_eq!(h.frames_received, 0, "{h:?}");
+    let json = serde_json::to_string(&p.health()).unwrap();
+    assert!(json.contains("authentication failed (401)"), "{json}");
+    assert_no_secret(&json, "health");
+    p.shutdown();
+}
+
+#[test]
+fn passwords_stay_out_of_the_logs() {
+    // The real binary at debug level, so every log line and every health line it prints is seen.
+    let server = auth_server();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cams.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[runtime]\ndata_dir = {data:?}\nworkers = 1\n\
+             [[cameras]]\nid = \"good\"\nurl = {good:?}\nfps = 1\n\
+             [[cameras]]\nid = \"bad\"\nurl = {bad:?}\nfps = 1\n",
+            data = dir.path(),
+            good = with_credentials(&server.url("vtest"), CAM_USER, CAM_PASS),
+            bad = with_credentials(&server.url("vtest"), CAM_USER, WRONG_PASS),
+        ),
+    )
+    .unwrap();
+    // The health lines come every 15 s: run past the first.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_streetwatch"))
+        .args(["run", "--seconds", "17", "--config"])
+        .arg(&config)
+        .env("STREETWATCH_LOG", "debug")
+        .current_dir(support::root())
+        .output()
+        .unwrap();
+    let text = strip_ansi(&format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    ));
+    assert!(out.status.success(), "{text}");
+    assert_no_secret(&text, "the log");
+    // Not vacuous: the log did record the failure, with the camera's URL in its redacted form, and the
+    // health of both cameras.
+    let redacted = server.url("vtest").replace("rtsp://", "rtsp://***@");
+    assert!(text.contains(&redacted), "no {redacted} in:\n{text}");
+    assert!(
+        text.lines().any(|l| l.contains("stream failed")
+            && l.contains("camera=bad")
+            && l.contains("authentication failed (401)")),
+        "{text}"
+    );
+    assert!(
+        text.lines().any(|l| l.contains("camera health")
+            && l.contains("camera=good")
+            && l.contains("state=\"streaming\"")),
+        "{text}"
+    );
 }

@@ -198,6 +198,9 @@ fn watch(
         if let Some(msg) = bus.timed_pop(gst::ClockTime::from_mseconds(100)) {
             match msg.view() {
                 gst::MessageView::Error(err) => {
+                    if let Some(reason) = rtsp_refusal(&err.error(), &task.spec.source) {
+                        return Outcome::Failed(reason.into());
+                    }
                     let src = msg
                         .src()
                         .map(|s| s.path_string().to_string())
@@ -240,6 +243,23 @@ fn watch(
             ));
         }
     }
+}
+
+/// What an operator should read when the camera refused us: rtspsrc's own words ("Unauthorized", after
+/// the element path) do not say that the password is what to check.
+fn rtsp_refusal(err: &gst::glib::Error, source: &SourceUrl) -> Option<&'static str> {
+    let SourceUrl::Rtsp { user, .. } = source else {
+        return None;
+    };
+    // rtspsrc raises RESOURCE/NOT_AUTHORIZED for a 401 that survives its retry with our credentials.
+    if !err.matches(gst::ResourceError::NotAuthorized) {
+        return None;
+    }
+    Some(if user.is_some() {
+        "authentication failed (401): the camera refused the user name and password in the URL"
+    } else {
+        "authentication failed (401): the camera requires a user name and password; the URL has none"
+    })
 }
 
 /// Belt and braces: even though credentials are never put into the pipeline's location, scrub them from
