@@ -380,3 +380,67 @@ fn passwords_stay_out_of_the_logs() {
         "{text}"
     );
 }
+
+#[test]
+fn keyframe_only_decodes_one_picture_per_gop_over_rtsp() {
+    // The fixture (fixtures/README.md): 12.5 fps, 30.16 s, a keyframe every 2 s (GOP 25), so one play
+    // is 377 pictures in 16 GOPs (the last one short).
+    let footage = support::footage("parking_aisle_overhead_768x432.mp4");
+    let (fps, seconds, gop_seconds) = (12.5, 30.16_f64, 2.0);
+    let frames = (seconds * fps).round() as u64;
+    let gops = (seconds / gop_seconds).ceil() as u64;
+    assert_eq!(
+        support::mp4_video_samples(&footage),
+        (frames, gops),
+        "the fixture is not what this test expects"
+    );
+
+    let server = FootageServer::start(&[("aisle".into(), footage)], 0).unwrap();
+    let url = server.url("aisle");
+    let cameras = format!(
+        "[[cameras]]\nid = \"keyframes\"\nurl = {url:?}\nfps = 4\nkeyframe_only = true\nstall_seconds = 10\n\
+         [[cameras]]\nid = \"full\"\nurl = {url:?}\nfps = 4\nkeyframe_only = false\nstall_seconds = 10\n"
+    );
+    // The server plays the file once and ends the stream; the long first delay keeps the cameras from
+    // starting a second play before the counts of the first are read.
+    let backoff = Backoff {
+        initial: Duration::from_secs(20),
+        max: Duration::from_secs(20),
+        reset_after: Duration::from_secs(1),
+    };
+    let (p, _dir) = start_cameras(&cameras, backoff);
+    // One play takes the footage's length in real time; allow the slow machine plenty more.
+    assert!(
+        support::wait_until(Duration::from_secs(150), || (0..2)
+            .all(|i| cam(&p, i).restarts >= 1)),
+        "{:?}",
+        p.health()
+    );
+    let (key, full) = (cam(&p, 0), cam(&p, 1));
+    p.shutdown();
+    for h in [&key, &full] {
+        assert_eq!(h.restarts, 1, "one play only: {h:?}");
+        assert_eq!(
+            h.last_error.as_deref(),
+            Some("the server ended the stream"),
+            "{h:?}"
+        );
+    }
+    // Keyframes only: one decoded picture per GOP, and those are analysed.
+    assert!(
+        (gops - 1..=gops + 1).contains(&key.frames_decoded),
+        "{} pictures decoded from {gops} GOPs: {key:?}",
+        key.frames_decoded
+    );
+    assert!(
+        key.frames_analysed >= gops / 2 && key.frames_analysed <= key.frames_decoded,
+        "{key:?}"
+    );
+    // Full decoding of the same stream: every picture.
+    assert!(
+        full.frames_decoded >= frames * 95 / 100 && full.frames_decoded <= frames,
+        "{} pictures decoded of {frames}: {full:?}",
+        full.frames_decoded
+    );
+    assert!(full.frames_analysed > 0, "{full:?}");
+}
