@@ -444,3 +444,41 @@ fn keyframe_only_decodes_one_picture_per_gop_over_rtsp() {
     );
     assert!(full.frames_analysed > 0, "{full:?}");
 }
+
+#[test]
+fn shutdown_does_not_wait_for_a_camera_pipeline_still_tearing_down() {
+    // rtspsrc can take a long while to reach Null after a server ends or dies on a loaded machine (seen
+    // here: minutes). Its appsink callback still holds the pool's frame sink; shutdown must not wait
+    // for it, so the camera's analyser (and with it the incident channel) goes with the pool.
+    use streetwatch::frame::Frame;
+    use streetwatch::health::CameraHealth;
+    use streetwatch::infer::{Detection, Detector};
+    use streetwatch::pool::{Analyser, Pool, PoolConfig};
+    use streetwatch::types::CameraId;
+
+    struct Holds(#[allow(dead_code)] crossbeam::channel::Sender<()>);
+    impl Analyser for Holds {
+        fn analyse(&mut self, _: &Frame, _: &[Detection]) {}
+    }
+    let manifest = support::nanodet();
+    let (tx, rx) = crossbeam::channel::unbounded::<()>();
+    let health = Arc::new(CameraHealth::new(CameraId::new("cam0")));
+    let config = PoolConfig {
+        workers: 1,
+        max_batch: 1,
+        batch_wait: Duration::from_millis(1),
+    };
+    let (pool, sink) = Pool::start(&config, vec![(health, Box::new(Holds(tx)))], || {
+        Detector::new(manifest.clone(), 1, 0.35)
+    })
+    .unwrap();
+    let stuck_pipeline_tap = sink.clone();
+    drop(sink);
+    pool.shutdown();
+    assert_eq!(
+        rx.recv_timeout(Duration::from_secs(5)),
+        Err(crossbeam::channel::RecvTimeoutError::Disconnected),
+        "the analyser outlived the pool's shutdown"
+    );
+    drop(stuck_pipeline_tap);
+}
