@@ -91,9 +91,9 @@ clear_seconds = 4
         2,
         "vtest has two crowded spells: {incidents:?}"
     );
-    // Let the router decide and the notifier deliver, then stop everything.
-    let sms = kannel.wait_received(incidents.len(), Duration::from_secs(30));
-    // Quiet for several retry intervals (at most 1 s apart) and group intervals: a duplicate would show.
+    // Let the router decide and the notifier deliver, then stop everything. The pause after is a quiet
+    // period for a duplicate to show up in, several retry intervals (at most 1 s apart) long.
+    let sms = kannel.wait_received(incidents.len(), Duration::from_secs(60));
     std::thread::sleep(Duration::from_secs(4));
     pipeline.shutdown();
     let sms_after = kannel.received();
@@ -161,11 +161,11 @@ data_dir = {data:?}
         ..RunOptions::default()
     };
     let pipeline = Pipeline::start(&config, opts, Arc::new(SystemClock)).unwrap();
-    let sms = kannel.wait_received(1, Duration::from_secs(20));
+    let sms = kannel.wait_received(1, Duration::from_secs(60));
     let store = streetwatch::store::Store::open(&db).unwrap();
     let key = event.key.to_string();
     assert!(
-        support::wait_until(Duration::from_secs(10), || store
+        support::wait_until(Duration::from_secs(60), || store
             .incident(&key)
             .unwrap()
             .unwrap()

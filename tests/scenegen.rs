@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 
 use gstreamer as gst;
 use gstreamer::prelude::*;
-use gstreamer_app as gst_app;
 
 use streetwatch::frame::Frame;
 use streetwatch::infer::Detector;
@@ -74,20 +73,10 @@ const TRUTH: &str = "[[truth]]\nrule = \"linger-right\"\nstart = 1.6\ntolerance 
 
 /// Per frame in decode order: (pts in ms, keyframe?) and the stream's caps, read without decoding.
 fn stream_layout(mp4: &Path) -> (Vec<(u64, bool)>, gst::Caps) {
-    gst::init().unwrap();
-    let pipeline = gst::parse::launch(&format!(
+    let (pipeline, sink) = support::play_to_appsink(&format!(
         "filesrc location={} ! qtdemux ! h264parse ! appsink name=sink sync=false",
         mp4.display()
-    ))
-    .unwrap()
-    .downcast::<gst::Pipeline>()
-    .unwrap();
-    let sink = pipeline
-        .by_name("sink")
-        .unwrap()
-        .dynamic_cast::<gst_app::AppSink>()
-        .unwrap();
-    pipeline.set_state(gst::State::Playing).unwrap();
+    ));
     let mut frames = Vec::new();
     let mut caps = None;
     while let Ok(sample) = sink.pull_sample() {

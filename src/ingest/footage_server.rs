@@ -1,6 +1,7 @@
 //! An RTSP server for recorded footage (gst-rtsp-server), in process: the demo's cameras, the
 //! benchmark's virtual cameras and the tests' real RTSP peer. Each client gets its own media, which
-//! plays the file in real time from the start and ends with it.
+//! plays the file in real time from the start and ends with it. A server can demand basic auth, as
+//! real cameras do, so a wrong password meets a real 401.
 
 use std::path::PathBuf;
 use std::thread::JoinHandle;
@@ -12,6 +13,22 @@ use gstreamer_rtsp_server::prelude::*;
 
 use super::IngestError;
 
+/// Credentials a footage server demands of every client (RTSP basic auth); others get 401.
+#[derive(Clone)]
+pub struct BasicAuth {
+    pub user: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for BasicAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "BasicAuth({}:***)", self.user)
+    }
+}
+
+/// The media factory role that basic-auth clients get, and the permissions it carries.
+const VIEWER_ROLE: &str = "viewer";
+
 pub struct FootageServer {
     port: u16,
     main_loop: glib::MainLoop,
@@ -21,6 +38,15 @@ pub struct FootageServer {
 impl FootageServer {
     /// Serves each `(mount, file)` at `rtsp://127.0.0.1:PORT/mount`. `port` 0 picks a free one.
     pub fn start(mounts: &[(String, PathBuf)], port: u16) -> Result<Self, IngestError> {
+        Self::start_with_auth(mounts, port, None)
+    }
+
+    /// Like [`FootageServer::start`]; with `auth`, every mount requires those credentials.
+    pub fn start_with_auth(
+        mounts: &[(String, PathBuf)],
+        port: u16,
+        auth: Option<BasicAuth>,
+    ) -> Result<Self, IngestError> {
         gst::init().map_err(|e| IngestError::Gst(e.to_string()))?;
         for (_, f) in mounts {
             if !f.is_file() {
@@ -41,6 +67,17 @@ impl FootageServer {
                 server.set_address("127.0.0.1");
                 server.set_service(&port.to_string());
                 let points = server.mount_points().expect("a new server has mount points");
+                if let Some(a) = &auth {
+                    let gate = rtsp::RTSPAuth::new();
+                    let token = rtsp::RTSPToken::builder()
+                        .field(rtsp::RTSP_TOKEN_MEDIA_FACTORY_ROLE, VIEWER_ROLE)
+                        .build();
+                    gate.add_basic(
+                        rtsp::RTSPAuth::make_basic(&a.user, &a.password).as_str(),
+                        &token,
+                    );
+                    server.set_auth(Some(&gate));
+                }
                 for (mount, file) in &mounts {
                     let factory = rtsp::RTSPMediaFactory::new();
                     let loc = file.to_string_lossy().replace('"', "\\\"");
@@ -48,6 +85,14 @@ impl FootageServer {
                         "( filesrc location=\"{loc}\" ! qtdemux ! h264parse ! rtph264pay name=pay0 pt=96 config-interval=-1 )"
                     ));
                     factory.set_shared(false);
+                    if auth.is_some() {
+                        factory.add_role_from_structure(
+                            &gst::Structure::builder(VIEWER_ROLE)
+                                .field(rtsp::RTSP_PERM_MEDIA_FACTORY_ACCESS, true)
+                                .field(rtsp::RTSP_PERM_MEDIA_FACTORY_CONSTRUCT, true)
+                                .build(),
+                        );
+                    }
                     points.add_factory(&format!("/{}", mount.trim_start_matches('/')), factory);
                 }
                 match server.attach(Some(&ctx)) {

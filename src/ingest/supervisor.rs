@@ -198,6 +198,9 @@ fn watch(
         if let Some(msg) = bus.timed_pop(gst::ClockTime::from_mseconds(100)) {
             match msg.view() {
                 gst::MessageView::Error(err) => {
+                    if let Some(reason) = rtsp_refusal(&err.error(), &task.spec.source) {
+                        return Outcome::Failed(reason.into());
+                    }
                     let src = msg
                         .src()
                         .map(|s| s.path_string().to_string())
@@ -224,7 +227,7 @@ fn watch(
         }
         let now = base.elapsed().as_millis() as i64;
         let last = last_frame.load(Ordering::Relaxed);
-        let silent_for = Duration::from_millis((now - last.max(0)) as u64);
+        let silent_for = silence(now, last);
         let limit = if last < 0 {
             first_frame_grace
         } else {
@@ -240,6 +243,31 @@ fn watch(
             ));
         }
     }
+}
+
+/// How long the stream has been silent at `now`, given the last frame's time (both ms since the watch
+/// began; `last` < 0 before the first frame).
+fn silence(now: i64, last: i64) -> Duration {
+    // A frame may land between the two reads, putting `last` after `now`: that is no silence, not a
+    // negative one wrapped to 585 million years (which restarted a healthy stream as "stalled").
+    Duration::from_millis(u64::try_from(now - last.max(0)).unwrap_or(0))
+}
+
+/// What an operator should read when the camera refused us: rtspsrc's own words ("Unauthorized", after
+/// the element path) do not say that the password is what to check.
+fn rtsp_refusal(err: &gst::glib::Error, source: &SourceUrl) -> Option<&'static str> {
+    let SourceUrl::Rtsp { user, .. } = source else {
+        return None;
+    };
+    // rtspsrc raises RESOURCE/NOT_AUTHORIZED for a 401 that survives its retry with our credentials.
+    if !err.matches(gst::ResourceError::NotAuthorized) {
+        return None;
+    }
+    Some(if user.is_some() {
+        "authentication failed (401): the camera refused the user name and password in the URL"
+    } else {
+        "authentication failed (401): the camera requires a user name and password; the URL has none"
+    })
 }
 
 /// Belt and braces: even though credentials are never put into the pipeline's location, scrub them from
@@ -281,6 +309,14 @@ mod tests {
                 "{d30:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_frame_that_lands_while_the_watchdog_reads_the_clock_is_no_silence() {
+        // The appsink thread stores a frame's time between the watchdog's reading of `now` and of `last`.
+        assert_eq!(silence(1_000, 1_003), Duration::ZERO);
+        assert_eq!(silence(1_000, 400), Duration::from_millis(600));
+        assert_eq!(silence(1_000, -1), Duration::from_millis(1_000));
     }
 
     #[test]

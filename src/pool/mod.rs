@@ -220,11 +220,17 @@ impl Pool {
         &self.shared.stats
     }
 
-    /// Stops the workers after their current batch.
+    /// Stops the workers after their current batch, then drops the analysers and waiting frames.
+    /// Frame sinks may outlive the pool (a camera pipeline that is slow to reach Null keeps its
+    /// appsink's), and must not keep the analysers, and the incident channel they send on, alive.
     pub fn shutdown(self) {
         self.shared.stop.store(true, Ordering::SeqCst);
         for w in self.workers {
             let _ = w.join();
+        }
+        for slot in &self.shared.slots {
+            while slot.analyser.pop().is_some() {}
+            while slot.frame.pop().is_some() {}
         }
     }
 }

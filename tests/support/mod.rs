@@ -30,15 +30,10 @@ pub fn nanodet() -> Arc<ModelManifest> {
     )
 }
 
-/// Decodes `file` at `fps` into RGB images `width` wide, with their media time in ms.
-pub fn decode_frames(file: &Path, fps: u32, width: u32) -> Vec<(i64, image::RgbImage)> {
+/// Starts a gst-launch description ending in `appsink name=sink`; pull its samples, then set it to Null.
+pub fn play_to_appsink(desc: &str) -> (gst::Pipeline, gst_app::AppSink) {
     gst::init().unwrap();
-    let desc = format!(
-        "filesrc location={} ! qtdemux ! h264parse ! avdec_h264 ! videorate drop-only=true ! video/x-raw,framerate={fps}/1 \
-         ! videoconvert ! videoscale ! video/x-raw,format=RGB,width={width},pixel-aspect-ratio=1/1 ! appsink name=sink sync=false",
-        file.display()
-    );
-    let pipeline = gst::parse::launch(&desc)
+    let pipeline = gst::parse::launch(desc)
         .unwrap()
         .downcast::<gst::Pipeline>()
         .unwrap();
@@ -48,6 +43,17 @@ pub fn decode_frames(file: &Path, fps: u32, width: u32) -> Vec<(i64, image::RgbI
         .dynamic_cast::<gst_app::AppSink>()
         .unwrap();
     pipeline.set_state(gst::State::Playing).unwrap();
+    (pipeline, sink)
+}
+
+/// Decodes `file` at `fps` into RGB images `width` wide, with their media time in ms.
+pub fn decode_frames(file: &Path, fps: u32, width: u32) -> Vec<(i64, image::RgbImage)> {
+    let desc = format!(
+        "filesrc location={} ! qtdemux ! h264parse ! avdec_h264 ! videorate drop-only=true ! video/x-raw,framerate={fps}/1 \
+         ! videoconvert ! videoscale ! video/x-raw,format=RGB,width={width},pixel-aspect-ratio=1/1 ! appsink name=sink sync=false",
+        file.display()
+    );
+    let (pipeline, sink) = play_to_appsink(&desc);
     let mut out = Vec::new();
     while let Ok(sample) = sink.pull_sample() {
         let info = gst_video::VideoInfo::from_caps(sample.caps().unwrap()).unwrap();
@@ -70,6 +76,30 @@ pub fn decode_frames(file: &Path, fps: u32, width: u32) -> Vec<(i64, image::RgbI
     }
     pipeline.set_state(gst::State::Null).unwrap();
     out
+}
+
+/// Video samples of an MP4 and how many of them are keyframes (sync samples), read by the demuxer from
+/// the file's sample tables without decoding: the footage's own count, for tests that expect one.
+pub fn mp4_video_samples(file: &Path) -> (u64, u64) {
+    let desc = format!(
+        "filesrc location=\"{}\" ! qtdemux ! video/x-h264 ! appsink name=sink sync=false",
+        file.display()
+    );
+    let (pipeline, sink) = play_to_appsink(&desc);
+    let (mut samples, mut keyframes) = (0, 0);
+    while let Ok(sample) = sink.pull_sample() {
+        samples += 1;
+        if !sample
+            .buffer()
+            .unwrap()
+            .flags()
+            .contains(gst::BufferFlags::DELTA_UNIT)
+        {
+            keyframes += 1;
+        }
+    }
+    pipeline.set_state(gst::State::Null).unwrap();
+    (samples, keyframes)
 }
 
 /// A child process killed on drop.
