@@ -26,6 +26,7 @@ mod config;
 mod decide;
 mod deliver;
 mod error;
+mod keys;
 mod model;
 mod router;
 mod store;
@@ -97,12 +98,15 @@ impl AlertService {
             }
             None => (None, None),
         };
+        let notify_db = store::open_with(db_path, store::Sync::Normal)?;
+        let keys = store::keys(&notify_db)?;
+        let dlr_links = dlr_base.map(|b| deliver::dlr::Links::new(b, keys.clone()));
         let notifier = Arc::new(deliver::notify::Notifier::new(
-            store::open_with(db_path, store::Sync::Normal)?,
+            notify_db,
             cfg.clone(),
             clock.clone(),
             wake.clone(),
-            dlr_base,
+            dlr_links,
         )?);
         let dlr_db = match dlr_listener {
             Some(_) => Some(store::open_with(db_path, store::Sync::Normal)?),
@@ -122,7 +126,7 @@ impl AlertService {
             .spawn(move || {
                 runtime.block_on(async move {
                     let dlr = dlr_listener.zip(dlr_db).map(|((l, _), db)| {
-                        tokio::spawn(deliver::dlr::serve(l, db, dlr_clock, stop_rx.clone()))
+                        tokio::spawn(deliver::dlr::serve(l, db, keys, dlr_clock, stop_rx.clone()))
                     });
                     notifier.run(stop_rx).await;
                     if let Some(h) = dlr {
