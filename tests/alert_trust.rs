@@ -6,12 +6,14 @@ mod peers;
 #[path = "support/alert_util.rs"]
 mod util;
 
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use peers::{HookServer, KANNEL_PASS, KANNEL_USER, Kannel, http_get};
 use sha2::{Digest, Sha256};
-use streetwatch::alert::{AlertConfig, AlertService, DeliveryRow, Router, Store};
+use streetwatch::alert::{AlertConfig, AlertHandle, AlertService, DeliveryRow, Router, Store};
 use streetwatch::types::SystemClock;
 use tempfile::TempDir;
 use util::{opened, wait_deliveries};
@@ -227,4 +229,127 @@ fn snapshot_links_cannot_be_derived_from_the_incident() {
         "two installations give one incident the same link: it is computed from the incident alone"
     );
     assert!(tokens.iter().all(|t| t.len() >= 12), "{tokens:?}");
+}
+
+/// A delivery-report listener alone (no receivers), with `extra` in its `[dlr]` table.
+fn listener_only(dir: &TempDir, extra: &str) -> AlertHandle {
+    let cfg = format!("[dlr]\nlisten = \"127.0.0.1:0\"\n{extra}\n");
+    AlertService::start(
+        AlertConfig::from_toml(&cfg).unwrap(),
+        &dir.path().join("sw.db"),
+        Arc::new(SystemClock),
+    )
+    .unwrap()
+}
+
+/// Reads what the server sends until it closes the connection or `limit` passes; Some(bytes) if it closed.
+fn read_until_closed(s: &mut TcpStream, limit: Duration) -> Option<Vec<u8>> {
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let end = Instant::now() + limit;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while Instant::now() < end {
+        match s.read(&mut buf) {
+            Ok(0) => return Some(got),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => return Some(got),
+        }
+    }
+    None
+}
+
+#[test]
+fn clients_that_hold_connections_open_do_not_hold_up_shutdown() {
+    let dir = TempDir::new().unwrap();
+    // A header timeout far beyond the test: only the shutdown deadline can end these connections.
+    let alert = listener_only(&dir, "header_timeout = \"10m\"");
+    let addr = alert.dlr_addr().unwrap();
+    // One client that never says anything, one that keeps its connection after a request, one that stops
+    // in the middle of its header.
+    let silent = TcpStream::connect(addr).unwrap();
+    let mut kept = TcpStream::connect(addr).unwrap();
+    write!(kept, "GET /dlr HTTP/1.1\r\nHost: sw\r\n\r\n").unwrap();
+    let mut head = [0u8; 12];
+    kept.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 400");
+    let mut partial = TcpStream::connect(addr).unwrap();
+    write!(partial, "GET /dlr?d=1 HTTP/1.1\r\nHost: sw\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+
+    let started = Instant::now();
+    let (done_tx, done) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        alert.shutdown();
+        let _ = done_tx.send(());
+    });
+    done.recv_timeout(Duration::from_secs(20))
+        .expect("shutdown still waiting for idle clients after 20 s");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+    for mut s in [silent, kept, partial] {
+        assert!(
+            read_until_closed(&mut s, Duration::from_secs(2)).is_some(),
+            "a connection outlived the service"
+        );
+    }
+}
+
+#[test]
+fn a_client_that_trickles_its_header_is_cut_off_after_the_header_timeout() {
+    let dir = TempDir::new().unwrap();
+    let alert = listener_only(&dir, "header_timeout = \"1s\"");
+    let mut s = TcpStream::connect(alert.dlr_addr().unwrap()).unwrap();
+    let started = Instant::now();
+    write!(s, "GET /dlr?d=1 HTTP/1.1\r\nHost: sw\r\n").unwrap();
+    // Slowloris: a header line every 200 ms keeps the connection busy but never finishes the request.
+    let mut closed = None;
+    for i in 0..40 {
+        if write!(s, "X-Pad-{i}: {}\r\n", "a".repeat(8)).is_err() {
+            closed = Some(Vec::new());
+            break;
+        }
+        if let Some(got) = read_until_closed(&mut s, Duration::from_millis(200)) {
+            closed = Some(got);
+            break;
+        }
+    }
+    let took = started.elapsed();
+    assert!(
+        closed.is_some(),
+        "still connected after {took:?} of trickling"
+    );
+    assert!(took < Duration::from_secs(5), "cut off only after {took:?}");
+    alert.shutdown();
+}
+
+#[test]
+fn connections_beyond_the_cap_wait_for_a_free_one() {
+    let dir = TempDir::new().unwrap();
+    let alert = listener_only(&dir, "header_timeout = \"10m\"\nmax_connections = 1");
+    let addr = alert.dlr_addr().unwrap();
+    let holder = TcpStream::connect(addr).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut next = TcpStream::connect(addr).unwrap();
+    write!(
+        next,
+        "GET /dlr HTTP/1.1\r\nHost: sw\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    if let Some(reply) = read_until_closed(&mut next, Duration::from_secs(1)) {
+        panic!("served beyond the cap: {}", String::from_utf8_lossy(&reply));
+    }
+    drop(holder);
+    let reply =
+        read_until_closed(&mut next, Duration::from_secs(10)).expect("served once a slot freed");
+    assert!(
+        reply.starts_with(b"HTTP/1.1 400"),
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
+    alert.shutdown();
 }

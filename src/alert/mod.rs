@@ -112,6 +112,10 @@ impl AlertService {
             Some(_) => Some(store::open_with(db_path, store::Sync::Normal)?),
             None => None,
         };
+        let dlr_limits = cfg.dlr.as_ref().map(|d| deliver::dlr::Limits {
+            header_timeout: d.header_timeout.std(),
+            max_connections: d.max_connections,
+        });
         let dlr_addr = dlr_listener.as_ref().map(|(_, a)| *a);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -121,20 +125,30 @@ impl AlertService {
             .map_err(|e| AlertError::Service(format!("tokio runtime: {e}")))?;
         let (stop_tx, stop_rx) = watch::channel(false);
         let dlr_clock = clock.clone();
-        let notify_thread = std::thread::Builder::new()
-            .name("alert-notify".into())
-            .spawn(move || {
-                runtime.block_on(async move {
-                    let dlr = dlr_listener.zip(dlr_db).map(|((l, _), db)| {
-                        tokio::spawn(deliver::dlr::serve(l, db, keys, dlr_clock, stop_rx.clone()))
+        let notify_thread =
+            std::thread::Builder::new()
+                .name("alert-notify".into())
+                .spawn(move || {
+                    runtime.block_on(async move {
+                        let dlr = dlr_listener.zip(dlr_db).zip(dlr_limits).map(
+                            |(((l, _), db), limits)| {
+                                tokio::spawn(deliver::dlr::serve(
+                                    l,
+                                    db,
+                                    keys,
+                                    dlr_clock,
+                                    limits,
+                                    stop_rx.clone(),
+                                ))
+                            },
+                        );
+                        notifier.run(stop_rx).await;
+                        if let Some(h) = dlr {
+                            let _ = h.await;
+                        }
                     });
-                    notifier.run(stop_rx).await;
-                    if let Some(h) = dlr {
-                        let _ = h.await;
-                    }
-                });
-            })
-            .map_err(|e| AlertError::Service(e.to_string()))?;
+                })
+                .map_err(|e| AlertError::Service(e.to_string()))?;
         let (tx, rx) = channel::unbounded();
         let path = db_path.to_path_buf();
         let router_cfg = cfg.clone();

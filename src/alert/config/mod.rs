@@ -440,6 +440,21 @@ pub struct DlrConfig {
     pub listen: SocketAddr,
     /// Base URL the gateway can reach the listener at; defaults to `http://{listen}`.
     pub public_url: Option<String>,
+    /// A client must send a request's whole header within this time, or it is disconnected (also a client
+    /// that keeps a connection open without a request).
+    #[serde(default = "default_dlr_header_timeout")]
+    pub header_timeout: Dur,
+    /// Connections served at once; more wait to be accepted.
+    #[serde(default = "default_dlr_connections")]
+    pub max_connections: usize,
+}
+
+fn default_dlr_header_timeout() -> Dur {
+    Dur::secs(10)
+}
+
+fn default_dlr_connections() -> usize {
+    64
 }
 
 /// What is wrong with a config, in the operator's words.

@@ -127,6 +127,14 @@ impl AlertConfig {
         if let Some(base) = &self.snapshot_base_url {
             url::Url::parse(base).map_err(|e| ConfigError(format!("snapshot_base_url: {e}")))?;
         }
+        if let Some(d) = &self.dlr {
+            if d.header_timeout.ms() <= 0 {
+                return err("dlr.header_timeout must be positive".into());
+            }
+            if d.max_connections == 0 {
+                return err("dlr.max_connections must be at least 1".into());
+            }
+        }
         if !(-14 * 60..=14 * 60).contains(&self.utc_offset_minutes) {
             return err("utc_offset_minutes must be within ±840".into());
         }

@@ -10,12 +10,16 @@
 //! Anything else is refused with a 4xx, logged, and changes nothing.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::routing::get;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use rusqlite::Connection;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
 
 use crate::types::{Clock, Timestamp};
 
@@ -178,11 +182,33 @@ async fn report(State(ctx): State<Arc<Ctx>>, RawQuery(query): RawQuery) -> Statu
     }
 }
 
+/// How the listener treats its clients.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Limits {
+    /// A request's header must be in within this time (from the connection's start, or from the end of the
+    /// previous request): a silent or trickling client cannot hold a connection.
+    pub header_timeout: Duration,
+    /// Connections served at once; more wait in the kernel's accept queue.
+    pub max_connections: usize,
+}
+
+/// Waits until `flag` is true (or its sender is gone).
+async fn turns_true(flag: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not Send: drop it here, not in the caller's `select!`.
+    let _ = flag.wait_for(|f| *f).await;
+}
+
+/// On shutdown, connections still open this long after the listener stopped accepting are dropped.
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// Serves delivery reports until `stop` turns true, then stops accepting, lets requests in progress finish
+/// for up to [`DRAIN`], and drops what is left.
 pub(crate) async fn serve(
     listener: std::net::TcpListener,
     db: Connection,
     keys: Keys,
     clock: Arc<dyn Clock>,
+    limits: Limits,
     mut stop: watch::Receiver<bool>,
 ) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
@@ -200,18 +226,61 @@ pub(crate) async fn serve(
     let app = axum::Router::new()
         .route("/dlr", get(report))
         .with_state(ctx);
-    let shutdown = async move {
-        while !*stop.borrow() {
-            if stop.changed().await.is_err() {
-                break;
+    let service = TowerToHyperService::new(app);
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let (closing_tx, closing) = watch::channel(false);
+    let mut conns = JoinSet::new();
+    loop {
+        // A slot first, then accept: beyond the cap, clients wait in the accept queue.
+        let slot = tokio::select! {
+            _ = turns_true(&mut stop) => break,
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+        };
+        let stream = tokio::select! {
+            _ = turns_true(&mut stop) => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, or the client left before it was accepted: try again.
+                    tracing::warn!(error = %e, "delivery-report listener: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        while conns.try_join_next().is_some() {}
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_timeout)
+            .serve_connection(TokioIo::new(stream), service.clone());
+        let mut closing = closing.clone();
+        conns.spawn(async move {
+            let _slot = slot;
+            tokio::pin!(conn);
+            tokio::select! {
+                done = conn.as_mut() => {
+                    if let Err(e) = done {
+                        tracing::debug!(error = %e, "delivery-report connection");
+                    }
+                    return;
+                }
+                _ = turns_true(&mut closing) => {}
             }
-        }
-    };
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-    {
-        tracing::error!(error = %e, "delivery-report listener stopped");
+            // Finish the request in progress, if any, then close.
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        });
+    }
+    drop(listener);
+    let _ = closing_tx.send(true);
+    let drained =
+        tokio::time::timeout(DRAIN, async { while conns.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        tracing::warn!(
+            connections = conns.len(),
+            "delivery-report listener: dropping connections still open at the shutdown deadline"
+        );
+        conns.abort_all();
     }
 }
 
