@@ -16,5 +16,6 @@ pub mod infer;
 pub mod ingest;
 pub mod pool;
 pub mod scenegen;
+pub mod secret;
 pub mod store;
 pub mod types;

@@ -353,3 +353,35 @@ fn connections_beyond_the_cap_wait_for_a_free_one() {
     );
     alert.shutdown();
 }
+
+#[test]
+fn the_sms_password_is_not_put_in_a_url() {
+    // A gateway that records what it is sent (proxies and gateways log URLs, not headers or bodies).
+    let gateway = HookServer::start(vec![202]);
+    let dir = TempDir::new().unwrap();
+    let db = dir.path().join("sw.db");
+    let url = format!("http://127.0.0.1:{}/cgi-bin/sendsms", gateway.port);
+    let alert = AlertService::start(
+        AlertConfig::from_toml(&sms_config(&url)).unwrap(),
+        &db,
+        Arc::new(SystemClock),
+    )
+    .unwrap();
+    alert.submit(opened("d1-nh-03", "Bến Nghé", None));
+    wait_deliveries(&db, Duration::from_secs(20), "both SMS handed over", |r| {
+        r.len() == 2 && r.iter().all(|d| d.state == "accepted")
+    });
+    alert.shutdown();
+    let requests = gateway.requests.lock().unwrap();
+    for r in requests.iter() {
+        assert!(
+            !r.path.contains(KANNEL_PASS),
+            "password in the URL: {}",
+            r.path
+        );
+        assert!(
+            r.headers.values().any(|v| v == KANNEL_PASS),
+            "the password is sent: {r:?}"
+        );
+    }
+}

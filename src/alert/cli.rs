@@ -8,6 +8,7 @@ use std::path::Path;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 
+use crate::secret::redact_url;
 use crate::types::{Clock, Severity, SystemClock, Timestamp};
 
 use super::config::{Dur, Matchers};
@@ -306,6 +307,10 @@ pub fn run_to(
             let mut rows = store.deliveries(state.as_deref())?;
             let skip = rows.len().saturating_sub(limit);
             rows.drain(..skip);
+            for r in &mut rows {
+                // Rows written before webhook targets were stored redacted may hold a token.
+                r.target = redact_url(&r.target);
+            }
             if json {
                 write_json_lines(out, &rows)?;
             } else {
@@ -354,7 +359,11 @@ pub fn run_to(
             writeln!(
                 out,
                 "delivery {} of notice {} to {} by {} ({})",
-                d.id, d.notice_id, d.receiver, d.channel, d.target
+                d.id,
+                d.notice_id,
+                d.receiver,
+                d.channel,
+                redact_url(&d.target)
             )?;
             writeln!(
                 out,

@@ -4,8 +4,8 @@
 use std::collections::HashSet;
 
 use super::{
-    AlertConfig, ConfigError, HourWindow, Matchers, ReceiverConfig, RouteConfig, check_template,
-    normalize_phone,
+    AlertConfig, ConfigError, HourWindow, HttpMethod, Matchers, ReceiverConfig, RouteConfig,
+    SmsConfig, check_template, normalize_phone,
 };
 
 /// The labels `group_by` and `equal` may name.
@@ -48,6 +48,7 @@ impl AlertConfig {
             if let Some(s) = &r.sms {
                 url::Url::parse(&s.url)
                     .map_err(|e| ConfigError(format!("receiver {:?}: sms url: {e}", r.name)))?;
+                validate_sms_method(&r.name, s)?;
                 if s.numbers.is_empty() {
                     return err(format!("receiver {:?}: sms has no numbers", r.name));
                 }
@@ -83,6 +84,13 @@ impl AlertConfig {
                         ConfigError(format!("receiver {:?}: bad address {a:?}: {x}", r.name))
                     })?;
                 }
+                if !e.starttls && e.password.is_some() && !is_loopback(&e.smtp_host) {
+                    return err(format!(
+                        "receiver {:?}: SMTP AUTH without TLS would send the password in clear text to {}: \
+                         keep starttls = true (a relay on this machine may do without)",
+                        r.name, e.smtp_host
+                    ));
+                }
                 if let Some(ca) = &e.ca_file
                     && !ca.is_file()
                 {
@@ -96,7 +104,7 @@ impl AlertConfig {
             if let Some(w) = &r.webhook {
                 url::Url::parse(&w.url)
                     .map_err(|e| ConfigError(format!("receiver {:?}: webhook url: {e}", r.name)))?;
-                if w.secret.len() < 16 {
+                if w.secret.expose().len() < 16 {
                     return err(format!(
                         "receiver {:?}: webhook secret must be at least 16 bytes",
                         r.name
@@ -195,6 +203,53 @@ impl AlertConfig {
     pub(crate) fn receiver(&self, name: &str) -> Option<&ReceiverConfig> {
         self.receivers.iter().find(|r| r.name == name)
     }
+}
+
+/// The SMTP server is on this machine: nothing it is sent crosses a network.
+fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// What Kannel's POST interface can carry: every value goes in an HTTP header.
+fn validate_sms_method(receiver: &str, s: &SmsConfig) -> Result<(), ConfigError> {
+    let err = |m: String| Err(ConfigError(format!("receiver {receiver:?}: sms {m}")));
+    if s.method != HttpMethod::KannelPost {
+        return Ok(());
+    }
+    if !s.param_names.is_empty() {
+        return err(
+            "param_names rename query or form parameters: set method = \"get\" or \"post\"".into(),
+        );
+    }
+    let header_value = |v: &str| v.bytes().all(|b| (b' '..=b'~').contains(&b));
+    for (k, v) in &s.extra_params {
+        if k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return err(format!(
+                "extra_params name {k:?} cannot be an X-Kannel- header (letters, digits, -)"
+            ));
+        }
+        if !header_value(v.expose()) {
+            return err(format!(
+                "extra_params {k:?}: only printable ASCII fits an HTTP header"
+            ));
+        }
+    }
+    for (what, v) in [
+        ("username", s.username.as_str()),
+        ("password", s.password.expose()),
+        ("sender", s.sender.as_deref().unwrap_or("")),
+    ] {
+        if !header_value(v) {
+            return err(format!(
+                "{what}: only printable ASCII fits an HTTP header (method = \"kannel-post\")"
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

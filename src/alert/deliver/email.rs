@@ -40,7 +40,7 @@ impl Mailer {
             b = b.tls(Tls::Required(tls));
         }
         if let (Some(user), Some(pass)) = (&cfg.username, &cfg.password) {
-            b = b.credentials(Credentials::new(user.clone(), pass.clone()));
+            b = b.credentials(Credentials::new(user.clone(), pass.expose().to_string()));
         }
         let parse = |a: &str| {
             a.parse::<Mailbox>()

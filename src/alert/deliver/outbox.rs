@@ -67,7 +67,8 @@ pub(crate) fn deliveries_for(
     if let Some(hook) = &receiver.webhook {
         out.push(NewDelivery {
             channel: "webhook",
-            target: hook.url.clone(),
+            // The URL may carry a token: the outbox (and the CLI showing it) keeps it redacted.
+            target: hook.url.redacted(),
             body: template::webhook(payload, ctx).to_string(),
             segments: None,
         });
