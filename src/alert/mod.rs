@@ -125,30 +125,25 @@ impl AlertService {
             .map_err(|e| AlertError::Service(format!("tokio runtime: {e}")))?;
         let (stop_tx, stop_rx) = watch::channel(false);
         let dlr_clock = clock.clone();
-        let notify_thread =
-            std::thread::Builder::new()
-                .name("alert-notify".into())
-                .spawn(move || {
-                    runtime.block_on(async move {
-                        let dlr = dlr_listener.zip(dlr_db).zip(dlr_limits).map(
-                            |(((l, _), db), limits)| {
-                                tokio::spawn(deliver::dlr::serve(
-                                    l,
-                                    db,
-                                    keys,
-                                    dlr_clock,
-                                    limits,
-                                    stop_rx.clone(),
-                                ))
-                            },
-                        );
-                        notifier.run(stop_rx).await;
-                        if let Some(h) = dlr {
-                            let _ = h.await;
-                        }
-                    });
-                })
-                .map_err(|e| AlertError::Service(e.to_string()))?;
+        // Not started yet: an async fn runs when the runtime first polls it.
+        let dlr_server = dlr_listener
+            .zip(dlr_db)
+            .zip(dlr_limits)
+            .map(|(((l, _), db), limits)| {
+                deliver::dlr::serve(l, db, keys, dlr_clock, limits, stop_rx.clone())
+            });
+        let notify_thread = std::thread::Builder::new()
+            .name("alert-notify".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let dlr = dlr_server.map(tokio::spawn);
+                    notifier.run(stop_rx).await;
+                    if let Some(h) = dlr {
+                        let _ = h.await;
+                    }
+                });
+            })
+            .map_err(|e| AlertError::Service(e.to_string()))?;
         let (tx, rx) = channel::unbounded();
         let path = db_path.to_path_buf();
         let router_cfg = cfg.clone();
