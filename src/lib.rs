@@ -18,5 +18,6 @@ pub mod ingest;
 pub mod pool;
 pub mod retention;
 pub mod scenegen;
+pub mod secret;
 pub mod store;
 pub mod types;

@@ -33,16 +33,21 @@ fn run(db: &std::path::Path, args: &[&str]) -> Result<String, String> {
 }
 
 fn seed(db: &std::path::Path) {
-    let cfg = AlertConfig::from_toml(
+    seed_hook(db, "http://127.0.0.1:9/hook");
+}
+
+/// One notice to a webhook at `url`.
+fn seed_hook(db: &std::path::Path, url: &str) {
+    let cfg = AlertConfig::from_toml(&format!(
         r#"
 [[receivers]]
 name = "city"
-webhook = { url = "http://127.0.0.1:9/hook", secret = "0123456789abcdef" }
+webhook = {{ url = "{url}", secret = "0123456789abcdef" }}
 [route]
 receiver = "city"
 group_wait = "0s"
-"#,
-    )
+"#
+    ))
     .unwrap();
     let mut router = Router::open(&cfg, db, NOW).unwrap();
     let ev = IncidentEvent {
@@ -305,4 +310,24 @@ fn odd_times_and_durations_are_refused_not_panicked() {
         out.contains("2026-11-19T05:06:00Z until 2026-11-19T06:06:00Z"),
         "{out}"
     );
+}
+
+#[test]
+fn webhook_credentials_do_not_show_in_the_outbox() {
+    let dir = TempDir::new().unwrap();
+    let db = dir.path().join("sw.db");
+    seed_hook(&db, "https://ops:PwInUrl77@x/hook?token=SECRET123&v=2");
+    for args in [
+        &["outbox", "list"][..],
+        &["outbox", "list", "--json"],
+        &["outbox", "show", "1"],
+    ] {
+        let out = run(&db, args).unwrap();
+        assert!(out.contains("https://"), "{args:?}: {out}");
+        assert!(
+            !out.contains("SECRET123") && !out.contains("PwInUrl77"),
+            "{args:?}: {out}"
+        );
+        assert!(out.contains("token=***"), "{args:?}: {out}");
+    }
 }

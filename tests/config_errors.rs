@@ -452,3 +452,98 @@ fn alert_sub_tables_need_no_alert_header() {
     let (ok, out, _) = check(&format!("{GOOD}[alert.route]\ngroup_wait = \"1s\"\n"));
     assert!(ok, "{out}");
 }
+
+/// An `[alert]` table with every kind of secret, for `GOOD`.
+const ALERT_SECRETS: &str = r#"
+[alert]
+[[alert.receivers]]
+name = "post"
+[alert.receivers.sms]
+url = "http://gw.q1.vn/cgi-bin/sendsms?api_key=SmsKey-6650"
+username = "streetwatch"
+password = "SmsPw-4410"
+numbers = ["0901234567"]
+method = "get"
+extra_params = { account = "SmsExtra-1207" }
+[[alert.receivers]]
+name = "command"
+[alert.receivers.email]
+smtp_host = "mail.q1.police.vn"
+username = "streetwatch@q1.police.vn"
+password = "SmtpPw-9902"
+from = "streetwatch@q1.police.vn"
+to = ["truc-ban@q1.police.vn"]
+[[alert.receivers]]
+name = "city"
+[alert.receivers.webhook]
+url = "https://user:HookUserPw-5150@hooks.hcmc.example/streetwatch?token=HookTok-3387"
+secret = "HookSecret-0123456789"
+"#;
+
+#[test]
+fn secrets_do_not_show_in_debug_output() {
+    let text =
+        GOOD.replace(
+            "rtsp://admin:pw@10.0.0.5/stream1",
+            "rtsp://admin:CamPw-7731@10.0.0.5/stream1?token=CamTok-5521",
+        )
+        .replace(
+            "MODEL",
+            support::root()
+                .join("models/nanodet_g_416_coco.toml")
+                .to_str()
+                .unwrap(),
+        ) + ALERT_SECRETS;
+    let config = streetwatch::config::Config::parse(&text, "d.toml", std::path::Path::new("."))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let shown = format!("{config:?} {config:#?}");
+    for secret in [
+        "CamPw-7731",
+        "CamTok-5521",
+        "SmsKey-6650",
+        "SmsPw-4410",
+        "SmsExtra-1207",
+        "SmtpPw-9902",
+        "HookUserPw-5150",
+        "HookTok-3387",
+        "HookSecret-0123456789",
+    ] {
+        assert!(!shown.contains(secret), "{secret} in {shown}");
+    }
+    assert!(shown.contains("***"), "{shown}");
+    // What is not secret still shows, for whoever debugs a config.
+    for plain in [
+        "10.0.0.5/stream1",
+        "gw.q1.vn",
+        "mail.q1.police.vn",
+        "hooks.hcmc.example",
+    ] {
+        assert!(shown.contains(plain), "{plain} missing from {shown}");
+    }
+}
+
+#[test]
+fn smtp_auth_in_clear_text_to_another_host_is_refused() {
+    let with = |host: &str| {
+        format!(
+            "{GOOD}\n[alert]\n[[alert.receivers]]\nname = \"command\"\n[alert.receivers.email]\n\
+             smtp_host = \"{host}\"\nstarttls = false\nusername = \"sw\"\npassword = \"SmtpPw-9902\"\n\
+             from = \"sw@q1.police.vn\"\nto = [\"truc-ban@q1.police.vn\"]\n"
+        )
+    };
+    // `[alert]` is the table on the line after GOOD's last.
+    let alert_line = GOOD.lines().count() + 2;
+    fails_with(
+        &with("mail.q1.police.vn"),
+        alert_line,
+        "alert",
+        "without TLS",
+    );
+    let (ok, out, _) = check(&with("mail.q1.police.vn"));
+    assert!(!ok && !out.contains("SmtpPw-9902"), "{out}");
+    // A relay on this machine: the password does not cross a network.
+    for local in ["127.0.0.1", "localhost", "::1"] {
+        let (ok, out, _) = check(&with(local));
+        assert!(ok, "{local}: {out}");
+    }
+}

@@ -8,6 +8,7 @@ use std::path::Path;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 
+use crate::secret::redact_url;
 use crate::types::{Clock, Severity, SystemClock, Timestamp};
 
 use super::config::{Dur, Matchers};
@@ -357,7 +358,11 @@ pub fn run_to(
             before,
             json,
         }) => {
-            let rows = store.deliveries_page(state.as_deref(), before, limit as usize)?;
+            let mut rows = store.deliveries_page(state.as_deref(), before, limit as usize)?;
+            for r in &mut rows {
+                // Rows written before webhook targets were stored redacted may hold a token.
+                r.target = redact_url(&r.target);
+            }
             if json {
                 write_json_lines(out, &rows)?;
             } else {
@@ -407,7 +412,11 @@ pub fn run_to(
             writeln!(
                 out,
                 "delivery {} of notice {} to {} by {} ({})",
-                d.id, d.notice_id, d.receiver, d.channel, d.target
+                d.id,
+                d.notice_id,
+                d.receiver,
+                d.channel,
+                redact_url(&d.target)
             )?;
             writeln!(
                 out,

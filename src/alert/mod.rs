@@ -33,6 +33,7 @@ mod config;
 mod decide;
 mod deliver;
 mod error;
+mod keys;
 mod model;
 mod router;
 mod store;
@@ -122,17 +123,24 @@ impl AlertService {
             }
             None => (None, None),
         };
+        let notify_db = store::open_with(db_path, store::Sync::Normal)?;
+        let keys = store::keys(&notify_db)?;
+        let dlr_links = dlr_base.map(|b| deliver::dlr::Links::new(b, keys.clone()));
         let notifier = Arc::new(deliver::notify::Notifier::new(
-            store::open_with(db_path, store::Sync::Normal)?,
+            notify_db,
             cfg.clone(),
             clock.clone(),
             wake.clone(),
-            dlr_base,
+            dlr_links,
         )?);
         let dlr_db = match dlr_listener {
             Some(_) => Some(store::open_with(db_path, store::Sync::Normal)?),
             None => None,
         };
+        let dlr_limits = cfg.dlr.as_ref().map(|d| deliver::dlr::Limits {
+            header_timeout: d.header_timeout.std(),
+            max_connections: d.max_connections,
+        });
         let dlr_addr = dlr_listener.as_ref().map(|(_, a)| *a);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -142,13 +150,18 @@ impl AlertService {
             .map_err(|e| AlertError::Service(format!("tokio runtime: {e}")))?;
         let (stop_tx, stop_rx) = watch::channel(false);
         let dlr_clock = clock.clone();
+        // Not started yet: an async fn runs when the runtime first polls it.
+        let dlr_server = dlr_listener
+            .zip(dlr_db)
+            .zip(dlr_limits)
+            .map(|(((l, _), db), limits)| {
+                deliver::dlr::serve(l, db, keys, dlr_clock, limits, stop_rx.clone())
+            });
         let notify_thread = std::thread::Builder::new()
             .name("alert-notify".into())
             .spawn(move || {
                 runtime.block_on(async move {
-                    let dlr = dlr_listener.zip(dlr_db).map(|((l, _), db)| {
-                        tokio::spawn(deliver::dlr::serve(l, db, dlr_clock, stop_rx.clone()))
-                    });
+                    let dlr = dlr_server.map(tokio::spawn);
                     notifier.run(stop_rx).await;
                     if let Some(h) = dlr {
                         let _ = h.await;

@@ -3,9 +3,10 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::types::{IncidentEvent, Severity, Timestamp};
+
+use super::keys::Keys;
 
 /// One incident as the router tracks it: its labels and latest state.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -26,15 +27,15 @@ pub struct Alert {
     pub summary: String,
     pub count: u32,
     pub snapshot: Option<String>,
-    /// Token of the snapshot's short link (`{snapshot_base_url}{token}`): a hash, so links cannot be guessed
-    /// from camera names.
+    /// Token of the snapshot's short link (`{snapshot_base_url}{token}`): keyed with the database's secret,
+    /// so a link cannot be made from the incident's camera, rule or time.
     pub snapshot_token: Option<String>,
 }
 
 impl Alert {
-    pub fn from_event(ev: &IncidentEvent) -> Self {
+    pub(crate) fn from_event(ev: &IncidentEvent, keys: &Keys) -> Self {
         let key = ev.key.to_string();
-        let snapshot_token = ev.snapshot.as_ref().map(|p| snapshot_token(&key, p));
+        let snapshot_token = ev.snapshot.as_ref().map(|p| keys.snapshot_token(&key, p));
         Self {
             camera: ev.key.camera.to_string(),
             camera_name: ev.camera_name.clone(),
@@ -69,15 +70,6 @@ impl Alert {
             _ => "",
         }
     }
-}
-
-/// 12 hex characters of sha256(key, path): short enough for SMS, long enough not to be guessed.
-fn snapshot_token(key: &str, path: &str) -> String {
-    let mut h = Sha256::new();
-    h.update(key.as_bytes());
-    h.update([0]);
-    h.update(path.as_bytes());
-    hex::encode(&h.finalize()[..6])
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -23,6 +23,7 @@ use super::decide::route::{Route, local_minute};
 use super::decide::silence::silenced_by;
 use super::deliver::outbox;
 use super::error::AlertError;
+use super::keys::Keys;
 use super::model::{Alert, NoticeKind, NoticePayload};
 use super::store;
 use super::wording::template::Ctx;
@@ -49,6 +50,8 @@ pub struct Router {
     nflog: HashMap<(String, String), LogEntry>,
     flood: Flood,
     stats: RouterStats,
+    /// Keys new alerts' snapshot links.
+    keys: Keys,
 }
 
 const ALERT_COLUMNS: &str = "key, camera, camera_name, ward, rule, zone, kind, severity, started_at, updated_at, \
@@ -118,6 +121,7 @@ impl Router {
     pub fn open(cfg: &AlertConfig, db_path: &Path, now: Timestamp) -> Result<Self, AlertError> {
         cfg.validate()?;
         let conn = store::open(db_path)?;
+        let keys = store::keys(&conn)?;
         let mut dedup = Dedup::default();
         {
             let sql = format!(
@@ -140,6 +144,7 @@ impl Router {
             nflog: HashMap::new(),
             flood,
             stats: RouterStats::default(),
+            keys,
         };
         let restored: Vec<Alert> = router.dedup.firing().cloned().collect();
         for a in &restored {
@@ -226,7 +231,7 @@ impl Router {
                     self.dedup.insert(a);
                 }
             }
-            let (admission, alert) = self.dedup.admit(ev);
+            let (admission, alert) = self.dedup.admit(ev, &self.keys);
             match (admission, alert) {
                 (Admission::Duplicate(why), _) => {
                     self.stats.duplicates += 1;

@@ -15,6 +15,7 @@ use super::config::Matchers;
 use super::decide::flood::Window;
 use super::decide::silence::Silence;
 use super::error::AlertError;
+use super::keys::Keys;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS alert_alerts (
@@ -78,6 +79,11 @@ CREATE TABLE IF NOT EXISTS alert_flood (
     receiver TEXT PRIMARY KEY,
     window_start INTEGER NOT NULL, sent INTEGER NOT NULL, held INTEGER NOT NULL,
     held_by_ward TEXT NOT NULL
+);
+-- Key for delivery-report and snapshot-link tokens (keys.rs), drawn at the first start.
+CREATE TABLE IF NOT EXISTS alert_secret (
+    name TEXT PRIMARY KEY,
+    value BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS alert_silences (
     id INTEGER PRIMARY KEY,
@@ -147,6 +153,25 @@ fn init(conn: &Connection, sync: Sync) -> rusqlite::Result<()> {
     };
     conn.pragma_update(None, "synchronous", level)?;
     conn.execute_batch(SCHEMA)
+}
+
+/// The database's token key, made at its first use. Whoever opens the database first draws it; any other
+/// process opening it at the same time keeps the one that was stored.
+pub(crate) fn keys(conn: &Connection) -> Result<Keys, AlertError> {
+    let fresh = Keys::generate().map_err(|e| AlertError::Db(format!("no random numbers: {e}")))?;
+    conn.execute(
+        "INSERT OR IGNORE INTO alert_secret (name, value) VALUES ('tokens', ?1)",
+        [&fresh[..]],
+    )?;
+    let stored: Vec<u8> = conn.query_row(
+        "SELECT value FROM alert_secret WHERE name = 'tokens'",
+        [],
+        |r| r.get(0),
+    )?;
+    let secret: [u8; 32] = stored
+        .try_into()
+        .map_err(|_| AlertError::Db("alert_secret: the stored key is not 32 bytes".into()))?;
+    Ok(Keys::from_secret(secret))
 }
 
 /// One incident as `alerts list` shows it.
@@ -651,6 +676,16 @@ pub(crate) fn save_flood_windows<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_token_key_is_made_once_per_database() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let path = dir.path().join("sw.db");
+        let first = keys(&open(&path).unwrap()).unwrap().dlr_token(1);
+        assert_eq!(keys(&open(&path).unwrap()).unwrap().dlr_token(1), first);
+        let other = dir.path().join("other.db");
+        assert_ne!(keys(&open(&other).unwrap()).unwrap().dlr_token(1), first);
+    }
 
     #[test]
     fn many_first_opens_at_once_all_succeed() {

@@ -19,6 +19,7 @@ pub use regions::RegionsConfig;
 pub use retention::RetentionConfig;
 
 use crate::alert::AlertConfig;
+use crate::secret::SecretUrl;
 use crate::types::{RuleKind, Severity};
 
 #[derive(Debug, thiserror::Error)]
@@ -146,7 +147,7 @@ pub struct CameraConfig {
     pub ward: String,
     /// `rtsp://[user:pass@]host[:port]/path` or a footage file path (`file:///…` or a plain path).
     /// `${VAR}` is replaced from the environment, so passwords need not live in the file.
-    pub url: Spanned<String>,
+    pub url: Spanned<SecretUrl>,
     /// Frames per second handed to analysis.
     #[serde(default = "default_fps")]
     pub fps: f32,
@@ -433,9 +434,10 @@ impl SourceUrl {
     /// A form of the URL that is safe for logs, metrics and API responses.
     pub fn redacted(&self) -> String {
         match self {
+            // Credentials may also be in the query (`?token=…`).
             SourceUrl::Rtsp { url, user, .. } => match user {
-                Some(_) => url.replacen("://", "://***@", 1),
-                None => url.clone(),
+                Some(_) => crate::secret::redact_url(url).replacen("://", "://***@", 1),
+                None => crate::secret::redact_url(url),
             },
             SourceUrl::File(p) => p.display().to_string(),
         }
@@ -1163,6 +1165,9 @@ min_seconds = 10
             (user.as_deref(), password.as_deref()),
             (Some("admin"), Some("s3cret"))
         );
+        // Some cameras take a token in the query instead.
+        let src = SourceUrl::parse("rtsp://10.1.2.3/live?token=T0k3n&ch=1", &c.base_dir).unwrap();
+        assert_eq!(src.redacted(), "rtsp://10.1.2.3/live?token=***&ch=***");
     }
 
     fn message(text: &str) -> String {

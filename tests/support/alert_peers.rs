@@ -583,20 +583,32 @@ pub struct HookRequest {
 }
 
 /// An HTTP receiver for webhooks that answers each request with the next status of a script (the last one
-/// repeats), recording what it got.
+/// repeats), recording what it got. It also stands in for a gateway that fails (on that gateway's port).
 pub struct HookServer {
     pub port: u16,
     pub requests: Arc<Mutex<Vec<HookRequest>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl HookServer {
     pub fn start(statuses: Vec<u16>) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Self::start_on(0, statuses)
+    }
+
+    /// On a given loopback port (0: any free one).
+    pub fn start_on(port: u16, statuses: Vec<u16>) -> Self {
+        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
         let port = listener.local_addr().unwrap().port();
         let requests = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let seen = requests.clone();
-        std::thread::spawn(move || {
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
             for (n, stream) in listener.incoming().enumerate() {
+                if stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
                 let Ok(mut s) = stream else { return };
                 let status = statuses[n.min(statuses.len() - 1)];
                 let mut reader = BufReader::new(s.try_clone().unwrap());
@@ -632,7 +644,22 @@ impl HookServer {
                 );
             }
         });
-        Self { port, requests }
+        Self {
+            port,
+            requests,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Closes the listening socket (the port is free again when this returns).
+    pub fn stop(&mut self) {
+        if let Some(t) = self.thread.take() {
+            self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            // Wakes the accept loop so it sees the flag.
+            let _ = TcpStream::connect(("127.0.0.1", self.port));
+            let _ = t.join();
+        }
     }
 
     pub fn url(&self) -> String {
@@ -641,5 +668,11 @@ impl HookServer {
 
     pub fn count(&self) -> usize {
         self.requests.lock().unwrap().len()
+    }
+}
+
+impl Drop for HookServer {
+    fn drop(&mut self) {
+        self.stop();
     }
 }

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::secret::{Secret, SecretUrl};
 use crate::types::Severity;
 
 mod hours;
@@ -250,14 +251,20 @@ pub enum SmsCoding {
     Ucs2,
 }
 
-/// HTTP method of the SMS gateway call.
+/// How the SMS gateway is called.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum HttpMethod {
-    /// Parameters in the query string (Kannel `/cgi-bin/sendsms`).
+    /// Kannel's POST interface: the text as a `text/plain` body, everything else in `X-Kannel-*` headers
+    /// (`extra_params` too, as `X-Kannel-{name}`). The password is in no URL, so no gateway, proxy or access
+    /// log records it. Kannel 1.4 refuses form bodies ("Invalid content-type"), so this is its POST.
     #[default]
+    #[serde(rename = "kannel-post")]
+    KannelPost,
+    /// Parameters in the query string (any gateway; Kannel too). The password is in the URL, where gateway
+    /// and proxy access logs keep it: use only where the gateway offers nothing else.
     Get,
-    /// Parameters as an `application/x-www-form-urlencoded` body.
+    /// Parameters as an `application/x-www-form-urlencoded` body, for gateways that take one.
     Post,
 }
 
@@ -271,9 +278,9 @@ pub(crate) const SMS_PARAM_KEYS: &[&str] = &[
 #[serde(deny_unknown_fields)]
 pub struct SmsConfig {
     /// e.g. `http://127.0.0.1:13013/cgi-bin/sendsms`.
-    pub url: String,
+    pub url: SecretUrl,
     pub username: String,
-    pub password: String,
+    pub password: Secret,
     /// Recipients; Vietnamese `0xxxxxxxxx` is normalised to `+84xxxxxxxxx`.
     pub numbers: Vec<String>,
     /// Sender id shown on the phone (`from`).
@@ -292,13 +299,13 @@ pub struct SmsConfig {
     pub template: String,
     #[serde(default)]
     pub method: HttpMethod,
-    /// Renames of the gateway's parameters for gateways other than Kannel. Keys: username, password, to,
-    /// from, text, coding, charset, dlr_mask, dlr_url.
+    /// Renames of the gateway's parameters for gateways other than Kannel (`method` get or post). Keys:
+    /// username, password, to, from, text, coding, charset, dlr_mask, dlr_url.
     #[serde(default)]
     pub param_names: BTreeMap<String, String>,
-    /// Extra fixed parameters sent with every message (e.g. `smsc = "viettel"`).
+    /// Extra fixed parameters sent with every message (e.g. `smsc = "viettel"`, or a gateway's API key).
     #[serde(default)]
-    pub extra_params: BTreeMap<String, String>,
+    pub extra_params: BTreeMap<String, Secret>,
     /// Per-request timeout.
     #[serde(default = "default_http_timeout")]
     pub timeout: Dur,
@@ -316,7 +323,7 @@ fn default_http_timeout() -> Dur {
     Dur::secs(10)
 }
 
-/// SMTP with STARTTLS and AUTH.
+/// SMTP with STARTTLS and AUTH. AUTH without STARTTLS is refused unless the server is on this machine.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EmailConfig {
@@ -327,7 +334,7 @@ pub struct EmailConfig {
     #[serde(default = "default_true")]
     pub starttls: bool,
     pub username: Option<String>,
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     /// PEM file of a CA (or a self-signed server certificate) to trust besides the system roots.
     pub ca_file: Option<PathBuf>,
     /// Name the server's certificate must carry; defaults to `smtp_host`.
@@ -360,9 +367,9 @@ fn default_smtp_send_timeout() -> Dur {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
-    pub url: String,
+    pub url: SecretUrl,
     /// Shared secret for the `X-Streetwatch-Signature` header.
-    pub secret: String,
+    pub secret: Secret,
     #[serde(default = "default_http_timeout")]
     pub timeout: Dur,
 }
@@ -456,6 +463,21 @@ pub struct DlrConfig {
     pub listen: SocketAddr,
     /// Base URL the gateway can reach the listener at; defaults to `http://{listen}`.
     pub public_url: Option<String>,
+    /// A client must send a request's whole header within this time, or it is disconnected (also a client
+    /// that keeps a connection open without a request).
+    #[serde(default = "default_dlr_header_timeout")]
+    pub header_timeout: Dur,
+    /// Connections served at once; more wait to be accepted.
+    #[serde(default = "default_dlr_connections")]
+    pub max_connections: usize,
+}
+
+fn default_dlr_header_timeout() -> Dur {
+    Dur::secs(10)
+}
+
+fn default_dlr_connections() -> usize {
+    64
 }
 
 /// The longest span of time any setting takes: a month is past any sensible wait, interval, retention or

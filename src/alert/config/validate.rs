@@ -4,8 +4,8 @@
 use std::collections::HashSet;
 
 use super::{
-    AlertConfig, ConfigError, Dur, HourWindow, MAX_SPAN, MAX_TIMEOUT, Matchers, ReceiverConfig,
-    RouteConfig, check_template, normalize_phone,
+    AlertConfig, ConfigError, Dur, HourWindow, HttpMethod, MAX_SPAN, MAX_TIMEOUT, Matchers,
+    ReceiverConfig, RouteConfig, SmsConfig, check_template, normalize_phone,
 };
 
 /// The labels `group_by` and `equal` may name.
@@ -119,6 +119,20 @@ impl AlertConfig {
             url::Url::parse(base)
                 .map_err(|e| ConfigError::new("snapshot_base_url", e.to_string()))?;
         }
+        if let Some(d) = &self.dlr {
+            time_span(
+                "dlr.header_timeout".into(),
+                d.header_timeout,
+                false,
+                MAX_TIMEOUT,
+            )?;
+            if !(1..=MAX_CONCURRENCY).contains(&d.max_connections) {
+                return Err(ConfigError::new(
+                    "dlr.max_connections",
+                    format!("must be 1–{MAX_CONCURRENCY}, found {}", d.max_connections),
+                ));
+            }
+        }
         if !(-14 * 60..=14 * 60).contains(&self.utc_offset_minutes) {
             return Err(ConfigError::new(
                 "utc_offset_minutes",
@@ -159,6 +173,7 @@ impl AlertConfig {
         }
         if let Some(s) = &r.sms {
             url::Url::parse(&s.url).map_err(|e| ConfigError::new(key("sms.url"), e.to_string()))?;
+            validate_sms_method(s).map_err(|e| ConfigError::new(key("sms.method"), e))?;
             if s.numbers.is_empty() {
                 return err("sms.numbers", "sms has no numbers".into());
             }
@@ -198,6 +213,16 @@ impl AlertConfig {
                 a.parse::<lettre::message::Mailbox>()
                     .map_err(|x| ConfigError::new(key(k), format!("bad address {a:?}: {x}")))?;
             }
+            if !e.starttls && e.password.is_some() && !is_loopback(&e.smtp_host) {
+                return err(
+                    "email.starttls",
+                    format!(
+                        "SMTP AUTH without TLS would send the password in clear text to {}: \
+                         keep starttls = true (a relay on this machine may do without)",
+                        e.smtp_host
+                    ),
+                );
+            }
             if e.smtp_port == 0 {
                 return err("email.smtp_port", "must be 1–65535, found 0".into());
             }
@@ -220,7 +245,7 @@ impl AlertConfig {
         if let Some(w) = &r.webhook {
             url::Url::parse(&w.url)
                 .map_err(|e| ConfigError::new(key("webhook.url"), e.to_string()))?;
-            if w.secret.len() < 16 {
+            if w.secret.expose().len() < 16 {
                 return err(
                     "webhook.secret",
                     "webhook secret must be at least 16 bytes".into(),
@@ -289,6 +314,53 @@ impl AlertConfig {
     pub(crate) fn receiver(&self, name: &str) -> Option<&ReceiverConfig> {
         self.receivers.iter().find(|r| r.name == name)
     }
+}
+
+/// The SMTP server is on this machine: nothing it is sent crosses a network.
+fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// What Kannel's POST interface can carry: every value goes in an HTTP header.
+fn validate_sms_method(s: &SmsConfig) -> Result<(), String> {
+    let err = |m: String| Err(m);
+    if s.method != HttpMethod::KannelPost {
+        return Ok(());
+    }
+    if !s.param_names.is_empty() {
+        return err(
+            "param_names rename query or form parameters: set method = \"get\" or \"post\"".into(),
+        );
+    }
+    let header_value = |v: &str| v.bytes().all(|b| (b' '..=b'~').contains(&b));
+    for (k, v) in &s.extra_params {
+        if k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return err(format!(
+                "extra_params name {k:?} cannot be an X-Kannel- header (letters, digits, -)"
+            ));
+        }
+        if !header_value(v.expose()) {
+            return err(format!(
+                "extra_params {k:?}: only printable ASCII fits an HTTP header"
+            ));
+        }
+    }
+    for (what, v) in [
+        ("username", s.username.as_str()),
+        ("password", s.password.expose()),
+        ("sender", s.sender.as_deref().unwrap_or("")),
+    ] {
+        if !header_value(v) {
+            return err(format!(
+                "{what}: only printable ASCII fits an HTTP header (method = \"kannel-post\")"
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

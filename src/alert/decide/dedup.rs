@@ -7,6 +7,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 
 use crate::types::{IncidentEvent, IncidentPhase, Timestamp};
 
+use crate::alert::keys::Keys;
 use crate::alert::model::Alert;
 
 /// What admission decided about one event.
@@ -82,8 +83,9 @@ impl Dedup {
         self.firing.iter().filter_map(|k| self.alerts.get(k))
     }
 
-    /// Applies `ev` to the known state and says whether it is news.
-    pub(crate) fn admit(&mut self, ev: &IncidentEvent) -> (Admission, Option<&Alert>) {
+    /// Applies `ev` to the known state and says whether it is news; a new alert's snapshot link is keyed
+    /// with `keys`.
+    pub(crate) fn admit(&mut self, ev: &IncidentEvent, keys: &Keys) -> (Admission, Option<&Alert>) {
         let key = ev.key.to_string();
         let admission = match (self.alerts.get_mut(&key), ev.phase) {
             (None, IncidentPhase::Closed) => {
@@ -92,7 +94,7 @@ impl Dedup {
             // An update with no open seen (the analyser restarted, or the open was lost upstream) still
             // describes a live incident: take it as new rather than drop it.
             (None, IncidentPhase::Opened | IncidentPhase::Updated) => {
-                let a = Alert::from_event(ev);
+                let a = Alert::from_event(ev, keys);
                 self.index(&a);
                 self.alerts.insert(key.clone(), a);
                 Admission::New
@@ -211,29 +213,30 @@ mod tests {
     #[test]
     fn events_are_admitted_once_and_in_order() {
         let mut d = Dedup::default();
+        let keys = Keys::from_secret([0; 32]);
         assert_eq!(
-            d.admit(&ev(IncidentPhase::Opened, 1000, 5)).0,
+            d.admit(&ev(IncidentPhase::Opened, 1000, 5), &keys).0,
             Admission::New
         );
         assert!(matches!(
-            d.admit(&ev(IncidentPhase::Opened, 1000, 5)).0,
+            d.admit(&ev(IncidentPhase::Opened, 1000, 5), &keys).0,
             Admission::Duplicate(_)
         ));
         assert_eq!(
-            d.admit(&ev(IncidentPhase::Updated, 2000, 6)).0,
+            d.admit(&ev(IncidentPhase::Updated, 2000, 6), &keys).0,
             Admission::Changed
         );
         assert!(matches!(
-            d.admit(&ev(IncidentPhase::Updated, 2000, 6)).0,
+            d.admit(&ev(IncidentPhase::Updated, 2000, 6), &keys).0,
             Admission::Duplicate(_)
         ));
         assert!(matches!(
-            d.admit(&ev(IncidentPhase::Updated, 1500, 7)).0,
+            d.admit(&ev(IncidentPhase::Updated, 1500, 7), &keys).0,
             Admission::Duplicate(_)
         ));
         assert_eq!((d.firing().count(), d.firing_on("c1").count()), (1, 1));
         assert_eq!(
-            d.admit(&ev(IncidentPhase::Closed, 3000, 0)).0,
+            d.admit(&ev(IncidentPhase::Closed, 3000, 0), &keys).0,
             Admission::Resolved
         );
         assert_eq!(d.firing().count(), 0);
@@ -243,7 +246,7 @@ mod tests {
             "kept until after the cutoff"
         );
         assert!(matches!(
-            d.admit(&ev(IncidentPhase::Updated, 4000, 8)).0,
+            d.admit(&ev(IncidentPhase::Updated, 4000, 8), &keys).0,
             Admission::Duplicate(_)
         ));
         assert_eq!(d.prune(Timestamp(3001)).len(), 1);

@@ -72,7 +72,9 @@ impl Mailer {
             None
         };
         let credentials = match (&cfg.username, &cfg.password) {
-            (Some(user), Some(pass)) => Some(Credentials::new(user.clone(), pass.clone())),
+            (Some(user), Some(pass)) => {
+                Some(Credentials::new(user.clone(), pass.expose().to_string()))
+            }
             _ => None,
         };
         let parse = |a: &str| {

@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 use crate::types::Clock;
 
 use super::email::Mailer;
-use super::{Outcome, outbox, sms, webhook};
+use super::{Outcome, dlr, outbox, sms, webhook};
 use crate::alert::config::AlertConfig;
 use crate::alert::error::AlertError;
 use crate::alert::store::DeliveryRow;
@@ -61,7 +61,7 @@ pub(crate) struct Notifier {
     mailers: HashMap<String, Mailer>,
     limits: HashMap<String, Limit>,
     wake: Arc<Notify>,
-    dlr_base: Option<String>,
+    dlr: Option<dlr::Links>,
 }
 
 /// Without news, look for due retries this often.
@@ -78,7 +78,7 @@ impl Notifier {
         cfg: Arc<AlertConfig>,
         clock: Arc<dyn Clock>,
         wake: Arc<Notify>,
-        dlr_base: Option<String>,
+        dlr: Option<dlr::Links>,
     ) -> Result<Self, AlertError> {
         let mut mailers = HashMap::new();
         let mut limits = HashMap::new();
@@ -110,7 +110,7 @@ impl Notifier {
             mailers,
             limits,
             wake,
-            dlr_base,
+            dlr,
         })
     }
 
@@ -243,17 +243,7 @@ impl Notifier {
         let outcome = match (d.channel.as_str(), receiver) {
             ("sms", Some(r)) if r.sms.is_some() => {
                 let cfg = r.sms.as_ref().expect("checked by the guard");
-                let dlr = self.dlr_base.as_ref().map(|b| {
-                    format!(
-                        "{b}/dlr?d={}&k={}&s=%d&a=%A",
-                        d.id,
-                        // The key is read back from the database: cut at a character, never mid-way.
-                        d.idempotency_key
-                            .char_indices()
-                            .nth(16)
-                            .map_or(d.idempotency_key.as_str(), |(i, _)| &d.idempotency_key[..i])
-                    )
-                });
+                let dlr = self.dlr.as_ref().map(|l| l.url(d.id));
                 sms::send(&self.http, cfg, &d.target, &d.body, dlr.as_deref()).await
             }
             ("email", Some(_)) if self.mailers.contains_key(&d.receiver) => {

@@ -87,7 +87,8 @@ pub(crate) fn deliveries_for(
     if let Some(hook) = &receiver.webhook {
         out.push(NewDelivery {
             channel: "webhook",
-            target: hook.url.clone(),
+            // The URL may carry a token: the outbox (and the CLI showing it) keeps it redacted.
+            target: hook.url.redacted(),
             body: template::webhook(payload, ctx).to_string(),
             segments: None,
         });
@@ -356,29 +357,42 @@ pub(crate) fn finish(
     Ok(())
 }
 
-/// Applies a delivery report from the gateway. `status` is Kannel's: 1 delivered, 2 undelivered,
-/// 4 buffered, 8 accepted by the SMSC, 16 rejected by the SMSC. False if the id and key do not match.
+/// What a delivery report did.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum DlrApplied {
+    /// Recorded; the delivery is now in this state.
+    Recorded(String),
+    /// Refused, nothing changed: the delivery is in a state no report can be about. `pending` (waiting for a
+    /// retry) and `dead` were never taken by the gateway, or not by the attempt now due; `delivered` and
+    /// `undelivered` are settled (a later report is a duplicate, or about another part of a long SMS).
+    Refused { state: String },
+    /// No SMS delivery with that id.
+    Unknown,
+}
+
+/// Applies a delivery report from the gateway (its token already checked). `status` is Kannel's: 1 delivered,
+/// 2 undelivered, 4 buffered, 8 accepted by the SMSC, 16 rejected by the SMSC. Only a delivery the gateway
+/// holds takes a report: `sending` (a report can beat the gateway's HTTP reply), `accepted` or `queued`.
 pub(crate) fn apply_dlr(
     conn: &mut Connection,
     id: i64,
-    key: &str,
     status: i64,
     answer: &str,
     now: Timestamp,
-) -> Result<bool, AlertError> {
+) -> Result<DlrApplied, AlertError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let row: Option<(String, String)> = tx
+    let state: Option<String> = tx
         .query_row(
-            "SELECT idempotency_key, state FROM alert_deliveries WHERE id = ?1 AND channel = 'sms'",
+            "SELECT state FROM alert_deliveries WHERE id = ?1 AND channel = 'sms'",
             [id],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| r.get(0),
         )
         .optional()?;
-    let Some((full_key, state)) = row else {
-        return Ok(false);
+    let Some(state) = state else {
+        return Ok(DlrApplied::Unknown);
     };
-    if key.len() < 16 || !full_key.starts_with(key) {
-        return Ok(false);
+    if !matches!(state.as_str(), "sending" | "accepted" | "queued") {
+        return Ok(DlrApplied::Refused { state });
     }
     let (new_state, what) = match status {
         1 => ("delivered", "delivered to the phone"),
@@ -387,12 +401,6 @@ pub(crate) fn apply_dlr(
         4 => (state.as_str(), "buffered by the SMSC"),
         8 => (state.as_str(), "accepted by the SMSC"),
         _ => (state.as_str(), "unknown report type"),
-    };
-    // A report never undoes "delivered" (reports for parts of a long SMS can come in any order).
-    let new_state = if state == "delivered" {
-        "delivered"
-    } else {
-        new_state
     };
     tx.execute(
         "UPDATE alert_deliveries SET state = ?2, updated_at = ?3 WHERE id = ?1",
@@ -405,8 +413,9 @@ pub(crate) fn apply_dlr(
         new_state,
         &format!("report {status}: {what}; {answer}"),
     )?;
+    let new_state = new_state.to_string();
     tx.commit()?;
-    Ok(true)
+    Ok(DlrApplied::Recorded(new_state))
 }
 
 #[cfg(test)]

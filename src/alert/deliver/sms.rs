@@ -26,30 +26,37 @@ pub(crate) async fn send(
     text: &str,
     dlr_url: Option<&str>,
 ) -> Outcome {
-    let mut params: Vec<(&str, &str)> = vec![
-        (param(cfg, "username"), &cfg.username),
-        (param(cfg, "password"), &cfg.password),
-        (param(cfg, "to"), to),
-        (param(cfg, "text"), text),
-        (param(cfg, "charset"), "UTF-8"),
-    ];
-    if let Some(from) = &cfg.sender {
-        params.push((param(cfg, "from"), from));
-    }
-    if cfg.coding == SmsCoding::Ucs2 || !gsm::is_gsm7(text) {
-        params.push((param(cfg, "coding"), "2"));
-    }
-    if let Some(url) = dlr_url {
-        // 31: every report type (delivered, failed, buffered, SMSC accepted, SMSC rejected).
-        params.push((param(cfg, "dlr_mask"), "31"));
-        params.push((param(cfg, "dlr_url"), url));
-    }
-    for (k, v) in &cfg.extra_params {
-        params.push((k, v));
-    }
+    let ucs2 = cfg.coding == SmsCoding::Ucs2 || !gsm::is_gsm7(text);
     let req = match cfg.method {
-        HttpMethod::Get => client.get(&cfg.url).query(&params),
-        HttpMethod::Post => client.post(&cfg.url).form(&params),
+        HttpMethod::KannelPost => kannel_post(client, cfg, to, text, ucs2, dlr_url),
+        HttpMethod::Get | HttpMethod::Post => {
+            let mut params: Vec<(&str, &str)> = vec![
+                (param(cfg, "username"), &cfg.username),
+                (param(cfg, "password"), cfg.password.expose()),
+                (param(cfg, "to"), to),
+                (param(cfg, "text"), text),
+                (param(cfg, "charset"), "UTF-8"),
+            ];
+            if let Some(from) = &cfg.sender {
+                params.push((param(cfg, "from"), from));
+            }
+            if ucs2 {
+                params.push((param(cfg, "coding"), "2"));
+            }
+            if let Some(url) = dlr_url {
+                // 31: every report type (delivered, failed, buffered, SMSC accepted, SMSC rejected).
+                params.push((param(cfg, "dlr_mask"), "31"));
+                params.push((param(cfg, "dlr_url"), url));
+            }
+            for (k, v) in &cfg.extra_params {
+                params.push((k, v.expose()));
+            }
+            if cfg.method == HttpMethod::Get {
+                client.get(cfg.url.as_str()).query(&params)
+            } else {
+                client.post(cfg.url.as_str()).form(&params)
+            }
+        }
     };
     let resp = match req.timeout(cfg.timeout.std()).send().await {
         Ok(r) => r,
@@ -73,4 +80,37 @@ pub(crate) async fn send(
     } else {
         Outcome::from_status(status, reply)
     }
+}
+
+/// Kannel's POST form of sendsms: the text is the body, the rest are `X-Kannel-*` headers (values checked
+/// to fit a header when the config was validated).
+fn kannel_post(
+    client: &reqwest::Client,
+    cfg: &SmsConfig,
+    to: &str,
+    text: &str,
+    ucs2: bool,
+    dlr_url: Option<&str>,
+) -> reqwest::RequestBuilder {
+    let mut req = client
+        .post(cfg.url.as_str())
+        .header("Content-Type", "text/plain; charset=UTF-8")
+        .header("X-Kannel-Username", &cfg.username)
+        .header("X-Kannel-Password", cfg.password.expose())
+        .header("X-Kannel-To", to);
+    if let Some(from) = &cfg.sender {
+        req = req.header("X-Kannel-From", from);
+    }
+    if ucs2 {
+        req = req.header("X-Kannel-Coding", "2");
+    }
+    if let Some(url) = dlr_url {
+        req = req
+            .header("X-Kannel-DLR-Mask", "31")
+            .header("X-Kannel-DLR-Url", url);
+    }
+    for (k, v) in &cfg.extra_params {
+        req = req.header(format!("X-Kannel-{k}"), v.expose());
+    }
+    req.body(text.to_string())
 }

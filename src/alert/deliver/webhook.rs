@@ -30,13 +30,13 @@ pub(crate) async fn send(
 ) -> Outcome {
     let ts = now.0.div_euclid(1000);
     let req = client
-        .post(&cfg.url)
+        .post(cfg.url.as_str())
         .timeout(cfg.timeout.std())
         .header("Content-Type", "application/json")
         .header("X-Streetwatch-Timestamp", ts.to_string())
         .header(
             "X-Streetwatch-Signature",
-            signature(cfg.secret.as_bytes(), ts, body.as_bytes()),
+            signature(cfg.secret.expose().as_bytes(), ts, body.as_bytes()),
         )
         .header("Idempotency-Key", key)
         .body(body.to_string());

@@ -1,0 +1,143 @@
+//! Values that must not reach a log line, an error message or the CLI's output: passwords, shared secrets,
+//! and URLs that may carry credentials (`user:password@`, `?token=…`). Config structs hold them in these
+//! types, so `{:?}` of a config shows `***` in their place; code that needs the value asks for it by name.
+
+use std::fmt;
+
+use serde::Deserialize;
+
+/// A password or shared secret: `Debug` prints `***`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The value, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+/// A URL that may carry credentials: `Debug` and [`SecretUrl::redacted`] show it with the user info, query
+/// values and fragment replaced by `***`; it reads as the full `&str` where it is used.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct SecretUrl(String);
+
+impl SecretUrl {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with its credentials replaced, for logs and output.
+    pub fn redacted(&self) -> String {
+        redact_url(&self.0)
+    }
+}
+
+impl std::ops::Deref for SecretUrl {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.redacted(), f)
+    }
+}
+
+/// `scheme://user:pass@host/path?k=v#f` → `scheme://***@host/path?k=***#***`. Works on text, not a parsed
+/// URL, so a malformed or `${VAR}` URL is redacted too; text without `://`, `?` or `#` is returned as is.
+pub fn redact_url(url: &str) -> String {
+    let (before_fragment, fragment) = match url.split_once('#') {
+        Some((b, _)) => (b, Some("***")),
+        None => (url, None),
+    };
+    let (base, query) = match before_fragment.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (before_fragment, None),
+    };
+    let mut out = String::with_capacity(url.len());
+    match base.split_once("://") {
+        Some((scheme, rest)) => {
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            let (authority, path) = rest.split_at(authority_end);
+            out.push_str(scheme);
+            out.push_str("://");
+            match authority.rsplit_once('@') {
+                Some((_, host)) => {
+                    out.push_str("***@");
+                    out.push_str(host);
+                }
+                None => out.push_str(authority),
+            }
+            out.push_str(path);
+        }
+        None => out.push_str(base),
+    }
+    if let Some(q) = query {
+        out.push('?');
+        let pairs: Vec<String> = q
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((k, _)) => format!("{k}=***"),
+                None if pair.is_empty() => String::new(),
+                None => "***".to_string(),
+            })
+            .collect();
+        out.push_str(&pairs.join("&"));
+    }
+    if let Some(f) = fragment {
+        out.push('#');
+        out.push_str(f);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_lose_their_credentials_and_keep_the_rest() {
+        for (url, shown) in [
+            (
+                "https://ops:pw@x.vn:8443/hook?token=T1&v=2#sig",
+                "https://***@x.vn:8443/hook?token=***&v=***#***",
+            ),
+            (
+                "rtsp://admin:p@ss@10.0.0.5/s?t",
+                "rtsp://***@10.0.0.5/s?***",
+            ),
+            ("rtsp://10.0.0.5/stream1", "rtsp://10.0.0.5/stream1"),
+            ("http://x/a@b/c", "http://x/a@b/c"),
+            ("rtsp://${USER}:${PW}@cam/s", "rtsp://***@cam/s"),
+            ("+84901234567", "+84901234567"),
+            ("a@b.vn, c@d.vn", "a@b.vn, c@d.vn"),
+            ("", ""),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+        assert_eq!(format!("{:?}", Secret::new("pw")), "\"***\"");
+        assert_eq!(
+            format!("{:?}", SecretUrl::new("http://u:pw@h/")),
+            "\"http://***@h/\""
+        );
+    }
+}
