@@ -132,11 +132,9 @@ impl AlertService {
             })
             .map_err(|e| AlertError::Service(e.to_string()))?;
         let (tx, rx) = channel::unbounded();
-        let path = db_path.to_path_buf();
-        let router_cfg = cfg.clone();
         let router_thread = std::thread::Builder::new()
             .name("alert-router".into())
-            .spawn(move || run_router(router, &router_cfg, &path, rx, clock, wake))
+            .spawn(move || run_router(router, rx, clock, wake))
             .map_err(|e| AlertError::Service(e.to_string()))?;
         Ok(AlertHandle {
             tx,
@@ -152,14 +150,7 @@ const ROUTER_POLL: Duration = Duration::from_millis(100);
 /// Events taken into one transaction at most.
 const BATCH: usize = 512;
 
-fn run_router(
-    mut router: Router,
-    cfg: &AlertConfig,
-    path: &Path,
-    rx: Receiver<Msg>,
-    clock: Arc<dyn Clock>,
-    wake: Arc<Notify>,
-) {
+fn run_router(mut router: Router, rx: Receiver<Msg>, clock: Arc<dyn Clock>, wake: Arc<Notify>) {
     let mut pending: Vec<IncidentEvent> = Vec::new();
     loop {
         let now = clock.now();
@@ -195,15 +186,9 @@ fn run_router(
             match router.submit_batch(&pending, clock.now()) {
                 Ok(_) => pending.clear(),
                 Err(e) => {
-                    // Keep the batch and rebuild the router from the database, which is the truth.
+                    // Nothing of the batch took effect, in the database or in memory: keep it and retry.
                     tracing::error!(error = %e, events = pending.len(), "alert router: cannot record events; retrying");
                     std::thread::sleep(Duration::from_millis(500));
-                    match Router::open(cfg, path, clock.now()) {
-                        Ok(r) => router = r,
-                        Err(e) => {
-                            tracing::error!(error = %e, "alert router: cannot reopen the database")
-                        }
-                    }
                 }
             }
         }
@@ -211,11 +196,9 @@ fn run_router(
             Ok(ids) if !ids.is_empty() => wake.notify_one(),
             Ok(_) => {}
             Err(e) => {
+                // The groups stay due (memory follows commits only): the next tick retries.
                 tracing::error!(error = %e, "alert router: cannot record notices; retrying");
                 std::thread::sleep(Duration::from_millis(500));
-                if let Ok(r) = Router::open(cfg, path, clock.now()) {
-                    router = r;
-                }
             }
         }
         if stop && pending.is_empty() {
