@@ -5,9 +5,10 @@
 #[path = "support/alert_util.rs"]
 mod util;
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use streetwatch::alert::{Admission, AlertConfig, NoticePayload, Router, Store};
+use streetwatch::alert::{Admission, AlertConfig, AlertService, NoticePayload, Router, Store};
 use streetwatch::types::{Clock, SystemClock};
 use tempfile::TempDir;
 use util::opened;
@@ -79,4 +80,45 @@ fn an_event_whose_commit_failed_is_recorded_and_notified_when_retried() {
     let p: NoticePayload = serde_json::from_str(&notices[0].payload).unwrap();
     assert_eq!(p.firing[0].key, ev.key.to_string());
     assert_eq!(store.deliveries(None).unwrap().len(), 1);
+}
+
+#[test]
+fn shutdown_ends_by_its_deadline_when_the_database_refuses_every_write() {
+    let dir = TempDir::new().unwrap();
+    let db = dir.path().join("sw.db");
+    let cfg = AlertConfig::from_toml(&alert_toml(
+        "http://127.0.0.1:9/hook",
+        "shutdown_timeout = \"2s\"",
+    ))
+    .unwrap();
+    let alert = AlertService::start(cfg, &db, Arc::new(SystemClock)).unwrap();
+    sqlite(&db)
+        .execute_batch(
+            "CREATE TRIGGER refuse BEFORE INSERT ON alert_alerts \
+             BEGIN SELECT RAISE(ABORT, 'database unwritable'); END;",
+        )
+        .unwrap();
+    alert.submit(opened("d1-nh-03", "Bến Nghé", None));
+
+    let started = Instant::now();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        alert.shutdown();
+        let _ = done_tx.send(());
+    });
+    let ended = done_rx.recv_timeout(Duration::from_secs(40));
+    let took = started.elapsed();
+    assert!(ended.is_ok(), "shutdown still waiting after {took:?}");
+    // The router keeps trying until its deadline, then gives up; deliveries in flight have 5 s more.
+    assert!(
+        took >= Duration::from_millis(1900) && took < Duration::from_secs(12),
+        "shutdown took {took:?}"
+    );
+    assert!(
+        Store::open(&db)
+            .unwrap()
+            .alerts(None, 10)
+            .unwrap()
+            .is_empty()
+    );
 }

@@ -35,7 +35,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam::channel::{self, Receiver, RecvTimeoutError, Sender};
 use tokio::sync::{Notify, watch};
@@ -132,9 +132,10 @@ impl AlertService {
             })
             .map_err(|e| AlertError::Service(e.to_string()))?;
         let (tx, rx) = channel::unbounded();
+        let shutdown_timeout = cfg.shutdown_timeout.std();
         let router_thread = std::thread::Builder::new()
             .name("alert-router".into())
-            .spawn(move || run_router(router, rx, clock, wake))
+            .spawn(move || run_router(router, rx, clock, wake, shutdown_timeout))
             .map_err(|e| AlertError::Service(e.to_string()))?;
         Ok(AlertHandle {
             tx,
@@ -149,9 +150,19 @@ impl AlertService {
 const ROUTER_POLL: Duration = Duration::from_millis(100);
 /// Events taken into one transaction at most.
 const BATCH: usize = 512;
+/// Wait between attempts when the database refuses a write.
+const RETRY_PAUSE: Duration = Duration::from_millis(500);
 
-fn run_router(mut router: Router, rx: Receiver<Msg>, clock: Arc<dyn Clock>, wake: Arc<Notify>) {
+fn run_router(
+    mut router: Router,
+    rx: Receiver<Msg>,
+    clock: Arc<dyn Clock>,
+    wake: Arc<Notify>,
+    shutdown_timeout: Duration,
+) {
     let mut pending: Vec<IncidentEvent> = Vec::new();
+    // Set when asked to stop: the router then records what is queued, but not past this instant.
+    let mut stop_by: Option<Instant> = None;
     loop {
         let now = clock.now();
         let wait = router
@@ -160,7 +171,7 @@ fn run_router(mut router: Router, rx: Receiver<Msg>, clock: Arc<dyn Clock>, wake
             .unwrap_or(ROUTER_POLL)
             .min(ROUTER_POLL);
         let mut stop = false;
-        let first = if pending.is_empty() {
+        let first = if pending.is_empty() && stop_by.is_none() {
             rx.recv_timeout(wait)
         } else {
             Err(RecvTimeoutError::Timeout)
@@ -182,13 +193,24 @@ fn run_router(mut router: Router, rx: Receiver<Msg>, clock: Arc<dyn Clock>, wake
             Err(RecvTimeoutError::Disconnected) => stop = true,
             Err(RecvTimeoutError::Timeout) => {}
         }
+        if stop && stop_by.is_none() {
+            stop_by = Some(Instant::now() + shutdown_timeout);
+            // A database locked by another writer must not hold a statement past the deadline either.
+            router.limit_busy_wait(shutdown_timeout);
+        }
+        let pause = || {
+            let left = stop_by.map_or(RETRY_PAUSE, |by| {
+                by.saturating_duration_since(Instant::now())
+            });
+            std::thread::sleep(RETRY_PAUSE.min(left));
+        };
         if !pending.is_empty() {
             match router.submit_batch(&pending, clock.now()) {
                 Ok(_) => pending.clear(),
                 Err(e) => {
                     // Nothing of the batch took effect, in the database or in memory: keep it and retry.
                     tracing::error!(error = %e, events = pending.len(), "alert router: cannot record events; retrying");
-                    std::thread::sleep(Duration::from_millis(500));
+                    pause();
                 }
             }
         }
@@ -198,10 +220,22 @@ fn run_router(mut router: Router, rx: Receiver<Msg>, clock: Arc<dyn Clock>, wake
             Err(e) => {
                 // The groups stay due (memory follows commits only): the next tick retries.
                 tracing::error!(error = %e, "alert router: cannot record notices; retrying");
-                std::thread::sleep(Duration::from_millis(500));
+                pause();
             }
         }
-        if stop && pending.is_empty() {
+        let Some(by) = stop_by else { continue };
+        if pending.is_empty() {
+            return;
+        }
+        if Instant::now() >= by {
+            let incidents: Vec<String> =
+                pending.iter().take(20).map(|e| e.key.to_string()).collect();
+            tracing::error!(
+                events = pending.len(),
+                ?incidents,
+                "alert router: stopped after {shutdown_timeout:?} with events it could not record; \
+                 the next start hands their incidents over again from the incidents table"
+            );
             return;
         }
     }
@@ -233,8 +267,8 @@ impl AlertHandle {
         self.dlr_addr
     }
 
-    /// Records the events already submitted, stops the router, and gives attempts in flight a few seconds
-    /// to finish (any still running are resumed at the next start).
+    /// Records the events already submitted (trying for at most `shutdown_timeout`), stops the router, and
+    /// gives attempts in flight a few seconds to finish (any still running are resumed at the next start).
     pub fn shutdown(mut self) {
         self.stop_all();
     }

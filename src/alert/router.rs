@@ -254,6 +254,13 @@ impl Router {
         Ok(out)
     }
 
+    /// Bounds how long a statement waits for another writer's lock (normally 10 s).
+    pub(crate) fn limit_busy_wait(&self, limit: std::time::Duration) {
+        if let Err(e) = self.conn.busy_timeout(limit) {
+            tracing::warn!(error = %e, "alert router: cannot shorten the database busy timeout");
+        }
+    }
+
     /// Records a camera's health for inhibition; applies at the next notice decision.
     pub fn set_camera_health(&mut self, camera: &CameraId, health: CameraHealth) {
         self.inhibit.set_health(camera.as_str(), health);

@@ -149,6 +149,10 @@ pub struct AlertConfig {
     /// How long a closed incident's key is remembered in memory to drop late duplicates of it
     /// (the database keeps it for good).
     pub resolved_retention: Dur,
+    /// On shutdown, how long the router keeps trying to record the events already queued (a database that
+    /// refuses writes would otherwise hold the process forever). What is left then is logged; the next
+    /// start hands those incidents over again from the incidents table.
+    pub shutdown_timeout: Dur,
 }
 
 impl Default for AlertConfig {
@@ -163,6 +167,7 @@ impl Default for AlertConfig {
             snapshot_base_url: None,
             dlr: None,
             resolved_retention: Dur::secs(3600),
+            shutdown_timeout: Dur::secs(10),
         }
     }
 }
