@@ -153,7 +153,7 @@ impl Pipeline {
             }
         };
         let left_open = match &alerts {
-            Some(a) => resubmit_open_incidents(&store, a)?,
+            Some(a) => hand_over_left_state(&store, a, &db_path)?,
             None => Vec::new(),
         };
         let close_at = std::time::Instant::now() + opts.restart_close_grace;
@@ -225,14 +225,28 @@ impl Pipeline {
     }
 }
 
-/// Incidents left open by the previous run are handed to the router again (it drops what it already
-/// knows, so a crash between the incident row and the router's commit loses no notice). The rule state
-/// that would close them did not survive the restart, so the incident sink closes them after a grace
-/// period; a crowd that is still there opens a new incident within the rule's `min_seconds`.
-fn resubmit_open_incidents(
+/// Reconciles the alert router with the incidents table at start-up. The incident sink commits each
+/// lifecycle event to the table first and then hands it to the router through memory, so a crash in between
+/// leaves the router behind the table; this catches it up.
+///
+/// - An alert still firing whose incident the table shows closed gets that close, dated when the incident
+///   closed: otherwise it would fire for good (paging again every `repeat_interval`, and a critical one
+///   muting its camera's warnings).
+/// - Incidents left open are handed over again (the router drops what it already knows, so a crash before
+///   the router's commit loses no notice). The rule state that would close them did not survive the
+///   restart, so the incident sink closes them after a grace period; a crowd that is still there opens a
+///   new incident within the rule's `min_seconds`. Returns them.
+fn hand_over_left_state(
     store: &Store,
     alerts: &AlertHandle,
+    db_path: &std::path::Path,
 ) -> anyhow::Result<Vec<IncidentEvent>> {
+    for key in alert::Store::open(db_path)?.firing_keys()? {
+        if let Some(close) = store.closing_event(&key)? {
+            tracing::warn!(incident = %key, "incident closed before the previous run stopped, its alert still firing: close handed to the router");
+            alerts.submit(close);
+        }
+    }
     let open = store.open_incidents()?;
     for event in &open {
         tracing::info!(incident = %event.key, "incident left open by the previous run: handed to the router again");

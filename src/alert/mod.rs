@@ -11,8 +11,14 @@
 //! permanent failures are dead-lettered with the gateway's reason; SMS know their segment cost.
 //!
 //! Durability starts when the router thread commits an event (it batches what is queued, one transaction
-//! per batch): events still in the in-memory queue when the process dies are not in the database. Re-submitting
-//! the open incidents at start-up is safe (dedup drops what is already known) and closes that gap.
+//! per batch): events still in the in-memory queue when the process dies are not in the alert tables. The
+//! incidents table, which the incident sink writes before it hands an event over, is the durable record of
+//! what the router should know, and every start reconciles the two (`app::hand_over_left_state`): alerts
+//! still firing whose incident closed get that close, dated when the incident closed, and incidents still
+//! open are submitted again (dedup drops what is already known). A crash between the two commits so delays a
+//! notice until the next start; it never loses one or leaves an alert firing for good. (An outbox of
+//! incident events read by the router would make the hand-off exact, at the cost of a second queue to keep;
+//! the table already holds each incident's last state, which is all the router needs.)
 //!
 //! With no receivers configured the router still decides: notices are recorded as `unrouted` (see
 //! `streetwatch outbox list`) and logged, and nothing is sent.

@@ -309,6 +309,15 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Keys of the alerts still firing.
+    pub fn firing_keys(&self) -> Result<Vec<String>, AlertError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT key FROM alert_alerts WHERE status = 'firing' ORDER BY started_at")?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Notices in decision order.
     pub fn notices(&self) -> Result<Vec<NoticeRow>, AlertError> {
         let mut stmt = self.conn.prepare(

@@ -98,21 +98,47 @@ impl Store {
         Ok(())
     }
 
-    /// Incidents not closed yet, as the events that opened them.
+    /// Incidents not closed yet, as the events that opened them (with their latest count and summary).
     pub fn open_incidents(&self) -> Result<Vec<IncidentEvent>, StoreError> {
+        self.events(
+            IncidentPhase::Opened,
+            "opened_at",
+            "WHERE closed_at IS NULL ORDER BY opened_at",
+            [],
+        )
+    }
+
+    /// The event that closed incident `id`, if it is closed.
+    pub fn closing_event(&self, id: &str) -> Result<Option<IncidentEvent>, StoreError> {
+        Ok(self
+            .events(
+                IncidentPhase::Closed,
+                "closed_at",
+                "WHERE id = ?1 AND closed_at IS NOT NULL",
+                [id],
+            )?
+            .pop())
+    }
+
+    /// Incidents as lifecycle events of `phase`, dated by column `at`.
+    fn events(
+        &self,
+        phase: IncidentPhase,
+        at: &str,
+        tail: &str,
+        args: impl rusqlite::Params,
+    ) -> Result<Vec<IncidentEvent>, StoreError> {
         let wrap = |source| StoreError {
             path: self.path.clone(),
             source,
         };
-        let mut stmt = self
-            .conn
-            .prepare(
-                "SELECT camera, rule, zone, episode, kind, severity, camera_name, ward, opened_at, count, summary, snapshot
-                 FROM incidents WHERE closed_at IS NULL ORDER BY opened_at",
-            )
-            .map_err(wrap)?;
+        let sql = format!(
+            "SELECT camera, rule, zone, episode, kind, severity, camera_name, ward, {at}, count, summary, snapshot
+             FROM incidents {tail}"
+        );
+        let mut stmt = self.conn.prepare(&sql).map_err(wrap)?;
         let rows = stmt
-            .query_map([], |r| {
+            .query_map(args, |r| {
                 let text = |i: usize| r.get::<_, String>(i);
                 let parse = |i: usize| -> rusqlite::Result<serde_json::Value> {
                     Ok(serde_json::Value::String(text(i)?))
@@ -131,7 +157,7 @@ impl Store {
                         zone: text(2)?,
                         episode: Timestamp(r.get(3)?),
                     },
-                    phase: IncidentPhase::Opened,
+                    phase,
                     kind: serde_json::from_value(parse(4)?).map_err(|e| bad(4, e))?,
                     severity: serde_json::from_value(parse(5)?).map_err(|e| bad(5, e))?,
                     camera_name: text(6)?,
@@ -228,8 +254,14 @@ mod tests {
         e.phase = IncidentPhase::Closed;
         e.at = Timestamp(30_000);
         e.count = 8;
+        assert_eq!(store.closing_event("c1/crowd/plaza/1000").unwrap(), None);
         store.record(&e).unwrap();
         assert!(store.open_incidents().unwrap().is_empty());
+        assert_eq!(
+            store.closing_event("c1/crowd/plaza/1000").unwrap(),
+            Some(e.clone()),
+            "a closed incident reads back as the event that closed it"
+        );
         let rows = store.incidents().unwrap();
         assert_eq!(rows.len(), 1);
         assert_eq!(
