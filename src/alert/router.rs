@@ -342,11 +342,6 @@ impl Router {
             if !send_resolved {
                 resolved.clear();
             }
-            let ward = firing
-                .first()
-                .or(resolved.first())
-                .map(|a| a.ward.clone())
-                .unwrap_or_default();
             let payload = NoticePayload {
                 kind: NoticeKind::Alerts,
                 group_key: gk.clone(),
@@ -356,10 +351,11 @@ impl Router {
                 held: 0,
                 held_since: None,
                 held_by_ward: BTreeMap::new(),
+                held_alerts: Vec::new(),
             };
             let status = match &g.receiver {
                 None => "unrouted",
-                Some(r) if flood.admit(r, &ward, now) => "queued",
+                Some(r) if flood.admit(r, &payload, now) => "queued",
                 Some(_) => "held",
             };
             let id = outbox::insert_notice(
@@ -417,6 +413,7 @@ impl Router {
                 held: w.held,
                 held_since: Some(w.start),
                 held_by_ward: w.held_by_ward.clone(),
+                held_alerts: w.held_alerts.clone(),
             };
             let id = outbox::insert_notice(
                 &tx,

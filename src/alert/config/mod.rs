@@ -137,7 +137,7 @@ pub struct AlertConfig {
     pub receivers: Vec<ReceiverConfig>,
     /// Muting rules: camera health and severity.
     pub inhibit: InhibitConfig,
-    /// At most `max_notices` per receiver per `window`, then one summary.
+    /// At most `max_notices` per receiver per `window` (critical ones apart), then one summary.
     pub flood: FloodConfig,
     /// Delivery retries for transient failures.
     pub retry: RetryConfig,
@@ -398,8 +398,12 @@ pub struct InhibitRule {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FloodConfig {
-    /// Notices per receiver per window before the rest are held back (0 = no limit).
+    /// Notices per receiver per window before the rest are held back (0 = no limit). Notices about a
+    /// critical incident do not count here: they have `critical_max_notices`.
     pub max_notices: u32,
+    /// Notices about a critical incident per receiver per window before those too are held (0 = no limit:
+    /// a critical incident is always told).
+    pub critical_max_notices: u32,
     pub window: Dur,
 }
 
@@ -407,6 +411,7 @@ impl Default for FloodConfig {
     fn default() -> Self {
         Self {
             max_notices: 10,
+            critical_max_notices: 0,
             window: Dur::secs(600),
         }
     }

@@ -114,7 +114,9 @@ impl AlertConfig {
                 }
             }
         }
-        if self.flood.max_notices > 0 && self.flood.window.ms() <= 0 {
+        if (self.flood.max_notices > 0 || self.flood.critical_max_notices > 0)
+            && self.flood.window.ms() <= 0
+        {
             return err("flood.window must be positive".into());
         }
         let r = &self.retry;
