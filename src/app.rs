@@ -27,6 +27,9 @@ pub struct RunOptions {
     /// How long an incident left open by the previous run stays open after it is handed to the router
     /// again: long enough for the router to notify before it sees the incident close.
     pub restart_close_grace: Duration,
+    /// A camera that has not streamed for this long is reported down to the alert router, which mutes its
+    /// rule alerts (and can alert on the outage itself).
+    pub camera_down_after: Duration,
 }
 
 impl Default for RunOptions {
@@ -36,6 +39,7 @@ impl Default for RunOptions {
             loop_files: true,
             backoff: Backoff::default(),
             restart_close_grace: Duration::from_secs(300),
+            camera_down_after: Duration::from_secs(30),
         }
     }
 }
@@ -160,7 +164,7 @@ impl Pipeline {
         let pending_close = left_open.into_iter().map(|e| (close_at, e)).collect();
         let watcher = alerts
             .as_ref()
-            .map(|a| watch_camera_health(health.clone(), a.clone()));
+            .map(|a| watch_camera_health(health.clone(), a.clone(), opts.camera_down_after));
         let snapshots = data_dir.join("snapshots");
         let sink = std::thread::Builder::new()
             .name("sw-incidents".into())
@@ -255,14 +259,12 @@ fn hand_over_left_state(
     Ok(open)
 }
 
-/// A camera that has not streamed for this long is reported down to the alert router, which mutes its
-/// rule alerts (and can alert on the outage itself).
-const CAMERA_DOWN_AFTER: Duration = Duration::from_secs(30);
-
-/// Tells the alert router when cameras go down and come back, once per change.
+/// Tells the alert router when cameras go down (not streaming for `down_after`) and come back, once per
+/// change.
 fn watch_camera_health(
     health: Vec<Arc<CameraHealth>>,
     alerts: Arc<AlertHandle>,
+    down_after: Duration,
 ) -> (JoinHandle<()>, crossbeam::channel::Sender<()>) {
     let (stop_tx, stop_rx) = crossbeam::channel::bounded::<()>(0);
     let thread = std::thread::Builder::new()
@@ -274,7 +276,7 @@ fn watch_camera_health(
                 for (i, h) in health.iter().enumerate() {
                     let streaming = h.state() == StreamState::Streaming;
                     down_since[i] = if streaming { None } else { down_since[i].or(Some(std::time::Instant::now())) };
-                    let down = down_since[i].is_some_and(|t| t.elapsed() >= CAMERA_DOWN_AFTER);
+                    let down = down_since[i].is_some_and(|t| t.elapsed() >= down_after);
                     if down != reported_down[i] {
                         reported_down[i] = down;
                         let state = if down { alert::CameraHealth::Down } else { alert::CameraHealth::Up };
