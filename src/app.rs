@@ -38,6 +38,9 @@ pub struct RunOptions {
     /// How long an incident left open by the previous run stays open after it is handed to the router
     /// again: long enough for the router to notify before it sees the incident close.
     pub restart_close_grace: Duration,
+    /// A camera that has not streamed for this long is reported down to the alert router, which mutes its
+    /// rule alerts (and can alert on the outage itself).
+    pub camera_down_after: Duration,
 }
 
 impl Default for RunOptions {
@@ -47,6 +50,7 @@ impl Default for RunOptions {
             loop_files: true,
             backoff: Backoff::default(),
             restart_close_grace: Duration::from_secs(300),
+            camera_down_after: Duration::from_secs(30),
         }
     }
 }
@@ -169,14 +173,14 @@ impl Pipeline {
             }
         };
         let left_open = match &alerts {
-            Some(a) => resubmit_open_incidents(&store, a)?,
+            Some(a) => hand_over_left_state(&store, a, &db_path)?,
             None => Vec::new(),
         };
         let close_at = std::time::Instant::now() + opts.restart_close_grace;
         let pending_close = left_open.into_iter().map(|e| (close_at, e)).collect();
         let watcher = alerts
             .as_ref()
-            .map(|a| watch_camera_health(health.clone(), a.clone()));
+            .map(|a| watch_camera_health(health.clone(), a.clone(), opts.camera_down_after));
         let snapshots = data_dir.join("snapshots");
         let retention = RetentionTask::start(
             Policy::from(&config.retention),
@@ -251,14 +255,28 @@ impl Pipeline {
     }
 }
 
-/// Incidents left open by the previous run are handed to the router again (it drops what it already
-/// knows, so a crash between the incident row and the router's commit loses no notice). The rule state
-/// that would close them did not survive the restart, so the incident sink closes them after a grace
-/// period; a crowd that is still there opens a new incident within the rule's `min_seconds`.
-fn resubmit_open_incidents(
+/// Reconciles the alert router with the incidents table at start-up. The incident sink commits each
+/// lifecycle event to the table first and then hands it to the router through memory, so a crash in between
+/// leaves the router behind the table; this catches it up.
+///
+/// - An alert still firing whose incident the table shows closed gets that close, dated when the incident
+///   closed: otherwise it would fire for good (paging again every `repeat_interval`, and a critical one
+///   muting its camera's warnings).
+/// - Incidents left open are handed over again (the router drops what it already knows, so a crash before
+///   the router's commit loses no notice). The rule state that would close them did not survive the
+///   restart, so the incident sink closes them after a grace period; a crowd that is still there opens a
+///   new incident within the rule's `min_seconds`. Returns them.
+fn hand_over_left_state(
     store: &Store,
     alerts: &AlertHandle,
+    db_path: &std::path::Path,
 ) -> anyhow::Result<Vec<IncidentEvent>> {
+    for key in alert::Store::open(db_path)?.firing_keys()? {
+        if let Some(close) = store.closing_event(&key)? {
+            tracing::warn!(incident = %key, "incident closed before the previous run stopped, its alert still firing: close handed to the router");
+            alerts.submit(close);
+        }
+    }
     let open = store.open_incidents()?;
     for event in &open {
         tracing::info!(incident = %event.key, "incident left open by the previous run: handed to the router again");
@@ -267,14 +285,12 @@ fn resubmit_open_incidents(
     Ok(open)
 }
 
-/// A camera that has not streamed for this long is reported down to the alert router, which mutes its
-/// rule alerts (and can alert on the outage itself).
-const CAMERA_DOWN_AFTER: Duration = Duration::from_secs(30);
-
-/// Tells the alert router when cameras go down and come back, once per change.
+/// Tells the alert router when cameras go down (not streaming for `down_after`) and come back, once per
+/// change.
 fn watch_camera_health(
     health: Vec<Arc<CameraHealth>>,
     alerts: Arc<AlertHandle>,
+    down_after: Duration,
 ) -> (JoinHandle<()>, crossbeam::channel::Sender<()>) {
     let (stop_tx, stop_rx) = crossbeam::channel::bounded::<()>(0);
     let thread = std::thread::Builder::new()
@@ -286,7 +302,7 @@ fn watch_camera_health(
                 for (i, h) in health.iter().enumerate() {
                     let streaming = h.state() == StreamState::Streaming;
                     down_since[i] = if streaming { None } else { down_since[i].or(Some(std::time::Instant::now())) };
-                    let down = down_since[i].is_some_and(|t| t.elapsed() >= CAMERA_DOWN_AFTER);
+                    let down = down_since[i].is_some_and(|t| t.elapsed() >= down_after);
                     if down != reported_down[i] {
                         reported_down[i] = down;
                         let state = if down { alert::CameraHealth::Down } else { alert::CameraHealth::Up };

@@ -169,6 +169,14 @@ impl Timeline {
     fn notices(&self) -> Vec<NoticeRow> {
         Store::open(&self.db).unwrap().notices().unwrap()
     }
+
+    /// `kind:status` of every notice, in order.
+    fn statuses(&self) -> Vec<String> {
+        self.notices()
+            .iter()
+            .map(|n| format!("{}:{}", n.kind, n.status))
+            .collect()
+    }
 }
 
 fn payload(n: &NoticeRow) -> NoticePayload {
@@ -452,15 +460,17 @@ repeat_interval = "1h"
     );
 }
 
+/// A route to `receiver` with a notice per incident at once.
+fn each_at_once(receiver: &str) -> String {
+    format!(
+        "receiver = \"{receiver}\"\ngroup_by = [\"...\"]\ngroup_wait = \"0s\"\ngroup_interval = \"5s\"\n\
+         repeat_interval = \"1h\"\n"
+    )
+}
+
 #[test]
 fn flood_control_holds_past_the_budget_and_sends_one_summary() {
-    let route = r#"
-receiver = "ben-nghe-post"
-group_by = ["..."]
-group_wait = "0s"
-group_interval = "5s"
-repeat_interval = "1h"
-"#;
+    let route = each_at_once("ben-nghe-post");
     let cfg = format!("[flood]\nmax_notices = 3\nwindow = \"60s\"\n{HOOK}\n[route]\n{route}");
     let incs: Vec<Inc> = (0..7)
         .map(|i| {
@@ -506,11 +516,7 @@ repeat_interval = "1h"
     tl.run(10.0);
     tl.restart();
     tl.open(11.0, &inc("c9", 11.0)).run(70.0);
-    let status: Vec<String> = tl
-        .notices()
-        .iter()
-        .map(|n| format!("{}:{}", n.kind, n.status))
-        .collect();
+    let status = tl.statuses();
     assert_eq!(
         status,
         [
@@ -647,4 +653,123 @@ fn the_service_runs_on_an_injected_clock() {
     assert_eq!(wait_for(1), 1);
     assert_eq!(secs(store.notices().unwrap()[0].created_at), 31.5);
     handle.shutdown();
+}
+
+#[test]
+fn flood_control_lets_critical_alerts_through_and_names_the_held_ones() {
+    let route = each_at_once("post");
+    // One GSM segment: the summary must name what it can and still end with its reference.
+    let post = r#"
+[[receivers]]
+name = "post"
+[receivers.sms]
+url = "http://127.0.0.1:9/cgi-bin/sendsms"
+username = "u"
+password = "p"
+numbers = ["0901234567"]
+strip_diacritics = true
+max_segments = 1
+"#;
+    let cfg = format!("[flood]\nmax_notices = 2\nwindow = \"60s\"\n{post}\n[route]\n{route}");
+    let cams = ["c0", "c1", "c2", "c3", "c4", "c5", "c6", "c7"];
+    let warn: Vec<Inc> = (0..8).map(|i| inc(cams[i], 1.0 + i as f64)).collect();
+    let crit = inc("c-crit", 3.5)
+        .rule("plaza-crush")
+        .sev(Severity::Critical);
+    let mut tl = Timeline::new(&cfg);
+    for i in &warn {
+        tl.open(i.episode, i);
+    }
+    tl.open(crit.episode, &crit).run(70.0);
+    let n = tl.notices();
+    let got: Vec<(String, Vec<String>)> = n
+        .iter()
+        .map(|n| {
+            let cams = payload(n).firing.iter().map(|a| a.camera.clone()).collect();
+            (format!("{}:{}", n.kind, n.status), cams)
+        })
+        .collect();
+    let want: Vec<(String, Vec<String>)> = [
+        ("alerts:queued", "c0"),
+        ("alerts:queued", "c1"),
+        ("alerts:held", "c2"),
+        // Past the budget, the critical incident still goes out.
+        ("alerts:queued", "c-crit"),
+        ("alerts:held", "c3"),
+        ("alerts:held", "c4"),
+        ("alerts:held", "c5"),
+        ("alerts:held", "c6"),
+        ("alerts:held", "c7"),
+        ("flood_summary:queued", ""),
+    ]
+    .iter()
+    .map(|(s, c)| {
+        let cams = if c.is_empty() {
+            vec![]
+        } else {
+            vec![c.to_string()]
+        };
+        (s.to_string(), cams)
+    })
+    .collect();
+    assert_eq!(got, want);
+
+    let summary = &n[9];
+    assert_eq!(payload(summary).held, 6);
+    let store = Store::open(&tl.db).unwrap();
+    let sms = store
+        .deliveries(None)
+        .unwrap()
+        .into_iter()
+        .find(|d| d.notice_id == summary.id)
+        .unwrap();
+    let text = sms.body;
+    let segs = streetwatch::alert::gsm::segments(&text);
+    assert_eq!(segs.count, 1, "{text}");
+    assert!(
+        text.ends_with(&format!("#{}", summary.id)),
+        "not cut: {text}"
+    );
+    assert!(text.contains("Tu tap dong nguoi"), "names the rule: {text}");
+    assert!(text.contains("Camera c2"), "names the first held: {text}");
+    for told in ["Camera c0", "Camera c1", "Camera c-crit"] {
+        assert!(!text.contains(told), "{told} was sent, not held: {text}");
+    }
+    let named = text.matches("Camera c").count();
+    assert!(named >= 1, "{text}");
+    if named < 6 {
+        assert!(
+            text.contains(&format!("+{} khac", 6 - named)),
+            "says how many it could not name: {text}"
+        );
+    }
+
+    // Critical notices can have a budget of their own.
+    let cfg = format!(
+        "[flood]\nmax_notices = 1\ncritical_max_notices = 1\nwindow = \"60s\"\n{post}\n[route]\n{route}"
+    );
+    let crit2 = inc("c-crit2", 3.0).sev(Severity::Critical);
+    let mut tl = Timeline::new(&cfg);
+    tl.open(1.0, &warn[0])
+        .open(2.0, &crit)
+        .open(3.0, &crit2)
+        .open(4.0, &warn[1])
+        .run(70.0);
+    let status = tl.statuses();
+    assert_eq!(
+        status,
+        [
+            "alerts:queued",
+            "alerts:queued",
+            "alerts:held",
+            "alerts:held",
+            "flood_summary:queued"
+        ]
+    );
+    let held: Vec<String> = payload(&tl.notices()[4])
+        .held_alerts
+        .iter()
+        .map(|h| h.camera_name.clone())
+        .collect();
+    assert_eq!(held, ["Camera c-crit2", "Camera c1"]);
 }

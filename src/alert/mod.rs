@@ -11,8 +11,14 @@
 //! permanent failures are dead-lettered with the gateway's reason; SMS know their segment cost.
 //!
 //! Durability starts when the router thread commits an event (it batches what is queued, one transaction
-//! per batch): events still in the in-memory queue when the process dies are not in the database. Re-submitting
-//! the open incidents at start-up is safe (dedup drops what is already known) and closes that gap.
+//! per batch): events still in the in-memory queue when the process dies are not in the alert tables. The
+//! incidents table, which the incident sink writes before it hands an event over, is the durable record of
+//! what the router should know, and every start reconciles the two (`app::hand_over_left_state`): alerts
+//! still firing whose incident closed get that close, dated when the incident closed, and incidents still
+//! open are submitted again (dedup drops what is already known). A crash between the two commits so delays a
+//! notice until the next start; it never loses one or leaves an alert firing for good. (An outbox of
+//! incident events read by the router would make the hand-off exact, at the cost of a second queue to keep;
+//! the table already holds each incident's last state, which is all the router needs.)
 //!
 //! The queue to the router thread is bounded ([`QUEUE`] events), so a stalled database cannot make it grow
 //! without end. When it is full, an `updated` event is dropped and counted ([`QueueStats::dropped_updates`]):
@@ -43,7 +49,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -170,11 +176,10 @@ impl AlertService {
             })
             .map_err(|e| AlertError::Service(e.to_string()))?;
         let (tx, rx) = channel::bounded(queue.max(1));
-        let path = db_path.to_path_buf();
-        let router_cfg = cfg.clone();
+        let shutdown_timeout = cfg.shutdown_timeout.std();
         let router_thread = std::thread::Builder::new()
             .name("alert-router".into())
-            .spawn(move || run_router(router, &router_cfg, &path, rx, clock, wake))
+            .spawn(move || run_router(router, rx, clock, wake, shutdown_timeout))
             .map_err(|e| AlertError::Service(e.to_string()))?;
         Ok(AlertHandle {
             tx,
@@ -190,16 +195,19 @@ impl AlertService {
 const ROUTER_POLL: Duration = Duration::from_millis(100);
 /// Events taken into one transaction at most.
 const BATCH: usize = 512;
+/// Wait between attempts when the database refuses a write.
+const RETRY_PAUSE: Duration = Duration::from_millis(500);
 
 fn run_router(
     mut router: Router,
-    cfg: &AlertConfig,
-    path: &Path,
     rx: Receiver<Msg>,
     clock: Arc<dyn Clock>,
     wake: Arc<Notify>,
+    shutdown_timeout: Duration,
 ) {
     let mut pending: Vec<IncidentEvent> = Vec::new();
+    // Set when asked to stop: the router then records what is queued, but not past this instant.
+    let mut stop_by: Option<Instant> = None;
     loop {
         let now = clock.now();
         let wait = router
@@ -208,7 +216,7 @@ fn run_router(
             .unwrap_or(ROUTER_POLL)
             .min(ROUTER_POLL);
         let mut stop = false;
-        let first = if pending.is_empty() {
+        let first = if pending.is_empty() && stop_by.is_none() {
             rx.recv_timeout(wait)
         } else {
             Err(RecvTimeoutError::Timeout)
@@ -230,19 +238,24 @@ fn run_router(
             Err(RecvTimeoutError::Disconnected) => stop = true,
             Err(RecvTimeoutError::Timeout) => {}
         }
+        if stop && stop_by.is_none() {
+            stop_by = Some(Instant::now() + shutdown_timeout);
+            // A database locked by another writer must not hold a statement past the deadline either.
+            router.limit_busy_wait(shutdown_timeout);
+        }
+        let pause = || {
+            let left = stop_by.map_or(RETRY_PAUSE, |by| {
+                by.saturating_duration_since(Instant::now())
+            });
+            std::thread::sleep(RETRY_PAUSE.min(left));
+        };
         if !pending.is_empty() {
             match router.submit_batch(&pending, clock.now()) {
                 Ok(_) => pending.clear(),
                 Err(e) => {
-                    // Keep the batch and rebuild the router from the database, which is the truth.
+                    // Nothing of the batch took effect, in the database or in memory: keep it and retry.
                     tracing::error!(error = %e, events = pending.len(), "alert router: cannot record events; retrying");
-                    std::thread::sleep(Duration::from_millis(500));
-                    match Router::open(cfg, path, clock.now()) {
-                        Ok(r) => router = r,
-                        Err(e) => {
-                            tracing::error!(error = %e, "alert router: cannot reopen the database")
-                        }
-                    }
+                    pause();
                 }
             }
         }
@@ -250,14 +263,24 @@ fn run_router(
             Ok(ids) if !ids.is_empty() => wake.notify_one(),
             Ok(_) => {}
             Err(e) => {
+                // The groups stay due (memory follows commits only): the next tick retries.
                 tracing::error!(error = %e, "alert router: cannot record notices; retrying");
-                std::thread::sleep(Duration::from_millis(500));
-                if let Ok(r) = Router::open(cfg, path, clock.now()) {
-                    router = r;
-                }
+                pause();
             }
         }
-        if stop && pending.is_empty() {
+        let Some(by) = stop_by else { continue };
+        if pending.is_empty() {
+            return;
+        }
+        if Instant::now() >= by {
+            let incidents: Vec<String> =
+                pending.iter().take(20).map(|e| e.key.to_string()).collect();
+            tracing::error!(
+                events = pending.len(),
+                ?incidents,
+                "alert router: stopped after {shutdown_timeout:?} with events it could not record; \
+                 the next start hands their incidents over again from the incidents table"
+            );
             return;
         }
     }
@@ -362,8 +385,8 @@ impl AlertHandle {
         self.dlr_addr
     }
 
-    /// Records the events already submitted, stops the router, and gives attempts in flight a few seconds
-    /// to finish (any still running are resumed at the next start).
+    /// Records the events already submitted (trying for at most `shutdown_timeout`), stops the router, and
+    /// gives attempts in flight a few seconds to finish (any still running are resumed at the next start).
     pub fn shutdown(mut self) {
         self.stop_all();
     }

@@ -103,4 +103,28 @@ pub struct NoticePayload {
     pub held_since: Option<Timestamp>,
     /// For a flood summary: held notices per ward.
     pub held_by_ward: BTreeMap<String, u32>,
+    /// For a flood summary: the alerts of the held notices, each camera and rule once, first held first.
+    #[serde(default)]
+    pub held_alerts: Vec<HeldAlert>,
+}
+
+/// An alert that flood control held back, as the window's summary names it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldAlert {
+    pub camera: String,
+    pub camera_name: String,
+    pub rule: String,
+    /// Rule family, for wording.
+    pub kind: String,
+}
+
+impl HeldAlert {
+    pub fn of(a: &Alert) -> Self {
+        Self {
+            camera: a.camera.clone(),
+            camera_name: a.camera_name.clone(),
+            rule: a.rule.clone(),
+            kind: a.kind.clone(),
+        }
+    }
 }

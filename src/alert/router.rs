@@ -15,7 +15,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 use crate::types::{CameraId, IncidentEvent, Severity, Timestamp};
 
 use super::config::AlertConfig;
-use super::decide::dedup::{Admission, Dedup, LogEntry, needs_notice};
+use super::decide::dedup::{Admission, Dedup, LogEntry, judge, needs_notice};
 use super::decide::flood::Flood;
 use super::decide::group::Groups;
 use super::decide::inhibit::{CameraHealth, Inhibitor};
@@ -206,56 +206,78 @@ impl Router {
         Ok(self.submit_batch(std::slice::from_ref(ev), now)?[0])
     }
 
-    /// Several events in one transaction (one fsync). If the transaction fails, the in-memory state may be
-    /// ahead of the database: reopen the router, which rebuilds it from the database, and resubmit.
+    /// Several events in one transaction (one fsync). Memory follows only once the transaction committed:
+    /// if it fails, nothing changed and the same events can be submitted again.
     pub fn submit_batch(
         &mut self,
         events: &[IncidentEvent],
         now: Timestamp,
     ) -> Result<Vec<Admission>, AlertError> {
         let mut out = Vec::with_capacity(events.len());
+        // This batch's new alert states, by key: later events of the batch see them, memory gets them after
+        // the commit.
+        let mut staged: HashMap<String, Alert> = HashMap::new();
         let mut new_alerts = Vec::new();
+        let mut stats = self.stats;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         for ev in events {
-            self.stats.events += 1;
+            stats.events += 1;
             let key = ev.key.to_string();
-            if !self.dedup.contains(&key) {
+            if !staged.contains_key(&key) && !self.dedup.contains(&key) {
+                // Forgotten after `resolved_retention`, but the database remembers.
                 let sql = format!("SELECT {ALERT_COLUMNS} FROM alert_alerts WHERE key = ?1");
                 if let Some(a) = tx
                     .prepare_cached(&sql)?
                     .query_row([&key], alert_from_row)
                     .optional()?
                 {
-                    self.dedup.insert(a);
+                    staged.insert(key.clone(), a);
                 }
             }
-            let (admission, alert) = self.dedup.admit(ev, &self.keys);
-            match (admission, alert) {
+            let current = staged.get(&key).or_else(|| self.dedup.get(&key));
+            match judge(current, ev, &self.keys) {
                 (Admission::Duplicate(why), _) => {
-                    self.stats.duplicates += 1;
+                    stats.duplicates += 1;
                     tracing::debug!(incident = %key, why, "duplicate incident event dropped");
                     tx.prepare_cached(
                         "UPDATE alert_alerts SET duplicates = duplicates + 1 WHERE key = ?1",
                     )?
                     .execute([&key])?;
+                    out.push(Admission::Duplicate(why));
                 }
-                (_, Some(a)) => {
-                    save_alert(&tx, a)?;
-                    if admission == Admission::New {
-                        new_alerts.push(a.clone());
+                (admission, next) => {
+                    if let Some(a) = next {
+                        save_alert(&tx, &a)?;
+                        if admission == Admission::New {
+                            new_alerts.push(key.clone());
+                        }
+                        staged.insert(key, a);
                     }
+                    out.push(admission);
                 }
-                (_, None) => {}
             }
-            out.push(admission);
         }
         tx.commit()?;
-        for a in &new_alerts {
-            self.route_alert(a, now);
+        // Committed: now the in-memory state may follow.
+        self.stats = stats;
+        for a in staged.into_values() {
+            self.dedup.insert(a);
+        }
+        for key in &new_alerts {
+            if let Some(a) = self.dedup.get(key).cloned() {
+                self.route_alert(&a, now);
+            }
         }
         Ok(out)
+    }
+
+    /// Bounds how long a statement waits for another writer's lock (normally 10 s).
+    pub(crate) fn limit_busy_wait(&self, limit: std::time::Duration) {
+        if let Err(e) = self.conn.busy_timeout(limit) {
+            tracing::warn!(error = %e, "alert router: cannot shorten the database busy timeout");
+        }
     }
 
     /// Records a camera's health for inhibition; applies at the next notice decision.
@@ -339,11 +361,6 @@ impl Router {
             if !send_resolved {
                 resolved.clear();
             }
-            let ward = firing
-                .first()
-                .or(resolved.first())
-                .map(|a| a.ward.clone())
-                .unwrap_or_default();
             let payload = NoticePayload {
                 kind: NoticeKind::Alerts,
                 group_key: gk.clone(),
@@ -353,10 +370,11 @@ impl Router {
                 held: 0,
                 held_since: None,
                 held_by_ward: BTreeMap::new(),
+                held_alerts: Vec::new(),
             };
             let status = match &g.receiver {
                 None => "unrouted",
-                Some(r) if flood.admit(r, &ward, now) => "queued",
+                Some(r) if flood.admit(r, &payload, now) => "queued",
                 Some(_) => "held",
             };
             let id = outbox::insert_notice(
@@ -414,6 +432,7 @@ impl Router {
                 held: w.held,
                 held_since: Some(w.start),
                 held_by_ward: w.held_by_ward.clone(),
+                held_alerts: w.held_alerts.clone(),
             };
             let id = outbox::insert_notice(
                 &tx,

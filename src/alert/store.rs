@@ -79,6 +79,7 @@ CREATE TABLE IF NOT EXISTS alert_flood (
     receiver TEXT PRIMARY KEY,
     window_start INTEGER NOT NULL, sent INTEGER NOT NULL, held INTEGER NOT NULL,
     held_by_ward TEXT NOT NULL
+    -- critical_sent, held_alerts: added by ADDED_COLUMNS
 );
 -- Key for delivery-report and snapshot-link tokens (keys.rs), drawn at the first start.
 CREATE TABLE IF NOT EXISTS alert_secret (
@@ -93,6 +94,13 @@ CREATE TABLE IF NOT EXISTS alert_silences (
     created_at INTEGER NOT NULL, expired_at INTEGER
 );
 ";
+
+/// Columns added after their table was first released: (table, column, declaration). A file made by an
+/// earlier version gets them at open.
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    ("alert_flood", "critical_sent", "INTEGER NOT NULL DEFAULT 0"),
+    ("alert_flood", "held_alerts", "TEXT NOT NULL DEFAULT '[]'"), // JSON array of HeldAlert
+];
 
 /// Opens (creating if needed) the database file with the alert tables.
 ///
@@ -152,7 +160,22 @@ fn init(conn: &Connection, sync: Sync) -> rusqlite::Result<()> {
         Sync::Normal => "NORMAL",
     };
     conn.pragma_update(None, "synchronous", level)?;
-    conn.execute_batch(SCHEMA)
+    conn.execute_batch(SCHEMA)?;
+    for (table, column, decl) in ADDED_COLUMNS {
+        let known = conn
+            .prepare("SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2")?
+            .exists(params![table, column])?;
+        if known {
+            continue;
+        }
+        match conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}")) {
+            // Another process added it since we looked.
+            Err(rusqlite::Error::SqliteFailure(_, Some(m)))
+                if m.starts_with("duplicate column") => {}
+            r => r?,
+        }
+    }
+    Ok(())
 }
 
 /// The database's token key, made at its first use. Whoever opens the database first draws it; any other
@@ -334,6 +357,15 @@ impl Store {
                 last_notice_id: r.get(12)?,
             })
         })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Keys of the alerts still firing.
+    pub fn firing_keys(&self) -> Result<Vec<String>, AlertError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT key FROM alert_alerts WHERE status = 'firing' ORDER BY started_at")?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -630,32 +662,23 @@ impl Store {
 
 /// Flood-control windows as the router last committed them.
 pub(crate) fn load_flood_windows(conn: &Connection) -> Result<HashMap<String, Window>, AlertError> {
-    let mut stmt =
-        conn.prepare("SELECT receiver, window_start, sent, held, held_by_ward FROM alert_flood")?;
+    let mut stmt = conn.prepare(
+        "SELECT receiver, window_start, sent, critical_sent, held, held_by_ward, held_alerts FROM alert_flood",
+    )?;
     let rows = stmt.query_map([], |r| {
         Ok((
             r.get::<_, String>(0)?,
-            r.get::<_, i64>(1)?,
-            r.get::<_, u32>(2)?,
-            r.get::<_, u32>(3)?,
-            r.get::<_, String>(4)?,
+            Window {
+                start: Timestamp(r.get(1)?),
+                sent: r.get(2)?,
+                critical_sent: r.get(3)?,
+                held: r.get(4)?,
+                held_by_ward: serde_json::from_str(&r.get::<_, String>(5)?).unwrap_or_default(),
+                held_alerts: serde_json::from_str(&r.get::<_, String>(6)?).unwrap_or_default(),
+            },
         ))
     })?;
-    let mut windows = HashMap::new();
-    for row in rows {
-        let (receiver, start, sent, held, wards) = row?;
-        let held_by_ward = serde_json::from_str(&wards).unwrap_or_default();
-        windows.insert(
-            receiver,
-            Window {
-                start: Timestamp(start),
-                sent,
-                held,
-                held_by_ward,
-            },
-        );
-    }
-    Ok(windows)
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// Replaces the stored flood windows (a handful of rows) in the caller's transaction.
@@ -666,8 +689,17 @@ pub(crate) fn save_flood_windows<'a>(
     tx.execute("DELETE FROM alert_flood", [])?;
     for (r, w) in windows {
         tx.execute(
-            "INSERT INTO alert_flood (receiver, window_start, sent, held, held_by_ward) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![r, w.start.0, w.sent, w.held, serde_json::to_string(&w.held_by_ward).unwrap_or_default()],
+            "INSERT INTO alert_flood (receiver, window_start, sent, critical_sent, held, held_by_ward, held_alerts) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                r,
+                w.start.0,
+                w.sent,
+                w.critical_sent,
+                w.held,
+                serde_json::to_string(&w.held_by_ward).unwrap_or_default(),
+                serde_json::to_string(&w.held_alerts).unwrap_or_default()
+            ],
         )?;
     }
     Ok(())
@@ -685,6 +717,26 @@ mod tests {
         assert_eq!(keys(&open(&path).unwrap()).unwrap().dlr_token(1), first);
         let other = dir.path().join("other.db");
         assert_ne!(keys(&open(&other).unwrap()).unwrap().dlr_token(1), first);
+    }
+
+    #[test]
+    fn a_file_from_before_an_added_column_gets_it() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let path = dir.path().join("sw.db");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(
+                "CREATE TABLE alert_flood (receiver TEXT PRIMARY KEY, window_start INTEGER NOT NULL, \
+                 sent INTEGER NOT NULL, held INTEGER NOT NULL, held_by_ward TEXT NOT NULL);
+                 INSERT INTO alert_flood VALUES ('post', 1000, 10, 2, '{\"W\":2}');",
+            )
+            .unwrap();
+        let conn = open(&path).unwrap();
+        let w = &load_flood_windows(&conn).unwrap()["post"];
+        assert_eq!((w.sent, w.critical_sent, w.held), (10, 0, 2));
+        assert!(w.held_alerts.is_empty());
+        drop(conn);
+        open(&path).unwrap();
     }
 
     #[test]

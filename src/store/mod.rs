@@ -120,7 +120,7 @@ impl Store {
         Ok(())
     }
 
-    /// Incidents not closed yet, as the events that opened them.
+    /// Incidents not closed yet, as the events that opened them (with their latest count and summary).
     pub fn open_incidents(&self) -> Result<Vec<IncidentEvent>, StoreError> {
         Ok(self
             .events("WHERE closed_at IS NULL ORDER BY opened_at", [])?
@@ -158,6 +158,20 @@ impl Store {
                 }
             })
             .collect())
+    }
+
+    /// The event that closed incident `id`, if it is closed.
+    pub fn closing_event(&self, id: &str) -> Result<Option<IncidentEvent>, StoreError> {
+        Ok(self
+            .events("WHERE id = ?1 AND closed_at IS NOT NULL", [id])?
+            .pop()
+            .and_then(|r| {
+                r.closed_at.map(|t| IncidentEvent {
+                    phase: IncidentPhase::Closed,
+                    at: Timestamp(t),
+                    ..r.opened
+                })
+            }))
     }
 
     /// Rows as the events that opened them.
@@ -353,8 +367,14 @@ mod tests {
         e.phase = IncidentPhase::Closed;
         e.at = Timestamp(30_000);
         e.count = 8;
+        assert_eq!(store.closing_event("c1/crowd/plaza/1000").unwrap(), None);
         store.record(&e).unwrap();
         assert!(store.open_incidents().unwrap().is_empty());
+        assert_eq!(
+            store.closing_event("c1/crowd/plaza/1000").unwrap(),
+            Some(e.clone()),
+            "a closed incident reads back as the event that closed it"
+        );
         let rows = store.incidents().unwrap();
         assert_eq!(rows.len(), 1);
         assert_eq!(

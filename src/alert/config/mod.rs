@@ -146,7 +146,7 @@ pub struct AlertConfig {
     pub receivers: Vec<ReceiverConfig>,
     /// Muting rules: camera health and severity.
     pub inhibit: InhibitConfig,
-    /// At most `max_notices` per receiver per `window`, then one summary.
+    /// At most `max_notices` per receiver per `window` (critical ones apart), then one summary.
     pub flood: FloodConfig,
     /// Delivery retries for transient failures.
     pub retry: RetryConfig,
@@ -158,6 +158,10 @@ pub struct AlertConfig {
     /// How long a closed incident's key is remembered in memory to drop late duplicates of it
     /// (the database keeps it for good).
     pub resolved_retention: Dur,
+    /// On shutdown, how long the router keeps trying to record the events already queued (a database that
+    /// refuses writes would otherwise hold the process forever). What is left then is logged; the next
+    /// start hands those incidents over again from the incidents table.
+    pub shutdown_timeout: Dur,
 }
 
 impl Default for AlertConfig {
@@ -172,6 +176,7 @@ impl Default for AlertConfig {
             snapshot_base_url: None,
             dlr: None,
             resolved_retention: Dur::secs(3600),
+            shutdown_timeout: Dur::secs(10),
         }
     }
 }
@@ -416,8 +421,12 @@ pub struct InhibitRule {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FloodConfig {
-    /// Notices per receiver per window before the rest are held back (0 = no limit).
+    /// Notices per receiver per window before the rest are held back (0 = no limit). Notices about a
+    /// critical incident do not count here: they have `critical_max_notices`.
     pub max_notices: u32,
+    /// Notices about a critical incident per receiver per window before those too are held (0 = no limit:
+    /// a critical incident is always told).
+    pub critical_max_notices: u32,
     pub window: Dur,
 }
 
@@ -425,6 +434,7 @@ impl Default for FloodConfig {
     fn default() -> Self {
         Self {
             max_notices: 10,
+            critical_max_notices: 0,
             window: Dur::secs(600),
         }
     }

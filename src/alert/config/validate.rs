@@ -71,7 +71,7 @@ impl AlertConfig {
         time_span(
             "flood.window".into(),
             flood.window,
-            flood.max_notices == 0,
+            flood.max_notices == 0 && flood.critical_max_notices == 0,
             MAX_SPAN,
         )?;
         let r = &self.retry;

@@ -43,6 +43,7 @@ impl Dedup {
         self.alerts.contains_key(key)
     }
 
+    /// Takes in an alert as committed: one restored from the database, or the next state [`judge`] gave.
     pub(crate) fn insert(&mut self, a: Alert) {
         self.index(&a);
         self.alerts.insert(a.key.clone(), a);
@@ -83,60 +84,6 @@ impl Dedup {
         self.firing.iter().filter_map(|k| self.alerts.get(k))
     }
 
-    /// Applies `ev` to the known state and says whether it is news; a new alert's snapshot link is keyed
-    /// with `keys`.
-    pub(crate) fn admit(&mut self, ev: &IncidentEvent, keys: &Keys) -> (Admission, Option<&Alert>) {
-        let key = ev.key.to_string();
-        let admission = match (self.alerts.get_mut(&key), ev.phase) {
-            (None, IncidentPhase::Closed) => {
-                Admission::Duplicate("close of an incident never seen open")
-            }
-            // An update with no open seen (the analyser restarted, or the open was lost upstream) still
-            // describes a live incident: take it as new rather than drop it.
-            (None, IncidentPhase::Opened | IncidentPhase::Updated) => {
-                let a = Alert::from_event(ev, keys);
-                self.index(&a);
-                self.alerts.insert(key.clone(), a);
-                Admission::New
-            }
-            (Some(a), _) if !a.firing() => Admission::Duplicate("event after the incident closed"),
-            (Some(_), IncidentPhase::Opened) => Admission::Duplicate("repeated open"),
-            (Some(a), _) if ev.at < a.updated_at => {
-                Admission::Duplicate("older than the state already seen")
-            }
-            (Some(a), IncidentPhase::Updated) => {
-                if ev.at == a.updated_at
-                    && ev.count == a.count
-                    && ev.summary == a.summary
-                    && ev.severity == a.severity
-                {
-                    Admission::Duplicate("repeated update")
-                } else {
-                    a.updated_at = ev.at;
-                    a.count = ev.count;
-                    a.summary = ev.summary.clone();
-                    a.severity = ev.severity;
-                    Admission::Changed
-                }
-            }
-            (Some(a), IncidentPhase::Closed) => {
-                a.updated_at = ev.at;
-                a.ended_at = Some(ev.at);
-                if !ev.summary.is_empty() {
-                    a.summary = ev.summary.clone();
-                }
-                Admission::Resolved
-            }
-        };
-        if admission == Admission::Resolved
-            && let Some(a) = self.alerts.get(&key)
-        {
-            let a = a.clone();
-            self.index(&a);
-        }
-        (admission, self.alerts.get(&key))
-    }
-
     /// Forgets alerts resolved before `cutoff` (the database keeps them) and returns their keys.
     pub(crate) fn prune(&mut self, cutoff: Timestamp) -> Vec<String> {
         let mut old = Vec::new();
@@ -149,6 +96,59 @@ impl Dedup {
         }
         old
     }
+}
+
+/// Whether `ev` is news about the alert whose committed state is `current`, and if so the alert's next
+/// state. Pure: the router commits the new state and only then hands it to [`Dedup::insert`], so a commit
+/// that fails leaves memory as the database is and the retried event is judged afresh.
+pub(crate) fn judge(
+    current: Option<&Alert>,
+    ev: &IncidentEvent,
+    keys: &Keys,
+) -> (Admission, Option<Alert>) {
+    let Some(a) = current else {
+        return match ev.phase {
+            IncidentPhase::Closed => (
+                Admission::Duplicate("close of an incident never seen open"),
+                None,
+            ),
+            // An update with no open seen (the analyser restarted, or the open was lost upstream) still
+            // describes a live incident: take it as new rather than drop it.
+            IncidentPhase::Opened | IncidentPhase::Updated => {
+                (Admission::New, Some(Alert::from_event(ev, keys)))
+            }
+        };
+    };
+    let dup = |why| (Admission::Duplicate(why), None);
+    if !a.firing() {
+        return dup("event after the incident closed");
+    }
+    if ev.phase == IncidentPhase::Opened {
+        return dup("repeated open");
+    }
+    if ev.at < a.updated_at {
+        return dup("older than the state already seen");
+    }
+    let mut next = a.clone();
+    next.updated_at = ev.at;
+    if ev.phase == IncidentPhase::Closed {
+        next.ended_at = Some(ev.at);
+        if !ev.summary.is_empty() {
+            next.summary = ev.summary.clone();
+        }
+        return (Admission::Resolved, Some(next));
+    }
+    if ev.at == a.updated_at
+        && ev.count == a.count
+        && ev.summary == a.summary
+        && ev.severity == a.severity
+    {
+        return dup("repeated update");
+    }
+    next.count = ev.count;
+    next.summary = ev.summary.clone();
+    next.severity = ev.severity;
+    (Admission::Changed, Some(next))
 }
 
 /// What was last told to a receiver about a group.
@@ -210,33 +210,42 @@ mod tests {
         }
     }
 
+    /// Judges `e` and applies the result, as the router does once it committed.
+    fn admit(d: &mut Dedup, e: &IncidentEvent) -> Admission {
+        let keys = Keys::from_secret([0; 32]);
+        let (admission, next) = judge(d.get(&e.key.to_string()), e, &keys);
+        if let Some(a) = next {
+            d.insert(a);
+        }
+        admission
+    }
+
     #[test]
     fn events_are_admitted_once_and_in_order() {
         let mut d = Dedup::default();
-        let keys = Keys::from_secret([0; 32]);
         assert_eq!(
-            d.admit(&ev(IncidentPhase::Opened, 1000, 5), &keys).0,
+            admit(&mut d, &ev(IncidentPhase::Opened, 1000, 5)),
             Admission::New
         );
         assert!(matches!(
-            d.admit(&ev(IncidentPhase::Opened, 1000, 5), &keys).0,
+            admit(&mut d, &ev(IncidentPhase::Opened, 1000, 5)),
             Admission::Duplicate(_)
         ));
         assert_eq!(
-            d.admit(&ev(IncidentPhase::Updated, 2000, 6), &keys).0,
+            admit(&mut d, &ev(IncidentPhase::Updated, 2000, 6)),
             Admission::Changed
         );
         assert!(matches!(
-            d.admit(&ev(IncidentPhase::Updated, 2000, 6), &keys).0,
+            admit(&mut d, &ev(IncidentPhase::Updated, 2000, 6)),
             Admission::Duplicate(_)
         ));
         assert!(matches!(
-            d.admit(&ev(IncidentPhase::Updated, 1500, 7), &keys).0,
+            admit(&mut d, &ev(IncidentPhase::Updated, 1500, 7)),
             Admission::Duplicate(_)
         ));
         assert_eq!((d.firing().count(), d.firing_on("c1").count()), (1, 1));
         assert_eq!(
-            d.admit(&ev(IncidentPhase::Closed, 3000, 0), &keys).0,
+            admit(&mut d, &ev(IncidentPhase::Closed, 3000, 0)),
             Admission::Resolved
         );
         assert_eq!(d.firing().count(), 0);
@@ -246,7 +255,7 @@ mod tests {
             "kept until after the cutoff"
         );
         assert!(matches!(
-            d.admit(&ev(IncidentPhase::Updated, 4000, 8), &keys).0,
+            admit(&mut d, &ev(IncidentPhase::Updated, 4000, 8)),
             Admission::Duplicate(_)
         ));
         assert_eq!(d.prune(Timestamp(3001)).len(), 1);

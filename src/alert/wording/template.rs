@@ -8,7 +8,7 @@ use crate::types::Timestamp;
 
 use super::gsm;
 use crate::alert::config::SmsConfig;
-use crate::alert::model::{Alert, NoticeKind, NoticePayload};
+use crate::alert::model::{Alert, HeldAlert, NoticeKind, NoticePayload};
 
 fn fill(template: &str, value: impl Fn(&str) -> String) -> String {
     let mut out = String::with_capacity(template.len() + 64);
@@ -90,8 +90,17 @@ fn tidy(text: &str) -> String {
 
 /// The SMS text for one notice, within the receiver's segment budget.
 pub(crate) fn sms_text(cfg: &SmsConfig, p: &NoticePayload, ctx: &Ctx<'_>) -> String {
+    let finish = |text: &str| {
+        if cfg.strip_diacritics {
+            gsm::strip_diacritics(text)
+        } else {
+            text.to_string()
+        }
+    };
     let text = match (p.kind, lead(p)) {
-        (NoticeKind::FloodSummary, _) | (_, None) => flood_sms(p, ctx),
+        (NoticeKind::FloodSummary, _) | (_, None) => flood_sms(p, ctx, |t| {
+            gsm::segments(&finish(t)).count <= cfg.max_segments
+        }),
         (NoticeKind::Alerts, Some(a)) => {
             let others = p.firing.len() + p.resolved.len() - 1;
             tidy(&fill(&cfg.template, |name| match name {
@@ -118,12 +127,7 @@ pub(crate) fn sms_text(cfg: &SmsConfig, p: &NoticePayload, ctx: &Ctx<'_>) -> Str
             }))
         }
     };
-    let text = if cfg.strip_diacritics {
-        gsm::strip_diacritics(&text)
-    } else {
-        text
-    };
-    gsm::truncate_to_segments(&text, cfg.max_segments)
+    gsm::truncate_to_segments(&finish(&text), cfg.max_segments)
 }
 
 fn wards(p: &NoticePayload) -> String {
@@ -134,14 +138,43 @@ fn wards(p: &NoticePayload) -> String {
         .join(", ")
 }
 
-fn flood_sms(p: &NoticePayload, ctx: &Ctx<'_>) -> String {
-    format!(
-        "[CẢNH BÁO] Chống tràn: {} thông báo khác từ {} chưa gửi ({}). Xem trung tâm chỉ huy. #{}",
+/// The held alerts, the first `n` named: by rule, each with its cameras, in the order they were held.
+fn held_names(held: &[HeldAlert], n: usize) -> String {
+    let mut by_rule: Vec<(&str, Vec<&str>)> = Vec::new();
+    for h in &held[..n] {
+        let rule = rule_name(&h.kind);
+        match by_rule.iter_mut().find(|(r, _)| *r == rule) {
+            Some((_, cams)) => cams.push(&h.camera_name),
+            None => by_rule.push((rule, vec![&h.camera_name])),
+        }
+    }
+    let mut out = by_rule
+        .iter()
+        .map(|(rule, cams)| format!("{rule} ({})", cams.join(", ")))
+        .collect::<Vec<_>>()
+        .join("; ");
+    if n < held.len() {
+        out.push_str(&format!(" (+{} khác)", held.len() - n));
+    }
+    out
+}
+
+/// The flood summary, naming as many held alerts as `fits` allows (the receiver's segment budget).
+fn flood_sms(p: &NoticePayload, ctx: &Ctx<'_>, fits: impl Fn(&str) -> bool) -> String {
+    let head = format!(
+        "[CẢNH BÁO] Chống tràn: {} thông báo khác từ {} chưa gửi ({}).",
         p.held,
         local_time(p.held_since.unwrap_or(ctx.created_at), ctx.offset_minutes),
         wards(p),
-        ctx.notice_id
-    )
+    );
+    let tail = format!(" Xem trung tâm chỉ huy. #{}", ctx.notice_id);
+    for n in (1..=p.held_alerts.len()).rev() {
+        let text = format!("{head} Giữ lại: {}.{tail}", held_names(&p.held_alerts, n));
+        if fits(&text) {
+            return text;
+        }
+    }
+    format!("{head}{tail}")
 }
 
 fn html_escape(s: &str) -> String {
@@ -190,6 +223,16 @@ pub(crate) fn email(p: &NoticePayload, ctx: &Ctx<'_>) -> serde_json::Value {
         text.push_str(&line);
         text.push('\n');
         html.push_str(&format!("<p>{}</p>", html_escape(&line)));
+        if !p.held_alerts.is_empty() {
+            text.push_str("Giữ lại:\n");
+            html.push_str("<p>Giữ lại:</p><ul>");
+            for h in &p.held_alerts {
+                let item = format!("{}: {} ({})", rule_name(&h.kind), h.camera_name, h.camera);
+                text.push_str(&format!("- {item}\n"));
+                html.push_str(&format!("<li>{}</li>", html_escape(&item)));
+            }
+            html.push_str("</ul>");
+        }
     }
     for (heading, alerts) in [("Đang diễn ra", &p.firing), ("Đã kết thúc", &p.resolved)] {
         if alerts.is_empty() {
@@ -266,6 +309,7 @@ pub(crate) fn webhook(p: &NoticePayload, ctx: &Ctx<'_>) -> serde_json::Value {
         "alerts": p.firing.iter().chain(p.resolved.iter()).map(alert).collect::<Vec<_>>(),
         "held": p.held,
         "held_by_ward": p.held_by_ward,
+        "held_alerts": p.held_alerts,
     })
 }
 
@@ -317,6 +361,7 @@ mod tests {
             held: 0,
             held_since: None,
             held_by_ward: BTreeMap::new(),
+            held_alerts: vec![],
         }
     }
 
@@ -353,5 +398,47 @@ mod tests {
         // A damaged row: the end of time plus the offset must not overflow.
         let t = local_time(Timestamp(i64::MAX), 420);
         assert_eq!((t.len(), &t[2..3], &t[8..9]), (11, ":", "/"), "{t}");
+    }
+
+    #[test]
+    fn flood_summary_names_the_held_alerts_as_far_as_the_segments_allow() {
+        let held = |camera_name: &str, kind: &str| HeldAlert {
+            camera: camera_name.to_lowercase().replace(' ', "-"),
+            camera_name: camera_name.into(),
+            rule: "r".into(),
+            kind: kind.into(),
+        };
+        let p = NoticePayload {
+            kind: NoticeKind::FloodSummary,
+            group_key: "flood:p".into(),
+            firing: vec![],
+            held: 3,
+            held_since: Some(Timestamp(1_795_000_000_000)),
+            held_by_ward: BTreeMap::from([("Bến Nghé".to_string(), 3)]),
+            held_alerts: vec![
+                held("Cam A", "crowding"),
+                held("Cam B", "crowding"),
+                held("Cam C", "intrusion"),
+            ],
+            ..payload()
+        };
+        let ctx = Ctx {
+            notice_id: 42,
+            offset_minutes: 420,
+            link_base: None,
+            created_at: Timestamp(1_795_000_600_000),
+        };
+        assert_eq!(
+            sms_text(&sms_cfg(false), &p, &ctx),
+            "[CẢNH BÁO] Chống tràn: 3 thông báo khác từ 18:06 18/11 chưa gửi (Bến Nghé: 3). \
+             Giữ lại: Tụ tập đông người (Cam A, Cam B); Xâm nhập khu vực cấm (Cam C). Xem trung tâm chỉ huy. #42"
+        );
+        let mut one = sms_cfg(true);
+        one.max_segments = 1;
+        assert_eq!(
+            sms_text(&one, &p, &ctx),
+            "[CANH BAO] Chong tran: 3 thong bao khac tu 18:06 18/11 chua gui (Ben Nghe: 3). \
+             Giu lai: Tu tap dong nguoi (Cam A, Cam B) (+1 khac). Xem trung tam chi huy. #42"
+        );
     }
 }
