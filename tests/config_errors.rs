@@ -531,12 +531,12 @@ fn smtp_auth_in_clear_text_to_another_host_is_refused() {
              from = \"sw@q1.police.vn\"\nto = [\"truc-ban@q1.police.vn\"]\n"
         )
     };
-    // `[alert]` is the table on the line after GOOD's last.
-    let alert_line = GOOD.lines().count() + 2;
+    // `starttls = false` is the seventh line after GOOD's last.
+    let starttls_line = GOOD.lines().count() + 7;
     fails_with(
         &with("mail.q1.police.vn"),
-        alert_line,
-        "alert",
+        starttls_line,
+        "alert.receivers[0].email.starttls",
         "without TLS",
     );
     let (ok, out, _) = check(&with("mail.q1.police.vn"));
