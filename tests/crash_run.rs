@@ -10,52 +10,14 @@ use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use peers::{KANNEL_PASS, KANNEL_USER, Kannel};
+use peers::{Kannel, sms_alert_table};
 use support::ChildGuard;
 
 fn config(data: &std::path::Path, kannel: &Kannel) -> String {
-    // The vtest walkway: a crowd of seven or more builds up within its first 15 s (tests/crowding.rs).
     format!(
-        r#"
-[runtime]
-data_dir = {data:?}
-
-[[cameras]]
-id = "d1-walkway"
-name = "Walkway cam"
-ward = "Bến Nghé"
-url = "{footage}"
-fps = 2
-[[cameras.zones]]
-id = "all"
-polygon = [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]
-[[cameras.rules]]
-kind = "crowding"
-id = "crowd"
-zone = "all"
-min_people = 7
-min_seconds = 4
-clear_seconds = 4
-
-[alert]
-[alert.route]
-receiver = "post"
-group_wait = "0s"
-group_interval = "1s"
-[alert.retry]
-initial_backoff = "200ms"
-max_backoff = "1s"
-[[alert.receivers]]
-name = "post"
-[alert.receivers.sms]
-url = "{url}"
-username = "{KANNEL_USER}"
-password = "{KANNEL_PASS}"
-numbers = ["0901234567"]
-strip_diacritics = true
-"#,
-        footage = support::footage("vtest_h264.mp4").display(),
-        url = kannel.sendsms_url(),
+        "[runtime]\ndata_dir = {data:?}\n{}\n{}",
+        support::vtest_crowd_camera(),
+        sms_alert_table(kannel)
     )
 }
 

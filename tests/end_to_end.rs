@@ -9,36 +9,11 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use peers::{KANNEL_PASS, KANNEL_USER, Kannel};
+use peers::{Kannel, sms_alert_table};
 use streetwatch::app::{Pipeline, RunOptions};
 use streetwatch::config::Config;
 use streetwatch::ingest::Pacing;
 use streetwatch::types::SystemClock;
-
-/// Every notice to one police post by SMS through `kannel`, at once (no grouping delay).
-fn sms_alert_table(kannel: &Kannel) -> String {
-    format!(
-        r#"
-[alert]
-[alert.route]
-receiver = "post"
-group_wait = "0s"
-group_interval = "1s"
-[alert.retry]
-initial_backoff = "200ms"
-max_backoff = "1s"
-[[alert.receivers]]
-name = "post"
-[alert.receivers.sms]
-url = "{url}"
-username = "{KANNEL_USER}"
-password = "{KANNEL_PASS}"
-numbers = ["0901234567"]
-strip_diacritics = true
-"#,
-        url = kannel.sendsms_url()
-    )
-}
 
 #[test]
 fn footage_to_one_sms_per_incident_through_kannel() {
@@ -49,26 +24,11 @@ fn footage_to_one_sms_per_incident_through_kannel() {
 [runtime]
 data_dir = {data:?}
 
-[[cameras]]
-id = "d1-walkway"
-name = "Walkway cam"
-ward = "Bến Nghé"
-url = "fixtures/footage/vtest_h264.mp4"
-fps = 2
-[[cameras.zones]]
-id = "all"
-polygon = [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]
-[[cameras.rules]]
-kind = "crowding"
-id = "crowd"
-zone = "all"
-min_people = 7
-min_seconds = 4
-clear_seconds = 4
-
+{camera}
 {alert}
 "#,
         data = dir.path(),
+        camera = support::vtest_crowd_camera(),
         alert = sms_alert_table(&kannel),
     );
     let config = Config::parse(&text, "e2e.toml", &support::root()).unwrap();

@@ -676,3 +676,28 @@ impl Drop for HookServer {
         self.stop();
     }
 }
+
+/// Every notice to one police post by SMS through `kannel`, at once (no grouping delay).
+pub fn sms_alert_table(kannel: &Kannel) -> String {
+    format!(
+        r#"
+[alert]
+[alert.route]
+receiver = "post"
+group_wait = "0s"
+group_interval = "1s"
+[alert.retry]
+initial_backoff = "200ms"
+max_backoff = "1s"
+[[alert.receivers]]
+name = "post"
+[alert.receivers.sms]
+url = "{url}"
+username = "{KANNEL_USER}"
+password = "{KANNEL_PASS}"
+numbers = ["0901234567"]
+strip_diacritics = true
+"#,
+        url = kannel.sendsms_url()
+    )
+}

@@ -46,6 +46,31 @@ pub fn play_to_appsink(desc: &str) -> (gst::Pipeline, gst_app::AppSink) {
     (pipeline, sink)
 }
 
+/// The vtest walkway as one camera whose crowding rule (seven people for 4 s) sees its two crowded spells.
+pub fn vtest_crowd_camera() -> String {
+    format!(
+        r#"
+[[cameras]]
+id = "d1-walkway"
+name = "Walkway cam"
+ward = "Bến Nghé"
+url = "{}"
+fps = 2
+[[cameras.zones]]
+id = "all"
+polygon = [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]
+[[cameras.rules]]
+kind = "crowding"
+id = "crowd"
+zone = "all"
+min_people = 7
+min_seconds = 4
+clear_seconds = 4
+"#,
+        footage("vtest_h264.mp4").display()
+    )
+}
+
 /// Decodes `file` at `fps` into RGB images `width` wide, with their media time in ms.
 pub fn decode_frames(file: &Path, fps: u32, width: u32) -> Vec<(i64, image::RgbImage)> {
     let desc = format!(
