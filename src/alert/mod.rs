@@ -51,7 +51,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crossbeam::channel::{
     self, Receiver, RecvTimeoutError, SendTimeoutError, Sender, TrySendError,
@@ -173,16 +173,23 @@ impl AlertService {
                         let _ = h.await;
                     }
                 });
+                // A delivery report's SQLite write still waiting on a lock must not hold shutdown: it
+                // commits or not on its own, and one not recorded leaves the SMS `accepted`, as if the
+                // report had never come.
+                runtime.shutdown_timeout(SHUTDOWN_GRACE);
             })
             .map_err(|e| AlertError::Service(e.to_string()))?;
         let (tx, rx) = channel::bounded(queue.max(1));
         let shutdown_timeout = cfg.shutdown_timeout.std();
+        let stopping = Arc::new(AtomicBool::new(false));
+        let router_stopping = stopping.clone();
         let router_thread = std::thread::Builder::new()
             .name("alert-router".into())
-            .spawn(move || run_router(router, rx, clock, wake, shutdown_timeout))
+            .spawn(move || run_router(router, rx, clock, wake, shutdown_timeout, &router_stopping))
             .map_err(|e| AlertError::Service(e.to_string()))?;
         Ok(AlertHandle {
             tx,
+            stopping,
             stats: QueueCounters::default(),
             stop: stop_tx,
             threads: vec![router_thread, notify_thread],
@@ -191,6 +198,8 @@ impl AlertService {
     }
 }
 
+/// How long shutdown waits for blocking database work still running on the notifier's runtime.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// Longest the router thread sleeps without looking at the clock (a ManualClock may jump).
 const ROUTER_POLL: Duration = Duration::from_millis(100);
 /// Events taken into one transaction at most.
@@ -204,6 +213,7 @@ fn run_router(
     clock: Arc<dyn Clock>,
     wake: Arc<Notify>,
     shutdown_timeout: Duration,
+    stopping: &AtomicBool,
 ) {
     let mut pending: Vec<IncidentEvent> = Vec::new();
     // Set when asked to stop: the router then records what is queued, but not past this instant.
@@ -238,6 +248,7 @@ fn run_router(
             Err(RecvTimeoutError::Disconnected) => stop = true,
             Err(RecvTimeoutError::Timeout) => {}
         }
+        stop |= stopping.load(Ordering::Acquire);
         if stop && stop_by.is_none() {
             stop_by = Some(Instant::now() + shutdown_timeout);
             // A database locked by another writer must not hold a statement past the deadline either.
@@ -316,6 +327,9 @@ pub enum Handed {
 /// The running alert service. Dropping it shuts it down.
 pub struct AlertHandle {
     tx: Sender<Msg>,
+    /// Set before `Msg::Stop` is queued: a router retrying a failed batch reads no messages, so the flag is
+    /// what it sees.
+    stopping: Arc<AtomicBool>,
     stats: QueueCounters,
     stop: watch::Sender<bool>,
     threads: Vec<JoinHandle<()>>,
@@ -392,6 +406,7 @@ impl AlertHandle {
     }
 
     fn stop_all(&mut self) {
+        self.stopping.store(true, Ordering::Release);
         let _ = self.tx.send(Msg::Stop);
         let mut threads = std::mem::take(&mut self.threads).into_iter();
         if let Some(router) = threads.next() {
