@@ -526,15 +526,7 @@ impl Config {
 
     /// Parses and validates configuration text; `file` names it in errors, `base_dir` resolves paths.
     pub fn parse(text: &str, file: &str, base_dir: &Path) -> Result<Config, ConfigError> {
-        let mut config: Config = toml::from_str(text).map_err(|e| {
-            let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
-            ConfigError::Parse {
-                file: file.to_string(),
-                line,
-                column,
-                message: e.message().to_string(),
-            }
-        })?;
+        let mut config: Config = parse_toml(text, file)?;
         config.base_dir = base_dir.to_path_buf();
         Validator {
             text,
