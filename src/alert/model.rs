@@ -108,6 +108,28 @@ pub struct NoticePayload {
     pub held_alerts: Vec<HeldAlert>,
 }
 
+impl NoticePayload {
+    /// A notice about the alerts of one group (not a flood summary).
+    pub fn alerts(
+        group_key: String,
+        group_labels: BTreeMap<String, String>,
+        firing: Vec<Alert>,
+        resolved: Vec<Alert>,
+    ) -> Self {
+        Self {
+            kind: NoticeKind::Alerts,
+            group_key,
+            group_labels,
+            firing,
+            resolved,
+            held: 0,
+            held_since: None,
+            held_by_ward: BTreeMap::new(),
+            held_alerts: Vec::new(),
+        }
+    }
+}
+
 /// An alert that flood control held back, as the window's summary names it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HeldAlert {

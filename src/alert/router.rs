@@ -361,17 +361,7 @@ impl Router {
             if !send_resolved {
                 resolved.clear();
             }
-            let payload = NoticePayload {
-                kind: NoticeKind::Alerts,
-                group_key: gk.clone(),
-                group_labels: g.labels.clone(),
-                firing,
-                resolved,
-                held: 0,
-                held_since: None,
-                held_by_ward: BTreeMap::new(),
-                held_alerts: Vec::new(),
-            };
+            let payload = NoticePayload::alerts(gk.clone(), g.labels.clone(), firing, resolved);
             let status = match &g.receiver {
                 None => "unrouted",
                 Some(r) if flood.admit(r, &payload, now) => "queued",

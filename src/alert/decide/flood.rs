@@ -128,7 +128,7 @@ impl Flood {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::alert::model::{Alert, NoticeKind};
+    use crate::alert::model::Alert;
 
     fn notice(camera: &str, ward: &str, severity: Severity) -> NoticePayload {
         let alert = Alert {
@@ -148,17 +148,7 @@ mod tests {
             snapshot: None,
             snapshot_token: None,
         };
-        NoticePayload {
-            kind: NoticeKind::Alerts,
-            group_key: camera.into(),
-            group_labels: BTreeMap::new(),
-            firing: vec![alert],
-            resolved: vec![],
-            held: 0,
-            held_since: None,
-            held_by_ward: BTreeMap::new(),
-            held_alerts: vec![],
-        }
+        NoticePayload::alerts(camera.into(), BTreeMap::new(), vec![alert], vec![])
     }
 
     #[test]

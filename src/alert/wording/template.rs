@@ -352,17 +352,7 @@ mod tests {
     }
 
     fn payload() -> NoticePayload {
-        NoticePayload {
-            kind: NoticeKind::Alerts,
-            group_key: "g".into(),
-            group_labels: BTreeMap::new(),
-            firing: vec![alert()],
-            resolved: vec![],
-            held: 0,
-            held_since: None,
-            held_by_ward: BTreeMap::new(),
-            held_alerts: vec![],
-        }
+        NoticePayload::alerts("g".into(), BTreeMap::new(), vec![alert()], vec![])
     }
 
     #[test]
