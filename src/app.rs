@@ -22,6 +22,7 @@ use crate::infer::{self, BBox, Detector, ModelManifest, Regions};
 use crate::ingest::{Backoff, CameraStream, Ingest, IngestOptions, Pacing};
 use crate::pool::{Analyser, Pool, PoolConfig, PoolStats};
 use crate::retention::{Policy, RetentionTask};
+use crate::serve::{CameraInfo, ServeContext, Server};
 use crate::store::{DataDirLock, Store};
 use crate::types::{CameraId, Clock, IncidentEvent, IncidentPhase};
 
@@ -67,6 +68,10 @@ pub struct Pipeline {
     health: Vec<Arc<CameraHealth>>,
     clock: Arc<dyn Clock>,
     pub db_path: PathBuf,
+    /// The operations-centre server, and the runtime it runs on when there is no alert service to share.
+    server: Option<(Server, Option<tokio::runtime::Runtime>)>,
+    /// The server's way into the incident sink; emptied at shutdown.
+    report_tx: Arc<std::sync::Mutex<Option<crossbeam::channel::Sender<AnalysisEvent>>>>,
     /// Released last, when the pipeline is gone.
     _data_dir: DataDirLock,
 }
@@ -188,6 +193,23 @@ impl Pipeline {
             snapshots.clone(),
             clock.clone(),
         )?;
+        let report_tx = Arc::new(std::sync::Mutex::new(Some(events_tx.clone())));
+        let server = match &config.serve {
+            Some(serve) => Some(start_server(
+                serve,
+                config,
+                &health,
+                alerts.as_deref(),
+                ServeContext {
+                    db_path: db_path.clone(),
+                    snapshots_dir: snapshots.clone(),
+                    cameras: Arc::from([]),
+                    clock: clock.clone(),
+                    submit: Some(incident_submit(report_tx.clone())),
+                },
+            )?),
+            None => None,
+        };
         let forwarder = Forwarder::new(store, alerts, dropped_updates);
         let sink = std::thread::Builder::new()
             .name("sw-incidents".into())
@@ -218,8 +240,15 @@ impl Pipeline {
             health,
             clock,
             db_path,
+            server,
+            report_tx,
             _data_dir: data_dir_lock,
         })
+    }
+
+    /// Where the operations-centre server listens, if configured.
+    pub fn server_addr(&self) -> Option<std::net::SocketAddr> {
+        self.server.as_ref().map(|(s, _)| s.addr())
     }
 
     pub fn health(&self) -> Vec<HealthSnapshot> {
@@ -242,6 +271,15 @@ impl Pipeline {
 
     /// Stops ingest, lets the workers finish their batch, and drains the incident events.
     pub fn shutdown(self) {
+        // First, while the alert service's runtime it may run on is still up.
+        if let Some((server, runtime)) = self.server {
+            server.stop();
+            drop(runtime);
+        }
+        self.report_tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         self.ingest.stop();
         self.pool.shutdown();
         if let Some((thread, stop)) = self.watcher {
@@ -253,6 +291,73 @@ impl Pipeline {
         let _ = self.sink.join();
         self.retention.stop();
     }
+}
+
+/// Starts the operations-centre server on the alert service's runtime, or on one of its own without alerts.
+fn start_server(
+    serve: &crate::serve::ServeConfig,
+    config: &Config,
+    health: &[Arc<CameraHealth>],
+    alerts: Option<&AlertHandle>,
+    mut ctx: ServeContext,
+) -> anyhow::Result<(Server, Option<tokio::runtime::Runtime>)> {
+    ctx.cameras = config
+        .cameras
+        .iter()
+        .zip(health)
+        .map(|(c, h)| CameraInfo {
+            id: h.camera.clone(),
+            name: c.name.clone(),
+            ward: c.ward.clone(),
+            health: h.clone(),
+        })
+        .collect();
+    let (handle, own) = match alerts {
+        Some(a) => (a.runtime(), None),
+        None => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("sw-http")
+                .enable_all()
+                .build()
+                .context("starting the http server's runtime")?;
+            (rt.handle().clone(), Some(rt))
+        }
+    };
+    let server =
+        Server::start(serve, ctx, handle).context("starting the operations-centre server")?;
+    Ok((server, own))
+}
+
+/// How the server hands a citizen report to the incident sink: recorded and routed like a camera's
+/// incident. Waits a little for room, so a burst of reports is not refused for a momentary backlog.
+/// Shutdown empties `events` (a request still in flight must not keep the sink alive).
+fn incident_submit(
+    events: Arc<std::sync::Mutex<Option<crossbeam::channel::Sender<AnalysisEvent>>>>,
+) -> crate::serve::IncidentSubmit {
+    Arc::new(move |event| {
+        let events = events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| "the pipeline is stopping".to_string())?;
+        events
+            .send_timeout(
+                AnalysisEvent {
+                    event,
+                    snapshot: None,
+                },
+                Duration::from_secs(2),
+            )
+            .map_err(|e| match e {
+                crossbeam::channel::SendTimeoutError::Timeout(_) => {
+                    "the incident queue is full; try again shortly".to_string()
+                }
+                crossbeam::channel::SendTimeoutError::Disconnected(_) => {
+                    "the pipeline is stopping".to_string()
+                }
+            })
+    })
 }
 
 /// Reconciles the alert router with the incidents table at start-up. The incident sink commits each

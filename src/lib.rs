@@ -19,5 +19,6 @@ pub mod pool;
 pub mod retention;
 pub mod scenegen;
 pub mod secret;
+pub mod serve;
 pub mod store;
 pub mod types;

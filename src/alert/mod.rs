@@ -155,6 +155,7 @@ impl AlertService {
             .build()
             .map_err(|e| AlertError::Service(format!("tokio runtime: {e}")))?;
         let (stop_tx, stop_rx) = watch::channel(false);
+        let runtime_handle = runtime.handle().clone();
         let dlr_clock = clock.clone();
         // Not started yet: an async fn runs when the runtime first polls it.
         let dlr_server = dlr_listener
@@ -194,6 +195,7 @@ impl AlertService {
             stop: stop_tx,
             threads: vec![router_thread, notify_thread],
             dlr_addr,
+            runtime: runtime_handle,
         })
     }
 }
@@ -334,6 +336,7 @@ pub struct AlertHandle {
     stop: watch::Sender<bool>,
     threads: Vec<JoinHandle<()>>,
     dlr_addr: Option<SocketAddr>,
+    runtime: tokio::runtime::Handle,
 }
 
 impl AlertHandle {
@@ -392,6 +395,12 @@ impl AlertHandle {
     /// in the queue: a change of health is rare and must not be lost.
     pub fn camera_health(&self, camera: &CameraId, health: CameraHealth) {
         let _ = self.tx.send(Msg::Health(camera.clone(), health));
+    }
+
+    /// The service's tokio runtime, for other network work of the process (the operations-centre server).
+    /// It runs until the service shuts down.
+    pub fn runtime(&self) -> tokio::runtime::Handle {
+        self.runtime.clone()
     }
 
     /// Where the delivery-report listener listens, if configured.

@@ -86,6 +86,45 @@ CREATE TABLE IF NOT EXISTS alert_secret (
     name TEXT PRIMARY KEY,
     value BLOB NOT NULL
 );
+-- Operations-centre handling of an alert (the `handling` columns of alert_alerts): every change, who and when.
+CREATE TABLE IF NOT EXISTS alert_actions (
+    id INTEGER PRIMARY KEY,
+    alert_key TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,                  -- acknowledged | resolved
+    note TEXT
+);
+CREATE INDEX IF NOT EXISTS alert_actions_alert ON alert_actions(alert_key, at);
+-- Which alerts each notice carried, so an alert's deliveries are found without reading notice payloads.
+CREATE TABLE IF NOT EXISTS alert_notice_alerts (
+    alert_key TEXT NOT NULL,
+    notice_id INTEGER NOT NULL,
+    PRIMARY KEY (alert_key, notice_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS alert_notice_alerts_notice ON alert_notice_alerts(notice_id);
+-- The live feed's change log, written by triggers in the transaction that makes the change, so a reader
+-- that resumes after id N misses nothing and repeats nothing. AUTOINCREMENT: ids never come back after
+-- pruning. `ref` is the alert key or delivery id; camera health changes carry their state in `payload`.
+CREATE TABLE IF NOT EXISTS alert_feed (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at INTEGER NOT NULL,
+    kind TEXT NOT NULL,                    -- alert | delivery | camera
+    ref TEXT NOT NULL,
+    payload TEXT
+);
+CREATE TRIGGER IF NOT EXISTS alert_feed_alert_insert AFTER INSERT ON alert_alerts BEGIN
+    INSERT INTO alert_feed (at, kind, ref) VALUES (NEW.updated_at, 'alert', NEW.key);
+END;
+CREATE TRIGGER IF NOT EXISTS alert_feed_alert_update AFTER UPDATE ON alert_alerts BEGIN
+    INSERT INTO alert_feed (at, kind, ref) VALUES (NEW.updated_at, 'alert', NEW.key);
+END;
+CREATE TRIGGER IF NOT EXISTS alert_feed_delivery_insert AFTER INSERT ON alert_deliveries BEGIN
+    INSERT INTO alert_feed (at, kind, ref) VALUES (NEW.updated_at, 'delivery', NEW.id);
+END;
+CREATE TRIGGER IF NOT EXISTS alert_feed_delivery_update AFTER UPDATE OF state ON alert_deliveries BEGIN
+    INSERT INTO alert_feed (at, kind, ref) VALUES (NEW.updated_at, 'delivery', NEW.id);
+END;
 CREATE TABLE IF NOT EXISTS alert_silences (
     id INTEGER PRIMARY KEY,
     matchers TEXT NOT NULL,
@@ -100,6 +139,13 @@ CREATE TABLE IF NOT EXISTS alert_silences (
 const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("alert_flood", "critical_sent", "INTEGER NOT NULL DEFAULT 0"),
     ("alert_flood", "held_alerts", "TEXT NOT NULL DEFAULT '[]'"), // JSON array of HeldAlert
+    // Operations-centre handling: new | acknowledged | resolved (alert_actions has the history).
+    ("alert_alerts", "handling", "TEXT NOT NULL DEFAULT 'new'"),
+    ("alert_alerts", "acknowledged_by", "TEXT"),
+    ("alert_alerts", "acknowledged_at", "INTEGER"),
+    ("alert_alerts", "resolved_by", "TEXT"),
+    ("alert_alerts", "resolved_at", "INTEGER"),
+    ("alert_alerts", "resolution_note", "TEXT"),
 ];
 
 /// Opens (creating if needed) the database file with the alert tables.

@@ -20,6 +20,7 @@ pub use retention::RetentionConfig;
 
 use crate::alert::AlertConfig;
 use crate::secret::SecretUrl;
+use crate::serve::ServeConfig;
 use crate::types::{RuleKind, Severity};
 
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +63,9 @@ pub struct Config {
     /// How long records and snapshots are kept.
     #[serde(default)]
     pub retention: RetentionConfig,
+    /// The operations-centre page, API and metrics; without it nothing listens.
+    #[serde(default)]
+    pub serve: Option<ServeConfig>,
     #[serde(default)]
     pub cameras: Vec<CameraConfig>,
     /// Where the file was read from; relative paths inside it resolve against its folder.
@@ -717,6 +721,11 @@ impl Validator<'_> {
         if let Err((span, key, message)) = self.config.retention.check() {
             return self.err(span, key, message);
         }
+        if let Some(serve) = &self.config.serve
+            && let Err((key, message)) = serve.check()
+        {
+            return self.err_at(format!("serve.{key}"), message);
+        }
         self.validate_runtime()?;
         let mut ids = HashSet::new();
         let mut labels: Option<Vec<String>> = None;
@@ -1092,6 +1101,7 @@ pub fn validate_camera(
         runtime: RuntimeConfig::default(),
         alert: None,
         retention: RetentionConfig::default(),
+        serve: None,
         cameras: vec![camera.clone()],
         base_dir: base_dir.to_path_buf(),
     };

@@ -34,6 +34,7 @@ pub fn replay(s: &Scenario) -> anyhow::Result<Vec<Detected>> {
         },
         alert: None,
         retention: Default::default(),
+        serve: None,
         cameras: vec![s.camera.clone()],
         base_dir: s.base_dir.clone(),
     };

@@ -131,7 +131,14 @@ pub(crate) fn insert_notice(
         payload.resolved.len() as i64,
         json
     ])?;
-    Ok(tx.last_insert_rowid())
+    let id = tx.last_insert_rowid();
+    let mut link = tx.prepare_cached(
+        "INSERT OR IGNORE INTO alert_notice_alerts (alert_key, notice_id) VALUES (?1, ?2)",
+    )?;
+    for a in payload.firing.iter().chain(&payload.resolved) {
+        link.execute(params![a.key, id])?;
+    }
+    Ok(id)
 }
 
 pub(crate) fn insert_delivery(

@@ -1,0 +1,107 @@
+//! Serve: the operations centre's HTTP surface — the live page, the JSON API, the live feed (SSE),
+//! citizen reports and `/metrics` — on axum.
+//!
+//! It reads the incident and alert tables through their modules' public read side, and sees cameras through
+//! their [`CameraHealth`](crate::health::CameraHealth); it changes nothing but operator state
+//! (acknowledgements, resolutions, silences) and hands citizen reports to the incident sink like any other
+//! incident.
+
+mod auth;
+mod config;
+mod error;
+mod state;
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use tokio::sync::watch;
+
+pub use auth::Caller;
+pub use config::{MIN_TOKEN_LEN, Role, ServeConfig, TokenConfig};
+pub use error::{ApiError, ServeError};
+pub use state::{AppState, CameraInfo, IncidentSubmit, ServeContext};
+
+/// The running server. Stop it before the runtime it was started on.
+pub struct Server {
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Server {
+    /// Binds `config.listen` and serves on `runtime`.
+    pub fn start(
+        config: &ServeConfig,
+        ctx: ServeContext,
+        runtime: tokio::runtime::Handle,
+    ) -> Result<Server, ServeError> {
+        let std_listener =
+            std::net::TcpListener::bind(config.listen).map_err(|source| ServeError::Listen {
+                addr: config.listen,
+                source,
+            })?;
+        std_listener
+            .set_nonblocking(true)
+            .map_err(|e| ServeError::Runtime(e.to_string()))?;
+        let addr = std_listener
+            .local_addr()
+            .map_err(|e| ServeError::Runtime(e.to_string()))?;
+        let (stop, mut stopped) = watch::channel(false);
+        let state = AppState {
+            ctx,
+            tokens: auth::Tokens::new(&config.tokens),
+            utc_offset_minutes: config.utc_offset_minutes,
+            stopping: stopped.clone(),
+        };
+        let app = routes(state);
+        let listener = {
+            let _guard = runtime.enter();
+            tokio::net::TcpListener::from_std(std_listener)
+                .map_err(|e| ServeError::Runtime(e.to_string()))?
+        };
+        let task = runtime.spawn(async move {
+            let shutdown = async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            };
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+            {
+                tracing::error!(error = %e, "http server stopped");
+            }
+        });
+        tracing::info!(%addr, "operations centre at http://{addr}/");
+        Ok(Server {
+            addr,
+            stop,
+            task,
+            runtime,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting, and gives open requests (live feeds end at once) two seconds to finish.
+    pub fn stop(self) {
+        let _ = self.stop.send(true);
+        let mut task = self.task;
+        self.runtime.block_on(async move {
+            if tokio::time::timeout(std::time::Duration::from_secs(2), &mut task)
+                .await
+                .is_err()
+            {
+                tracing::warn!("http server: requests still open after 2 s; closing them");
+                task.abort();
+                let _ = task.await;
+            }
+        });
+    }
+}
+
+/// Every route, each part in its own module.
+fn routes(state: AppState) -> Router {
+    Router::new().with_state(state)
+}

@@ -1,0 +1,46 @@
+//! What every handler can reach: the database, the cameras' health, the clock, and the way in for citizen
+//! reports.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::health::CameraHealth;
+use crate::types::{CameraId, Clock, IncidentEvent};
+
+use super::auth::Tokens;
+
+/// A camera as the operations centre sees it: configuration and live health.
+#[derive(Clone, Debug)]
+pub struct CameraInfo {
+    pub id: CameraId,
+    pub name: String,
+    pub ward: String,
+    pub health: Arc<CameraHealth>,
+}
+
+/// Hands an incident to the pipeline's incident sink (recorded, then routed like a camera's); fails when the
+/// sink has no room or has stopped.
+pub type IncidentSubmit = Arc<dyn Fn(IncidentEvent) -> Result<(), String> + Send + Sync>;
+
+/// What the pipeline gives the server.
+#[derive(Clone)]
+pub struct ServeContext {
+    /// The SQLite file with the incidents and alert tables.
+    pub db_path: PathBuf,
+    /// Where snapshots (and citizen report photos) are kept.
+    pub snapshots_dir: PathBuf,
+    pub cameras: Arc<[CameraInfo]>,
+    pub clock: Arc<dyn Clock>,
+    /// `None` without an incident sink (no citizen reports then).
+    pub submit: Option<IncidentSubmit>,
+}
+
+/// Shared by the handlers.
+#[derive(Clone)]
+pub struct AppState {
+    pub ctx: ServeContext,
+    pub tokens: Tokens,
+    pub utc_offset_minutes: i32,
+    /// Turns true when the server stops: long-lived responses (the live feed) end then.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
+}
