@@ -1255,3 +1255,50 @@ fn arbitrary_input_is_never_a_server_error() {
         })
         .unwrap();
 }
+
+/// Requests per second for the first page (100 alerts) of a list of 5,000, four clients at once. A figure
+/// for the closing note, not a check: `cargo test --release --test api_alerts -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn alert_list_throughput() {
+    let env = Env::start(NO_RECEIVERS);
+    for i in 0..5000 {
+        env.submit(&crowd(&format!("t{i:04}"), T0 + i));
+    }
+    env.wait_alerts("5,000 alerts", |_| {
+        env.alerts(&[("since", &(T0 + 4999).to_string())])["alerts"]
+            .as_array()
+            .unwrap()
+            .len()
+            == 1
+    });
+    let url = format!("{}/api/alerts?limit=100", env.base);
+    let run = Duration::from_secs(5);
+    let done: usize = env.rt.block_on(async {
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..4 {
+            let (client, url) = (env.client.clone(), url.clone());
+            set.spawn(async move {
+                let start = Instant::now();
+                let mut n = 0;
+                while start.elapsed() < run {
+                    let r = client.get(&url).bearer_auth(VIEWER).send().await.unwrap();
+                    assert_eq!(r.status(), 200);
+                    r.bytes().await.unwrap();
+                    n += 1;
+                }
+                n
+            });
+        }
+        let mut total = 0;
+        while let Some(n) = set.join_next().await {
+            total += n.unwrap();
+        }
+        total
+    });
+    println!(
+        "GET /api/alerts?limit=100 of 5,000 alerts: {:.0} requests/s ({} in {run:?}, 4 clients)",
+        done as f64 / run.as_secs_f64(),
+        done
+    );
+}

@@ -174,14 +174,28 @@ pub(super) fn next_cursor<T>(
     rows.last().map(cursor)
 }
 
-/// Runs blocking alert-table work off the async threads, on a connection of its own.
+/// Runs blocking alert-table work off the async threads. Each blocking thread keeps its connection (one per
+/// database file) for the next request it serves, so a request does not pay for opening the file and
+/// checking the schema; the connection goes when the idle thread ends. No lock is held across an await.
 async fn with_store<T: Send + 'static>(
     db: PathBuf,
     f: impl FnOnce(&mut Store) -> Result<T, AlertError> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(move || {
-        let mut store = Store::open(&db)?;
-        f(&mut store)
+        thread_local! {
+            static STORES: std::cell::RefCell<HashMap<PathBuf, Store>> = Default::default();
+        }
+        STORES.with(|stores| {
+            let mut stores = stores.borrow_mut();
+            let store = match stores.entry(db) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    let store = Store::open(e.key())?;
+                    e.insert(store)
+                }
+            };
+            f(store)
+        })
     })
     .await
     .map_err(ApiError::internal)?
