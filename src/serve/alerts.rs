@@ -68,7 +68,8 @@ pub(super) fn query_params(
         }
         if !seen.insert(k.to_string()) {
             return Err(ApiError::bad_request(format!(
-                "parameter `{k}` is given twice"
+                "parameter `{}` is given twice",
+                clip(&k)
             )));
         }
         if !v.is_empty() {
@@ -79,7 +80,7 @@ pub(super) fn query_params(
 }
 
 /// At most 64 characters of what a client sent, for an error message.
-fn clip(s: &str) -> String {
+pub(super) fn clip(s: &str) -> String {
     let mut out: String = s.chars().take(64).collect();
     if out.len() < s.len() {
         out.push('…');

@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::store::{IncidentFilter, IncidentPosition, IncidentRow, Store};
 
 use super::alerts::{
-    bool_param, decode_cursor, encode_cursor, limit_param, next_cursor, query_params,
+    bool_param, clip, decode_cursor, encode_cursor, limit_param, next_cursor, query_params,
 };
 use super::auth::Caller;
 use super::config::Role;
@@ -139,5 +139,5 @@ async fn one(
     .await?
     .pop()
     .map(Json)
-    .ok_or_else(|| ApiError::not_found(format!("no incident `{id}`")))
+    .ok_or_else(|| ApiError::not_found(format!("no incident `{}`", clip(&id))))
 }
