@@ -244,21 +244,23 @@ impl Family {
         mf
     }
 
+    /// A series with `values` for the family's labels, written in name order (as the crate's own vectors do).
     fn metric(&self, values: &[&str]) -> proto::Metric {
         debug_assert_eq!(values.len(), self.desc.variable_labels.len());
-        proto::Metric::from_label(
-            self.desc
-                .variable_labels
-                .iter()
-                .zip(values)
-                .map(|(name, value)| {
-                    let mut l = proto::LabelPair::default();
-                    l.set_name(name.clone());
-                    l.set_value(value.to_string());
-                    l
-                })
-                .collect(),
-        )
+        let mut labels: Vec<proto::LabelPair> = self
+            .desc
+            .variable_labels
+            .iter()
+            .zip(values)
+            .map(|(name, value)| {
+                let mut l = proto::LabelPair::default();
+                l.set_name(name.clone());
+                l.set_value(value.to_string());
+                l
+            })
+            .collect();
+        labels.sort_by(|a, b| a.name().cmp(b.name()));
+        proto::Metric::from_label(labels)
     }
 }
 
