@@ -5,6 +5,8 @@
 #[path = "support/alert_peers.rs"]
 mod peers;
 mod support;
+#[path = "support/alert_util.rs"]
+mod util;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -13,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use peers::{HookServer, free_port, http_get, wait_for};
+use streetwatch::alert::{AlertConfig, AlertService};
 use streetwatch::app::{Pipeline, RunOptions};
 use streetwatch::config::Config;
 use streetwatch::health::{CameraHealth, StreamState};
@@ -330,4 +333,124 @@ fn series_stay_bounded_for_1100_cameras() {
     let (code, said) = promtool(&body);
     assert_eq!(code, 0, "promtool check metrics: {said}");
     server.stop();
+}
+
+/// A webhook that fails once (503: retried) and then refuses (400: dead-lettered): the attempts are counted
+/// per receiver and outcome, the outbox shows the delivery pending while it waits for its retry, and a
+/// configured receiver that was sent nothing has its series at 0.
+#[test]
+fn delivery_outcomes_and_the_outbox_are_counted_per_receiver() {
+    let hook = HookServer::start(vec![503, 400]);
+    let spare = HookServer::start(vec![200]);
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("streetwatch.db");
+    let config = AlertConfig::from_toml(&format!(
+        r#"
+[retry]
+initial_backoff = "3s"
+jitter = 0.0
+[[receivers]]
+name = "city-platform"
+webhook = {{ url = "{url}", secret = "{HOOK_SECRET}" }}
+[[receivers]]
+name = "spare"
+webhook = {{ url = "{spare}", secret = "{HOOK_SECRET}" }}
+[route]
+receiver = "city-platform"
+group_wait = "0s"
+"#,
+        url = hook.url(),
+        spare = spare.url(),
+    ))
+    .unwrap();
+    let alert = Arc::new(AlertService::start(config, &db, Arc::new(SystemClock)).unwrap());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = Server::start(
+        &ServeConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            ..ServeConfig::default()
+        },
+        ServeContext {
+            db_path: db.clone(),
+            snapshots_dir: dir.path().join("snapshots"),
+            cameras: Arc::from([]),
+            clock: Arc::new(SystemClock),
+            submit: None,
+            stats: PipelineStats {
+                alerts: Some(Arc::downgrade(&alert)),
+                ..PipelineStats::default()
+            },
+        },
+        runtime.handle().clone(),
+    )
+    .unwrap();
+    let port = server.addr().port();
+    let attempts = |s: &BTreeMap<String, f64>, receiver: &str, outcome: &str| {
+        s.get(&format!(
+            r#"streetwatch_alert_delivery_attempts_total{{channel="webhook",outcome="{outcome}",receiver="{receiver}"}}"#
+        ))
+        .copied()
+    };
+    let outbox = |s: &BTreeMap<String, f64>, receiver: &str, state: &str| {
+        s.get(&format!(
+            r#"streetwatch_alert_outbox_deliveries{{receiver="{receiver}",state="{state}"}}"#
+        ))
+        .copied()
+    };
+
+    let s = samples(&scrape(port));
+    for outcome in ["sent", "failed", "dead_lettered"] {
+        assert_eq!(attempts(&s, "city-platform", outcome), Some(0.0), "{s:?}");
+    }
+    alert.submit(util::opened("d1-nh-03", "Bến Nghé", None));
+
+    // After the 503, the delivery waits 3 s for its retry: one failed attempt, one pending delivery.
+    wait_for(
+        "the failed attempt and the pending retry",
+        Duration::from_secs(30),
+        || {
+            let s = samples(&scrape(port));
+            (attempts(&s, "city-platform", "failed") == Some(1.0)
+                && outbox(&s, "city-platform", "pending") == Some(1.0))
+            .then_some(())
+        },
+    );
+    util::wait_deliveries(&db, Duration::from_secs(30), "dead-lettered", |r| {
+        r.len() == 1 && r[0].state == "dead"
+    });
+    let body = scrape(port);
+    let s = samples(&body);
+    assert_eq!(attempts(&s, "city-platform", "sent"), Some(0.0), "{body}");
+    assert_eq!(attempts(&s, "city-platform", "failed"), Some(1.0), "{body}");
+    assert_eq!(
+        attempts(&s, "city-platform", "dead_lettered"),
+        Some(1.0),
+        "{body}"
+    );
+    for (receiver, state) in [
+        ("city-platform", "pending"),
+        ("city-platform", "sending"),
+        ("spare", "pending"),
+        ("spare", "sending"),
+    ] {
+        assert_eq!(outbox(&s, receiver, state), Some(0.0), "{body}");
+    }
+    for outcome in ["sent", "failed", "dead_lettered"] {
+        assert_eq!(attempts(&s, "spare", outcome), Some(0.0), "{body}");
+    }
+    assert_eq!(s["streetwatch_alert_router_spilled_total"], 0.0, "{body}");
+    for secret in [HOOK_SECRET, "/hooks/", "127.0.0.1"] {
+        assert!(!body.contains(secret), "{secret} in /metrics: {body}");
+    }
+    let (code, said) = promtool(&body);
+    assert_eq!(code, 0, "promtool check metrics: {said}\n{body}");
+    server.stop();
+    drop(runtime);
+    Arc::into_inner(alert)
+        .expect("the server holds the alert service only weakly")
+        .shutdown();
 }
