@@ -96,7 +96,7 @@ impl Metrics {
             .register(Box::new(request_seconds.clone()))
             .map_err(failed)?;
         registry
-            .register(Box::new(Pipeline::new(ctx).map_err(failed)?))
+            .register(Box::new(ScrapeTime::new(ctx).map_err(failed)?))
             .map_err(failed)?;
         Ok(Metrics {
             registry,
@@ -264,8 +264,8 @@ impl Family {
     }
 }
 
-/// Reads the pipeline when scraped.
-struct Pipeline {
+/// Everything read when scraped: the cameras, the pool, the incident sink and the alert service.
+struct ScrapeTime {
     cameras: Arc<[CameraInfo]>,
     clock: Arc<dyn crate::types::Clock>,
     stats: PipelineStats,
@@ -294,11 +294,11 @@ struct Pipeline {
     router_spilled: Family,
 }
 
-impl Pipeline {
-    fn new(ctx: &ServeContext) -> prometheus::Result<Pipeline> {
+impl ScrapeTime {
+    fn new(ctx: &ServeContext) -> prometheus::Result<ScrapeTime> {
         use MetricType::{COUNTER, GAUGE, HISTOGRAM};
         let cam = &["camera"][..];
-        Ok(Pipeline {
+        Ok(ScrapeTime {
             cameras: ctx.cameras.clone(),
             clock: ctx.clock.clone(),
             stats: ctx.stats.clone(),
@@ -598,7 +598,7 @@ impl Pipeline {
     }
 }
 
-impl Collector for Pipeline {
+impl Collector for ScrapeTime {
     fn desc(&self) -> Vec<&Desc> {
         self.families().into_iter().map(|f| &f.desc).collect()
     }
