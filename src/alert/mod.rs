@@ -72,7 +72,10 @@ pub use decide::silence::Silence;
 pub use error::AlertError;
 pub use model::{Alert, NoticeKind, NoticePayload};
 pub use router::{Router, RouterStats};
-pub use store::{AlertRow, DeliveryEvent, DeliveryRow, NoticeRow, Prunable, PruneBatch, Store};
+pub use store::{
+    ALERT_VIEW_COLUMNS, AlertDelivery, AlertRow, AlertView, DeliveryEvent, DeliveryRow, FeedRow,
+    NoticeRow, Prunable, PruneBatch, Store, alert_view_from_row,
+};
 pub use wording::gsm;
 
 enum Msg {

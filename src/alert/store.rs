@@ -592,6 +592,191 @@ impl Store {
     }
 }
 
+/// An alert as the operations centre sees it: the API's alert JSON and the live feed's `alert` event. The
+/// one conversion from the alert tables to that JSON, so the list, the detail and the feed agree.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct AlertView {
+    /// The row id: stable, and what `/api/alerts/{id}` takes.
+    pub id: i64,
+    pub key: String,
+    pub camera: String,
+    pub camera_name: String,
+    pub ward: String,
+    pub rule: String,
+    pub kind: String,
+    pub severity: String,
+    pub firing: bool,
+    /// Handling: new | acknowledged | resolved.
+    pub state: String,
+    pub started_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub ended_at: Option<Timestamp>,
+    pub summary: String,
+    pub count: i64,
+    /// `/s/<snapshot_token>`: the public capability link to the snapshot.
+    pub snapshot_url: Option<String>,
+    pub acknowledged_by: Option<String>,
+    pub acknowledged_at: Option<Timestamp>,
+    pub resolved_by: Option<String>,
+    pub resolved_at: Option<Timestamp>,
+    pub resolution_note: Option<String>,
+    pub deliveries: Vec<AlertDelivery>,
+}
+
+/// One delivery of a notice that carried the alert. No target (phone number, address): viewers see it.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct AlertDelivery {
+    pub id: i64,
+    pub receiver: String,
+    pub channel: String,
+    pub state: String,
+    pub attempts: i64,
+    pub updated_at: Timestamp,
+    pub last_error: Option<String>,
+}
+
+/// Columns [`alert_view_from_row`] reads, in its order (`deliveries` are read apart).
+pub const ALERT_VIEW_COLUMNS: &str = "rowid, key, camera, camera_name, ward, rule, kind, severity, status, \
+     handling, started_at, updated_at, ended_at, summary, count, snapshot_token, acknowledged_by, \
+     acknowledged_at, resolved_by, resolved_at, resolution_note";
+
+/// An [`AlertView`] without its deliveries from a row of [`ALERT_VIEW_COLUMNS`].
+pub fn alert_view_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AlertView> {
+    let status: String = r.get(8)?;
+    Ok(AlertView {
+        id: r.get(0)?,
+        key: r.get(1)?,
+        camera: r.get(2)?,
+        camera_name: r.get(3)?,
+        ward: r.get(4)?,
+        rule: r.get(5)?,
+        kind: r.get(6)?,
+        severity: r.get(7)?,
+        firing: status == "firing",
+        state: r.get(9)?,
+        started_at: Timestamp(r.get(10)?),
+        updated_at: Timestamp(r.get(11)?),
+        ended_at: r.get::<_, Option<i64>>(12)?.map(Timestamp),
+        summary: r.get(13)?,
+        count: r.get(14)?,
+        snapshot_url: r.get::<_, Option<String>>(15)?.map(|t| format!("/s/{t}")),
+        acknowledged_by: r.get(16)?,
+        acknowledged_at: r.get::<_, Option<i64>>(17)?.map(Timestamp),
+        resolved_by: r.get(18)?,
+        resolved_at: r.get::<_, Option<i64>>(19)?.map(Timestamp),
+        resolution_note: r.get(20)?,
+        deliveries: Vec::new(),
+    })
+}
+
+/// One row of the live feed's change log (`alert_feed`).
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct FeedRow {
+    pub id: i64,
+    pub at: Timestamp,
+    /// alert | delivery | camera
+    pub kind: String,
+    /// The alert key (alert), the delivery id (delivery) or the camera id (camera).
+    pub reference: String,
+    /// The camera's state as JSON (camera rows only).
+    pub payload: Option<String>,
+}
+
+impl Store {
+    /// The alert with this key as the API shows it, with the deliveries of every notice that carried it.
+    pub fn alert_by_key(&self, key: &str) -> Result<Option<AlertView>, AlertError> {
+        let sql = format!("SELECT {ALERT_VIEW_COLUMNS} FROM alert_alerts WHERE key = ?1");
+        let Some(mut view) = self
+            .conn
+            .prepare_cached(&sql)?
+            .query_row([key], alert_view_from_row)
+            .optional()?
+        else {
+            return Ok(None);
+        };
+        view.deliveries = self.alert_deliveries(key)?;
+        Ok(Some(view))
+    }
+
+    /// The deliveries of every notice that carried the alert `key`, oldest first.
+    pub fn alert_deliveries(&self, key: &str) -> Result<Vec<AlertDelivery>, AlertError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT d.id, d.receiver, d.channel, d.state, d.attempts, d.updated_at, d.last_error \
+             FROM alert_notice_alerts na JOIN alert_deliveries d ON d.notice_id = na.notice_id \
+             WHERE na.alert_key = ?1 ORDER BY d.id",
+        )?;
+        let rows = stmt.query_map([key], |r| {
+            Ok(AlertDelivery {
+                id: r.get(0)?,
+                receiver: r.get(1)?,
+                channel: r.get(2)?,
+                state: r.get(3)?,
+                attempts: r.get(4)?,
+                updated_at: Timestamp(r.get(5)?),
+                last_error: r.get(6)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Keys of the alerts the delivery's notice carried, in key order.
+    pub fn delivery_alert_keys(&self, delivery_id: i64) -> Result<Vec<String>, AlertError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT na.alert_key FROM alert_deliveries d JOIN alert_notice_alerts na ON na.notice_id = d.notice_id \
+             WHERE d.id = ?1 ORDER BY na.alert_key",
+        )?;
+        let rows = stmt.query_map([delivery_id], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Feed rows after `after`, oldest first, at most `limit`.
+    pub fn feed_after(&self, after: i64, limit: usize) -> Result<Vec<FeedRow>, AlertError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, at, kind, ref, payload FROM alert_feed WHERE id > ?1 ORDER BY id LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![after, limit.min(i64::MAX as usize) as i64], |r| {
+            Ok(FeedRow {
+                id: r.get(0)?,
+                at: Timestamp(r.get(1)?),
+                kind: r.get(2)?,
+                reference: r.get(3)?,
+                payload: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The newest feed id (0 when the feed is empty).
+    pub fn feed_last_id(&self) -> Result<i64, AlertError> {
+        Ok(self
+            .conn
+            .query_row("SELECT COALESCE(MAX(id), 0) FROM alert_feed", [], |r| {
+                r.get(0)
+            })?)
+    }
+
+    /// Appends camera health changes (camera id, camera JSON) to the feed in one transaction.
+    pub fn append_camera_feed(
+        &mut self,
+        at: Timestamp,
+        changes: &[(String, String)],
+    ) -> Result<(), AlertError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO alert_feed (at, kind, ref, payload) VALUES (?1, 'camera', ?2, ?3)",
+            )?;
+            for (camera, json) in changes {
+                insert.execute(params![at.0, camera, json])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}
+
 /// What the retention task prunes from the alert tables. Each keeps what is still live.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Prunable {
@@ -607,6 +792,8 @@ pub enum Prunable {
     NotificationLog,
     /// Alerts resolved before the cutoff; firing ones stay, however old.
     Alerts,
+    /// Live-feed change log rows written before the cutoff (a client away longer cannot resume).
+    Feed,
 }
 
 /// States a delivery does not leave by itself.
@@ -642,6 +829,7 @@ impl Prunable {
                 "rowid",
                 "status = 'resolved' AND updated_at < ?1".into(),
             ),
+            Prunable::Feed => ("alert_feed", "id", "at < ?1".into()),
         }
     }
 }

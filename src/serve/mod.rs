@@ -9,6 +9,7 @@
 mod auth;
 mod config;
 mod error;
+mod feed;
 mod state;
 
 use std::net::SocketAddr;
@@ -48,7 +49,10 @@ impl Server {
             .local_addr()
             .map_err(|e| ServeError::Runtime(e.to_string()))?;
         let (stop, mut stopped) = watch::channel(false);
+        let feed = feed::Feed::start(&ctx, stopped.clone(), &runtime)
+            .map_err(|e| ServeError::Runtime(format!("live feed: {e}")))?;
         let state = AppState {
+            feed,
             ctx,
             tokens: auth::Tokens::new(&config.tokens),
             utc_offset_minutes: config.utc_offset_minutes,
@@ -103,5 +107,5 @@ impl Server {
 
 /// Every route, each part in its own module.
 fn routes(state: AppState) -> Router {
-    Router::new().with_state(state)
+    Router::new().merge(feed::routes()).with_state(state)
 }
