@@ -73,8 +73,8 @@ pub use error::AlertError;
 pub use model::{Alert, NoticeKind, NoticePayload};
 pub use router::{Router, RouterStats};
 pub use store::{
-    ALERT_VIEW_COLUMNS, AlertDelivery, AlertRow, AlertView, DeliveryEvent, DeliveryRow, FeedRow,
-    NoticeRow, Prunable, PruneBatch, Store, alert_view_from_row,
+    AlertDelivery, AlertRow, AlertView, DeliveryEvent, DeliveryRow, FeedRow, NoticeRow, Prunable,
+    PruneBatch, Store,
 };
 pub use wording::gsm;
 

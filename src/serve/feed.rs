@@ -3,7 +3,7 @@
 //!
 //! The source of truth is `alert_feed`, the change log that triggers write in the transaction making each
 //! change (camera state changes are appended by a task of this module). One poller per server reads new
-//! rows every [`POLL`], renders each once (the alert's current JSON, [`alert::Store::alert_by_key`]) and
+//! rows every [`POLL`], renders each once (the alert's current JSON, [`alert::Store::alert_views_by_key`]) and
 //! broadcasts it to the open streams. A stream that resumes (`Last-Event-ID`) subscribes to the broadcast
 //! first, then replays the rows after its id from the database, then goes on with the broadcast skipping
 //! what it already sent: no row is missed or repeated across the switch. A stream that falls behind the
@@ -374,16 +374,15 @@ fn render(store: &alert::Store, row: &FeedRow) -> Result<String, AlertError> {
     };
     match row.kind.as_str() {
         "alert" => {
-            if let Some(v) = store.alert_by_key(&row.reference)? {
+            for v in store.alert_views_by_key(std::slice::from_ref(&row.reference))? {
                 events.push(("alert", json(&v)?));
             }
         }
         "delivery" => {
             if let Ok(id) = row.reference.parse::<i64>() {
-                for key in store.delivery_alert_keys(id)? {
-                    if let Some(v) = store.alert_by_key(&key)? {
-                        events.push(("alert", json(&v)?));
-                    }
+                let keys = store.delivery_alert_keys(id)?;
+                for v in store.alert_views_by_key(&keys)? {
+                    events.push(("alert", json(&v)?));
                 }
             }
         }
@@ -560,6 +559,148 @@ mod tests {
                 (Some("42".into()), "camera".into(), "{\"id\":\"c1\"}".into()),
             ]
         );
+    }
+
+    /// A feed on a fresh database, without cameras, on the test's runtime.
+    fn started(db: &std::path::Path) -> (Feed, watch::Sender<bool>, watch::Receiver<bool>) {
+        let ctx = ServeContext {
+            db_path: db.to_path_buf(),
+            snapshots_dir: db.with_file_name("snapshots"),
+            cameras: Arc::from([]),
+            clock: Arc::new(crate::types::SystemClock),
+            submit: None,
+        };
+        let (stop, stopping) = watch::channel(false);
+        let feed = Feed::start(&ctx, stopping.clone(), &tokio::runtime::Handle::current()).unwrap();
+        (feed, stop, stopping)
+    }
+
+    /// A client that reads nothing while three broadcast buffers of rows go by lags the broadcast; it then
+    /// gets every row from the log, in order, once, and its stream ends when the server stops.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stream_behind_the_broadcast_catches_up_from_the_log_without_a_gap() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let db = dir.path().join("sw.db");
+        let (feed, stop, stopping) = started(&db);
+        let (tx, mut rx) = mpsc::channel(STREAM_QUEUE);
+        let permit = feed.0.streams.clone().try_acquire_owned().unwrap();
+        tokio::spawn(stream(feed.clone(), None, tx, stopping, permit));
+        assert_eq!(rx.recv().await.unwrap(), "retry: 2000\n\n");
+
+        let n = 3 * BUFFER as i64;
+        tokio::task::spawn_blocking(move || {
+            let mut store = alert::Store::open(&db).unwrap();
+            for i in 0..n / 64 {
+                let rows: Vec<(String, String)> = (0..64)
+                    .map(|j| (format!("cam-{i}-{j}"), format!("{{\"n\":{}}}", i * 64 + j)))
+                    .collect();
+                store.append_camera_feed(Timestamp(1), &rows).unwrap();
+            }
+        })
+        .await
+        .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while *feed.0.sent.lock().unwrap() < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the poller broadcast the rows"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+
+        let mut ids = Vec::new();
+        while ids.last() != Some(&n) {
+            let chunk = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+                .await
+                .expect("the stream goes on")
+                .expect("the stream is open");
+            let text = std::str::from_utf8(&chunk).unwrap();
+            for (id, event, data) in parse(text) {
+                assert_eq!(event, "camera");
+                let id: i64 = id.unwrap().parse().unwrap();
+                assert_eq!(data, format!("{{\"n\":{}}}", id - 1));
+                ids.push(id);
+            }
+        }
+        let want: Vec<i64> = (1..=n).collect();
+        assert!(
+            ids == want,
+            "{} ids for {n} rows, first wrong at {:?}",
+            ids.len(),
+            ids.iter().zip(&want).position(|(a, b)| a != b)
+        );
+        stop.send(true).unwrap();
+        let end = tokio::time::timeout(Duration::from_secs(10), async {
+            while rx.recv().await.is_some() {}
+        });
+        assert!(end.await.is_ok(), "the stream ends when the server stops");
+    }
+
+    /// Streams that resume while rows keep coming switch from the log to the broadcast without a gap or a
+    /// repeat, wherever the switch falls.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn streams_resuming_while_rows_arrive_get_each_row_once() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let db = dir.path().join("sw.db");
+        let (feed, stop, stopping) = started(&db);
+        let total = 4000i64;
+        let written = Arc::new(std::sync::atomic::AtomicI64::new(0));
+        let w = written.clone();
+        let writer = tokio::task::spawn_blocking(move || {
+            let mut store = alert::Store::open(&db).unwrap();
+            for i in 0..total / 20 {
+                let rows: Vec<(String, String)> = (0..20)
+                    .map(|j| (format!("c{i}-{j}"), "{}".into()))
+                    .collect();
+                store.append_camera_feed(Timestamp(1), &rows).unwrap();
+                w.store((i + 1) * 20, std::sync::atomic::Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        });
+        // Streams resuming from several points while the writer runs; each reads as fast as it can.
+        let mut readers = Vec::new();
+        for k in 0..6i64 {
+            while written.load(std::sync::atomic::Ordering::SeqCst) < k * 500 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let from = (k * 300).min(written.load(std::sync::atomic::Ordering::SeqCst));
+            let (tx, mut rx) = mpsc::channel(STREAM_QUEUE);
+            let permit = feed.0.streams.clone().try_acquire_owned().unwrap();
+            tokio::spawn(stream(
+                feed.clone(),
+                Some(from),
+                tx,
+                stopping.clone(),
+                permit,
+            ));
+            readers.push(tokio::spawn(async move {
+                let mut ids = Vec::new();
+                while ids.last() != Some(&total) {
+                    let Ok(Some(chunk)) =
+                        tokio::time::timeout(Duration::from_secs(60), rx.recv()).await
+                    else {
+                        break;
+                    };
+                    for (id, _, _) in parse(std::str::from_utf8(&chunk).unwrap()) {
+                        ids.push(id.unwrap().parse::<i64>().unwrap());
+                    }
+                }
+                (from, ids)
+            }));
+        }
+        writer.await.unwrap();
+        for r in readers {
+            let (from, ids) = r.await.unwrap();
+            let want: Vec<i64> = (from + 1..=total).collect();
+            assert!(
+                ids == want,
+                "resumed after {from}: {} ids for {} rows, first wrong at {:?}",
+                ids.len(),
+                want.len(),
+                ids.iter().zip(&want).position(|(a, b)| a != b)
+            );
+        }
+        stop.send(true).unwrap();
     }
 
     #[test]
