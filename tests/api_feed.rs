@@ -561,6 +561,24 @@ fn the_feed_needs_a_viewer_token_and_a_numeric_last_event_id() {
 }
 
 #[test]
+fn at_most_256_streams_are_open_at_once() {
+    let h = Harness::start(Vec::new());
+    let open: Vec<Stream> = (0..256).map(|_| h.stream(None)).collect();
+    let refused = Stream::open(&h.rt, h.url("/api/events"), None);
+    wait_for("the 257th stream's answer", WAIT, || {
+        refused.seen.lock().unwrap().status
+    });
+    assert_eq!(refused.seen.lock().unwrap().status, Some(503));
+    // A client leaving frees its place.
+    open.into_iter().next().unwrap().disconnect();
+    wait_for("a place for a new stream", WAIT, || {
+        let s = Stream::open(&h.rt, h.url("/api/events"), None);
+        let status = s.seen.lock().unwrap().status;
+        (status == Some(200)).then_some(())
+    });
+}
+
+#[test]
 fn streams_end_when_the_server_stops() {
     let mut h = Harness::start(Vec::new());
     let a = h.stream(None);
