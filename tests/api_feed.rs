@@ -147,7 +147,7 @@ impl Stream {
 }
 
 struct Harness {
-    dir: TempDir,
+    _dir: TempDir,
     db: PathBuf,
     clock: ManualClock,
     alerts: Option<AlertHandle>,
@@ -158,6 +158,11 @@ struct Harness {
 
 impl Harness {
     fn start(cameras: Vec<CameraInfo>) -> Harness {
+        Harness::grouped_by("camera", cameras)
+    }
+
+    /// Notices group the alerts of each `group_by` value (a group's notice carries all its alerts).
+    fn grouped_by(group_by: &str, cameras: Vec<CameraInfo>) -> Harness {
         let hook = HookServer::start(vec![200]);
         let dir = TempDir::new().unwrap();
         let db = dir.path().join("sw.db");
@@ -170,7 +175,7 @@ send_resolved = true
 webhook = {{ url = "{}", secret = "feed-test-secret" }}
 [route]
 receiver = "city"
-group_by = ["camera"]
+group_by = ["{group_by}"]
 group_wait = "0s"
 group_interval = "1s"
 "#,
@@ -212,7 +217,7 @@ group_interval = "1s"
             .build()
             .unwrap();
         Harness {
-            dir,
+            _dir: dir,
             db,
             clock,
             alerts: Some(alerts),
@@ -297,7 +302,6 @@ impl Drop for Harness {
         if let Some(a) = self.alerts.take() {
             a.shutdown();
         }
-        let _ = &self.dir;
     }
 }
 
@@ -516,6 +520,47 @@ fn a_stream_resumed_with_last_event_id_gets_exactly_what_it_missed() {
     });
     let all: Vec<i64> = c.events().iter().filter_map(|e| e.id).collect();
     assert_eq!(all, h.feed_ids(n, &["alert", "delivery"]));
+}
+
+#[test]
+fn a_delivery_of_a_notice_with_two_alerts_is_two_alert_events_under_its_row_id() {
+    let h = Harness::grouped_by("ward", Vec::new());
+    let s = h.stream(None);
+    let a = h.open("cam-a");
+    h.quiet(1);
+    h.clock.advance_ms(2000);
+    let b = h.open("cam-b");
+    let end = h.quiet(2);
+    wait_for("the stream to reach the end", WAIT, || {
+        (s.last_id() == end).then_some(())
+    });
+    // Events up to one with an id are what that row shows.
+    let kinds: std::collections::BTreeMap<i64, String> = feed_rows(&h.db, 0).into_iter().collect();
+    let mut groups: Vec<(i64, Vec<String>)> = Vec::new();
+    let mut keys = Vec::new();
+    for e in s.events() {
+        keys.push(e.data["key"].as_str().unwrap().to_string());
+        if let Some(id) = e.id {
+            groups.push((id, std::mem::take(&mut keys)));
+        }
+    }
+    assert!(keys.is_empty(), "the last event of a row carries its id");
+    let ids: Vec<i64> = groups.iter().map(|g| g.0).collect();
+    assert_eq!(ids, kinds.keys().copied().collect::<Vec<_>>());
+    for (id, keys) in &groups {
+        match kinds[id].as_str() {
+            "alert" => assert_eq!(keys.len(), 1, "row {id}"),
+            _ => assert!(keys.len() == 1 || keys.len() == 2, "row {id}: {keys:?}"),
+        }
+    }
+    // The second notice carries the ward's two alerts: each of its delivery's changes shows both.
+    let both: Vec<&(i64, Vec<String>)> = groups.iter().filter(|(_, k)| k.len() == 2).collect();
+    assert!(!both.is_empty(), "{groups:?}");
+    for (id, k) in both {
+        assert_eq!(kinds[id], "delivery");
+        let set: std::collections::BTreeSet<&String> = k.iter().collect();
+        assert_eq!(set, [&a, &b].into_iter().collect(), "row {id}");
+    }
 }
 
 #[test]
