@@ -1,5 +1,6 @@
 //! The streetwatch command line.
 
+use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,7 +11,7 @@ use clap::{Parser, Subcommand};
 use streetwatch::app::{Pipeline, RunOptions};
 use streetwatch::bench::{self, BenchOptions, BenchSource};
 use streetwatch::config::{Config, installed};
-use streetwatch::ingest::FootageServer;
+use streetwatch::ingest::{FootageOptions, FootageServer};
 use streetwatch::types::SystemClock;
 
 #[derive(Parser)]
@@ -110,6 +111,10 @@ enum Command {
         /// Port to listen on (0: any free port).
         #[arg(long, default_value_t = 0)]
         port: u16,
+        /// Play each file over and over in one stream that never ends (as a live camera), instead of
+        /// ending the stream with the file.
+        #[arg(long = "loop")]
+        looping: bool,
         /// MOUNT=FILE, served at rtsp://127.0.0.1:PORT/MOUNT.
         #[arg(required = true)]
         mounts: Vec<String>,
@@ -129,6 +134,12 @@ fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| default_level.into()),
         )
         .with_writer(std::io::stderr)
+        // Colour for a person at a terminal; plain text for a file, a pipe or a journal, and for anyone
+        // who asks for none (https://no-color.org: NO_COLOR set and not empty).
+        .with_ansi(
+            std::io::stderr().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        )
         .init();
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -208,7 +219,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Eval { json, scenarios } => eval(json, scenarios),
-        Command::ServeFootage { port, mounts } => {
+        Command::ServeFootage {
+            port,
+            looping,
+            mounts,
+        } => {
             let mounts = mounts
                 .iter()
                 .map(|m| {
@@ -218,7 +233,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     Ok((name.to_string(), PathBuf::from(file)))
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            let server = FootageServer::start(&mounts, port)?;
+            let server = FootageServer::start_with(
+                &mounts,
+                port,
+                FootageOptions {
+                    auth: None,
+                    looping,
+                },
+            )?;
             for (name, _) in &mounts {
                 println!("{}", server.url(name));
             }
@@ -274,7 +296,8 @@ fn demo(seconds: Option<u64>) -> anyhow::Result<()> {
     .iter()
     .map(|(m, f)| (m.to_string(), installed(&format!("fixtures/{f}"))))
     .collect();
-    let server = FootageServer::start(&mounts, 0)?;
+    // Looping, as live cameras: a stream that ended with its file would be restarted by the camera.
+    let server = FootageServer::start_looping(&mounts, 0)?;
     let text =
         std::fs::read_to_string(&demo).with_context(|| format!("reading {}", demo.display()))?;
     let text = text.replace("${DEMO_RTSP_PORT}", &server.port().to_string());
