@@ -12,6 +12,8 @@ use streetwatch::app::{Pipeline, RunOptions};
 use streetwatch::bench::{self, BenchOptions, BenchSource};
 use streetwatch::config::{Config, installed};
 use streetwatch::ingest::{FootageOptions, FootageServer};
+use streetwatch::secret::Secret;
+use streetwatch::serve::{Role, TokenConfig};
 use streetwatch::types::SystemClock;
 
 #[derive(Parser)]
@@ -157,6 +159,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run { config, seconds } => {
             let config = Config::load(&config)?;
             let pipeline = Pipeline::start(&config, RunOptions::default(), Arc::new(SystemClock))?;
+            if let Some(addr) = pipeline.server_addr() {
+                println!("streetwatch: page at http://{addr}/");
+            }
             serve_until_stopped(pipeline, seconds)
         }
         Command::CheckConfig { file } => {
@@ -307,13 +312,42 @@ fn demo(seconds: Option<u64>) -> anyhow::Result<()> {
         demo.parent().unwrap_or(Path::new("/")),
     )?;
     config.runtime.data_dir = Some(std::env::current_dir()?.join("data"));
+    // Made at each start and shown only here: a demo that shipped fixed tokens would open every copy's
+    // page to anyone who read them.
+    let viewer = random_token()?;
+    let operator = random_token()?;
+    if let Some(serve) = config.serve.as_mut() {
+        for (name, role, token) in [
+            ("demo-viewer", Role::Viewer, &viewer),
+            ("demo-operator", Role::Operator, &operator),
+        ] {
+            serve.tokens.push(TokenConfig {
+                name: name.into(),
+                role,
+                token: Secret::new(token.as_str()),
+            });
+        }
+    }
     println!(
-        "streetwatch demo: {} cameras from fixture footage at rtsp://127.0.0.1:{}/…, data in ./data (Ctrl-C stops)",
+        "streetwatch demo: {} cameras from fixture footage at rtsp://127.0.0.1:{}/…, data in ./data, notices in ./data/notices.jsonl (Ctrl-C stops)",
         config.cameras.len(),
         server.port()
     );
     let pipeline = Pipeline::start(&config, RunOptions::default(), Arc::new(SystemClock))?;
+    if let Some(addr) = pipeline.server_addr() {
+        println!("streetwatch demo: page at http://{addr}/");
+        println!("viewer token: {viewer}");
+        println!("operator token: {operator}");
+    }
     serve_until_stopped(pipeline, seconds)
+}
+
+/// A bearer token of 32 hex digits (128 bits) from the operating system's random source.
+fn random_token() -> anyhow::Result<String> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| anyhow::anyhow!("no random source for a token: {e}"))?;
+    Ok(hex::encode(bytes))
 }
 
 fn serve_until_stopped(pipeline: Pipeline, seconds: Option<u64>) -> anyhow::Result<()> {
