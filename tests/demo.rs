@@ -58,6 +58,44 @@ fn delivered_alerts(db: &std::path::Path) -> Vec<(String, String, String)> {
         .unwrap_or_default()
 }
 
+/// The binary with `args` in `dir` (shipped files from this checkout, as scripts/test.sh sets them, and
+/// the default log without colour settings), its output collected line by line.
+fn spawn(args: &[&str], dir: &std::path::Path) -> (support::ChildGuard, Lines, Lines) {
+    let started = Instant::now();
+    let mut child = support::ChildGuard(
+        Command::new(env!("CARGO_BIN_EXE_streetwatch"))
+            .args(args)
+            .current_dir(dir)
+            .env("STREETWATCH_HOME", support::root())
+            .env_remove("NO_COLOR")
+            .env_remove("STREETWATCH_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn streetwatch"),
+    );
+    let stdout = collect(child.0.stdout.take().unwrap(), started);
+    let stderr = collect(child.0.stderr.take().unwrap(), started);
+    (child, stdout, stderr)
+}
+
+/// Waits for a line starting with `prefix` on `stdout`; its rest.
+fn wait_line(stdout: &Lines, stderr: &Lines, prefix: &str, limit: Duration) -> String {
+    let mut found = None;
+    support::wait_until(limit, || {
+        found = find(stdout, prefix);
+        found.is_some()
+    });
+    found.unwrap_or_else(|| {
+        panic!(
+            "no {prefix:?} line within {limit:?}; stdout {:?}\nstderr {:?}",
+            stdout.lock().unwrap(),
+            stderr.lock().unwrap()
+        )
+    })
+}
+
 /// `GET path` with a bearer token; the status line.
 fn get_status(addr: &str, path: &str, token: &str) -> String {
     let mut s = TcpStream::connect(addr).unwrap();
@@ -75,34 +113,14 @@ fn get_status(addr: &str, path: &str, token: &str) -> String {
 #[test]
 fn the_demo_shows_its_page_and_tokens_and_a_delivered_alert_with_cameras_that_never_restart() {
     let work = tempfile::tempdir().unwrap();
-    let started = Instant::now();
-    let mut child = support::ChildGuard(
-        Command::new(env!("CARGO_BIN_EXE_streetwatch"))
-            .args(["demo", "--seconds", &RUN_SECONDS.to_string()])
-            .current_dir(work.path())
-            // Shipped files (pipelines, models, fixtures) from this checkout, as scripts/test.sh does.
-            .env("STREETWATCH_HOME", support::root())
-            .env_remove("NO_COLOR")
-            .env_remove("STREETWATCH_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn streetwatch demo"),
-    );
-    let stdout = collect(child.0.stdout.take().unwrap(), started);
-    let stderr = collect(child.0.stderr.take().unwrap(), started);
-
+    let seconds = RUN_SECONDS.to_string();
+    let (mut child, stdout, stderr) = spawn(&["demo", "--seconds", &seconds], work.path());
     // The page's address and both tokens, printed once the server listens.
-    assert!(
-        support::wait_until(Duration::from_secs(120), || find(
-            &stdout,
-            "operator token: "
-        )
-        .is_some()),
-        "no tokens printed; stdout {:?}\nstderr {:?}",
-        stdout.lock().unwrap(),
-        stderr.lock().unwrap()
+    wait_line(
+        &stdout,
+        &stderr,
+        "operator token: ",
+        Duration::from_secs(120),
     );
     let url = find(&stdout, "streetwatch demo: page at ").expect("the page's address");
     let viewer = find(&stdout, "viewer token: ").unwrap();
@@ -200,4 +218,106 @@ fn the_demo_shows_its_page_and_tokens_and_a_delivered_alert_with_cameras_that_ne
             assert!(l.contains(" restarts=0 "), "{l}");
         }
     }
+}
+
+/// A configuration with one camera nobody serves and the page on a free loopback port.
+fn run_config(dir: &std::path::Path, token: &str) -> std::path::PathBuf {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = dead.local_addr().unwrap().port();
+    drop(dead);
+    let file = dir.join("site.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[runtime]\ndata_dir = \"data\"\n\
+             [[cameras]]\nid = \"c1\"\nurl = \"rtsp://127.0.0.1:{port}/none\"\n\
+             [serve]\nlisten = \"127.0.0.1:0\"\n\
+             [[serve.tokens]]\nname = \"ops\"\nrole = \"operator\"\ntoken = \"{token}\"\n"
+        ),
+    )
+    .unwrap();
+    file
+}
+
+#[test]
+fn run_prints_its_page_address_and_never_a_token() {
+    let work = tempfile::tempdir().unwrap();
+    let token = "run-test-token-5f1c9a7e2b84d03c";
+    let config = run_config(work.path(), token);
+    let (mut child, stdout, stderr) = spawn(
+        &[
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--seconds",
+            "5",
+        ],
+        work.path(),
+    );
+    let url = wait_line(
+        &stdout,
+        &stderr,
+        "streetwatch: page at ",
+        Duration::from_secs(60),
+    );
+    let addr = url
+        .strip_prefix("http://")
+        .and_then(|a| a.strip_suffix('/'))
+        .unwrap_or_else(|| panic!("{url:?}"));
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    assert!(addr.ip().is_loopback() && addr.port() != 0, "{addr}");
+    // The address is live while the run goes on.
+    let status = get_status(&addr.to_string(), "/", token);
+    assert!(status.starts_with("HTTP/1.1 "), "{status:?}");
+    assert!(support::wait_until(Duration::from_secs(60), || matches!(
+        child.0.try_wait(),
+        Ok(Some(_))
+    )));
+    std::thread::sleep(Duration::from_millis(200));
+    for lines in [&stdout, &stderr] {
+        for (_, l) in lines.lock().unwrap().iter() {
+            assert!(!l.contains(token), "the token in the output: {l}");
+        }
+    }
+}
+
+/// The run's log as a terminal shows it (`script` gives it a pseudo-terminal), with `env` set.
+fn log_on_a_terminal(env: &[(&str, &str)]) -> String {
+    let work = tempfile::tempdir().unwrap();
+    let config = run_config(work.path(), "colour-test-token-0a9b8c7d6e5f");
+    let command = format!(
+        "{} run --config {} --seconds 1",
+        env!("CARGO_BIN_EXE_streetwatch"),
+        config.display()
+    );
+    let mut cmd = Command::new("script");
+    cmd.args(["-q", "-e", "-c", &command, "/dev/null"])
+        .current_dir(work.path())
+        .env("STREETWATCH_HOME", support::root())
+        .env_remove("NO_COLOR")
+        .env_remove("STREETWATCH_LOG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd
+        .output()
+        .expect("script (util-linux) runs the command on a pty");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn the_log_is_coloured_on_a_terminal_unless_no_color_is_set() {
+    let coloured = log_on_a_terminal(&[]);
+    assert!(coloured.contains("pipeline started"), "{coloured}");
+    assert!(
+        coloured.contains("\u{1b}["),
+        "no colour on a terminal: {coloured}"
+    );
+    let plain = log_on_a_terminal(&[("NO_COLOR", "1")]);
+    assert!(plain.contains("pipeline started"), "{plain}");
+    assert!(
+        !plain.contains('\u{1b}'),
+        "colour despite NO_COLOR: {plain}"
+    );
 }
