@@ -96,18 +96,29 @@ fn wait_line(stdout: &Lines, stderr: &Lines, prefix: &str, limit: Duration) -> S
     })
 }
 
-/// `GET path` with a bearer token; the status line.
-fn get_status(addr: &str, path: &str, token: &str) -> String {
+/// `GET path` with a bearer token (none if empty): the status line and the body.
+fn get(addr: &str, path: &str, token: &str) -> (String, String) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let auth = if token.is_empty() {
+        String::new()
+    } else {
+        format!("Authorization: Bearer {token}\r\n")
+    };
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
     )
     .unwrap();
-    let mut first = String::new();
-    BufReader::new(s).read_line(&mut first).unwrap();
-    first.trim_end().to_string()
+    let mut reply = String::new();
+    let _ = s.read_to_string(&mut reply);
+    let (head, body) = reply.split_once("\r\n\r\n").unwrap_or((&reply, ""));
+    let status = head.lines().next().unwrap_or_default().to_string();
+    (status, body.to_string())
+}
+
+fn get_status(addr: &str, path: &str, token: &str) -> String {
+    get(addr, path, token).0
 }
 
 #[test]
@@ -167,6 +178,20 @@ fn the_demo_shows_its_page_and_tokens_and_a_delivered_alert_with_cameras_that_ne
                 && ["ben-nghe-duty", "district-duty"].contains(&receiver.as_str())),
         "{delivered:?}"
     );
+    // The same through the page's API, where the alerts API is in this build (issue 9's contract): the
+    // viewer token reads an alert whose delivery is `delivered`; no token is refused.
+    let (status, body) = get(&addr, "/api/alerts", &viewer);
+    if !status.contains(" 404 ") {
+        assert!(status.contains(" 200 "), "{status} {body}");
+        let list: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let shown = list["alerts"].as_array().unwrap().iter().any(|a| {
+            a["deliveries"]
+                .as_array()
+                .is_some_and(|d| d.iter().any(|d| d["state"] == "delivered"))
+        });
+        assert!(shown, "{body}");
+        assert!(get_status(&addr, "/api/alerts", "").contains(" 401 "));
+    }
     let notices = std::fs::read_to_string(work.path().join("data/notices.jsonl")).unwrap();
     let first: serde_json::Value = serde_json::from_str(notices.lines().next().unwrap()).unwrap();
     assert!(
