@@ -87,6 +87,7 @@ fn a_notice_is_logged_and_appended_as_one_json_line_and_its_delivery_is_delivere
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 1, "one line per notice: {text:?}");
     assert!(text.ends_with('\n'));
+    assert!(text.starts_with(r#"{"text":""#), "the words first: {text}");
     let line: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
     // The webhook's document, with the notice in words beside it.
     assert_eq!(line["notice"]["notice_id"], d.notice_id);

@@ -16,13 +16,13 @@ use crate::alert::wording::template::{self, Ctx};
 /// The log target notices are written to (filter them with `STREETWATCH_LOG=streetwatch::notice=info`).
 pub const TARGET: &str = "streetwatch::notice";
 
-/// The delivery's body: one JSON object on one line.
+/// The delivery's body: one JSON object on one line, the words first for a person reading the file.
 pub(crate) fn line(payload: &NoticePayload, ctx: &Ctx<'_>) -> String {
-    serde_json::json!({
-        "text": template::log_text(payload, ctx),
-        "notice": template::webhook(payload, ctx),
-    })
-    .to_string()
+    format!(
+        r#"{{"text":{},"notice":{}}}"#,
+        serde_json::Value::from(template::log_text(payload, ctx)),
+        template::webhook(payload, ctx)
+    )
 }
 
 /// Writes one notice: to the file first (its failure is worth a retry, and nothing is logged as sent),
