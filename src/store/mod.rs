@@ -2,8 +2,10 @@
 //! file through its own connection.
 
 mod lock;
+mod reports;
 
 pub use lock::{DataDirLock, LockError};
+pub use reports::{CITIZEN_CAMERA, Joined, NewReport, ReportRow};
 
 use std::path::Path;
 
@@ -87,6 +89,7 @@ impl Store {
              CREATE INDEX IF NOT EXISTS incidents_updated ON incidents (updated_at, id);",
         )
         .map_err(wrap)?;
+        conn.execute_batch(reports::SCHEMA).map_err(wrap)?;
         Ok(Self { conn, path: p })
     }
 
