@@ -9,6 +9,7 @@
 mod auth;
 mod config;
 mod error;
+mod reports;
 mod state;
 
 use std::net::SocketAddr;
@@ -19,6 +20,7 @@ use tokio::sync::watch;
 pub use auth::Caller;
 pub use config::{MIN_TOKEN_LEN, Role, ServeConfig, TokenConfig};
 pub use error::{ApiError, ServeError};
+pub use reports::{Filed, ReportLimits, Reports};
 pub use state::{AppState, CameraInfo, IncidentSubmit, ServeContext};
 
 /// The running server. Stop it before the runtime it was started on.
@@ -53,7 +55,9 @@ impl Server {
             tokens: auth::Tokens::new(&config.tokens),
             utc_offset_minutes: config.utc_offset_minutes,
             stopping: stopped.clone(),
+            reports: Reports::new(&config.reports),
         };
+        runtime.spawn(reports::close_idle(state.clone()));
         let app = routes(state);
         let listener = {
             let _guard = runtime.enter();
@@ -64,9 +68,12 @@ impl Server {
             let shutdown = async move {
                 let _ = stopped.wait_for(|s| *s).await;
             };
-            if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
+            if let Err(e) = axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(shutdown)
+            .await
             {
                 tracing::error!(error = %e, "http server stopped");
             }
@@ -103,5 +110,5 @@ impl Server {
 
 /// Every route, each part in its own module.
 fn routes(state: AppState) -> Router {
-    Router::new().with_state(state)
+    Router::new().merge(reports::routes()).with_state(state)
 }

@@ -43,4 +43,6 @@ pub struct AppState {
     pub utc_offset_minutes: i32,
     /// Turns true when the server stops: long-lived responses (the live feed) end then.
     pub stopping: tokio::sync::watch::Receiver<bool>,
+    /// Citizen reports' rate limits and ordering.
+    pub reports: Arc<super::reports::Reports>,
 }
