@@ -373,13 +373,17 @@ struct Report {
 }
 
 impl Report {
-    /// Where, in words: the text given, else the coordinates.
     fn place(&self) -> String {
-        match (&self.location, self.coords) {
-            (Some(l), _) => l.clone(),
-            (None, Some((lat, lon))) => format!("{lat:.5}, {lon:.5}"),
-            (None, None) => String::new(),
-        }
+        place(self.location.as_deref(), self.coords)
+    }
+}
+
+/// Where, in words: the text given, else the coordinates.
+fn place(location: Option<&str>, coords: Option<(f64, f64)>) -> String {
+    match (location, coords) {
+        (Some(l), _) => l.to_string(),
+        (None, Some((lat, lon))) => format!("{lat:.5}, {lon:.5}"),
+        (None, None) => String::new(),
     }
 }
 
@@ -682,11 +686,7 @@ fn file_and_hand_over(
                 .next()
                 .ok_or_else(|| ApiError::internal("an incident joined has no reports"))?
                 .report;
-            let place = match (&first.location, first.lat.zip(first.lon)) {
-                (Some(l), _) => l.clone(),
-                (None, Some((lat, lon))) => format!("{lat:.5}, {lon:.5}"),
-                (None, None) => String::new(),
-            };
+            let place = place(first.location.as_deref(), first.lat.zip(first.lon));
             IncidentEvent {
                 key: IncidentKey {
                     camera: CameraId::new(CITIZEN_CAMERA),
