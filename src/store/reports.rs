@@ -24,6 +24,18 @@ pub(super) const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS citizen_reports (
      CREATE INDEX IF NOT EXISTS citizen_reports_ward ON citizen_reports (ward, category, at);
      CREATE INDEX IF NOT EXISTS citizen_reports_incident ON citizen_reports (incident, at);";
 
+/// Deletes reports made before `before` whose incident is gone (pruned).
+pub(super) fn prune_orphans(
+    tx: &rusqlite::Transaction<'_>,
+    before: Timestamp,
+) -> rusqlite::Result<usize> {
+    tx.execute(
+        "DELETE FROM citizen_reports WHERE at < ?1
+             AND NOT EXISTS (SELECT 1 FROM incidents i WHERE i.id = citizen_reports.incident)",
+        [before.0],
+    )
+}
+
 /// A report to file. `phone` is normalised; it stays in this table (for calling the citizen back) and goes
 /// nowhere else.
 #[derive(Clone, Debug, PartialEq)]
@@ -314,6 +326,10 @@ mod tests {
             .file_citizen_report(&report(3001, "Bến Nghé", "parking"), 1_800_000, "other")
             .unwrap();
         s.withdraw_citizen_report(id2).unwrap();
+        assert_eq!(s.citizen_reports("next").unwrap().len(), 1);
+        // Pruning the closed incident takes its reports; the reports of one not recorded yet stay.
+        assert_eq!(s.prune_closed(Timestamp(2500), 10).unwrap().len(), 1);
+        assert_eq!(s.citizen_reports(&id).unwrap(), vec![]);
         assert_eq!(s.citizen_reports("next").unwrap().len(), 1);
     }
 }
