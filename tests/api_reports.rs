@@ -202,6 +202,14 @@ fn jpeg(seed: u8) -> Vec<u8> {
     out
 }
 
+fn png() -> Vec<u8> {
+    let img = image::RgbImage::from_fn(80, 60, |x, y| image::Rgb([x as u8, y as u8, 200]));
+    let mut out = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
+        .unwrap();
+    out
+}
+
 /// A report's fields, the photo first; `fields` replace or remove (empty value) the defaults.
 fn report(photo: &[u8], fields: &[(&str, &str)]) -> (String, Vec<u8>) {
     let defaults = [
@@ -535,14 +543,18 @@ fn malformed_bodies_never_answer_5xx_and_idle_incidents_close_after_two_hours() 
     let a = send(
         addr,
         REPORTER,
-        &jpeg(8),
+        &png(),
         &[("ward", "Tân Định"), ("category", "vending")],
     );
     assert_eq!(a.status, 201, "{}", a.body);
     let key = a.json()["incident"].as_str().unwrap().to_string();
-    wait_for("the incident recorded", Duration::from_secs(10), || {
+    let row = wait_for("the incident recorded", Duration::from_secs(10), || {
         incidents.incident(&key).unwrap()
     });
+    // A PNG is kept as a JPEG: snapshots are JPEGs wherever they go (link, e-mail attachment).
+    let snapshot = std::fs::read(row.snapshot.unwrap()).unwrap();
+    let decoded = image::load_from_memory_with_format(&snapshot, image::ImageFormat::Jpeg).unwrap();
+    assert_eq!((decoded.width(), decoded.height()), (80, 60));
     clock.advance_ms(2 * 3_600_000 - 60_000);
     // A sweep passes (one each 10 s): still open at 1 h 59 min.
     std::thread::sleep(Duration::from_secs(11));
