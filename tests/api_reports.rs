@@ -505,7 +505,8 @@ fn bodies() -> impl Strategy<Value = (String, Vec<u8>)> {
 }
 
 #[test]
-fn malformed_bodies_never_answer_5xx_and_idle_incidents_close_after_two_hours() {
+fn malformed_bodies_never_answer_5xx_and_report_incidents_survive_a_restart_then_close_after_two_idle_hours()
+ {
     let dir = tempfile::tempdir().unwrap();
     let config = config(
         dir.path(),
@@ -538,8 +539,9 @@ fn malformed_bodies_never_answer_5xx_and_idle_incidents_close_after_two_hours() 
         })
         .unwrap();
 
-    // Without cameras any ward is taken. A report opens an incident; two hours later, with no other
-    // report, it is closed; the next report opens a new one.
+    // Without cameras any ward is taken. A report opens an incident; it stays open across a restart and
+    // takes the next report; two hours after that, with no other report, it is closed; the next report
+    // opens a new one.
     let a = send(
         addr,
         REPORTER,
@@ -555,6 +557,35 @@ fn malformed_bodies_never_answer_5xx_and_idle_incidents_close_after_two_hours() 
     let snapshot = std::fs::read(row.snapshot.unwrap()).unwrap();
     let decoded = image::load_from_memory_with_format(&snapshot, image::ImageFormat::Jpeg).unwrap();
     assert_eq!((decoded.width(), decoded.height()), (80, 60));
+
+    // The restart closes a camera's incidents left open after a grace (1 s here), not a report's.
+    pipeline.shutdown();
+    let opts = RunOptions {
+        restart_close_grace: Duration::from_secs(1),
+        ..RunOptions::default()
+    };
+    let pipeline = Pipeline::start(&config, opts, Arc::new(clock.clone())).unwrap();
+    let addr = pipeline.server_addr().unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(incidents.incident(&key).unwrap().unwrap().closed_at, None);
+    clock.advance_ms(10 * 60_000);
+    let again = send(
+        addr,
+        REPORTER,
+        &jpeg(10),
+        &[("ward", "tan dinh"), ("category", "vending")],
+    );
+    assert_eq!(again.status, 201, "{}", again.body);
+    assert_eq!(
+        again.json()["incident"],
+        key.as_str(),
+        "joined across the restart"
+    );
+    assert_eq!(again.json()["duplicate_of_open"], true);
+    wait_for("two reports counted", Duration::from_secs(10), || {
+        incidents.incident(&key).unwrap().filter(|r| r.count == 2)
+    });
+
     clock.advance_ms(2 * 3_600_000 - 60_000);
     // A sweep passes (one each 10 s): still open at 1 h 59 min.
     std::thread::sleep(Duration::from_secs(11));

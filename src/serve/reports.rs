@@ -652,6 +652,7 @@ fn file_and_hand_over(
         at,
         ward: report.ward.clone(),
         category: report.category.into(),
+        zone: key.zone.clone(),
         location: report.location.clone(),
         lat: report.coords.map(|c| c.0),
         lon: report.coords.map(|c| c.1),
@@ -691,7 +692,7 @@ fn file_and_hand_over(
                 key: IncidentKey {
                     camera: CameraId::new(CITIZEN_CAMERA),
                     rule: RuleKind::CitizenReport.as_str().into(),
-                    zone: format!("{}/{}", ward_slug(&first.ward), first.category),
+                    zone: first.zone,
                     episode: first.at,
                 },
                 phase: IncidentPhase::Updated,

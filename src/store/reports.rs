@@ -14,6 +14,7 @@ pub(super) const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS citizen_reports (
          id INTEGER PRIMARY KEY AUTOINCREMENT,
          at INTEGER NOT NULL,
          ward TEXT NOT NULL, category TEXT NOT NULL,
+         zone TEXT NOT NULL,
          location TEXT, lat REAL, lon REAL,
          description TEXT NOT NULL,
          phone TEXT,
@@ -21,7 +22,7 @@ pub(super) const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS citizen_reports (
          client TEXT NOT NULL,
          incident TEXT NOT NULL
      );
-     CREATE INDEX IF NOT EXISTS citizen_reports_ward ON citizen_reports (ward, category, at);
+     CREATE INDEX IF NOT EXISTS citizen_reports_zone ON citizen_reports (zone, at);
      CREATE INDEX IF NOT EXISTS citizen_reports_incident ON citizen_reports (incident, at);";
 
 /// Deletes reports made before `before` whose incident is gone (pruned).
@@ -43,6 +44,9 @@ pub struct NewReport {
     pub at: Timestamp,
     pub ward: String,
     pub category: String,
+    /// The ward as a key and the category (`ben-nghe/parking`): reports of one zone are one incident
+    /// while it is open, however the ward was spelled.
+    pub zone: String,
     pub location: Option<String>,
     pub lat: Option<f64>,
     pub lon: Option<f64>,
@@ -71,7 +75,7 @@ pub struct Joined {
 }
 
 impl Store {
-    /// Files `report`. It joins the open incident of the same ward and category whose last report is no
+    /// Files `report`. It joins the open incident of the same zone (ward and category) whose last report is no
     /// older than `window_ms` (a closed incident, in `incidents`, is not joined); otherwise it belongs to
     /// `new_incident`. One write transaction, so two reports at once cannot both open an incident.
     /// Returns the report's id and the incident it joined, if any.
@@ -93,23 +97,24 @@ impl Store {
         let open: Option<String> = tx
             .query_row(
                 "SELECT c.incident FROM citizen_reports c
-                 WHERE c.ward = ?1 AND c.category = ?2 AND c.at >= ?3
+                 WHERE c.zone = ?1 AND c.at >= ?2
                    AND NOT EXISTS (SELECT 1 FROM incidents i WHERE i.id = c.incident AND i.closed_at IS NOT NULL)
                  ORDER BY c.at DESC, c.id DESC LIMIT 1",
-                params![report.ward, report.category, report.at.0 - window_ms],
+                params![report.zone, report.at.0 - window_ms],
                 |r| r.get(0),
             )
             .optional()
             .map_err(wrap)?;
         let incident = open.as_deref().unwrap_or(new_incident);
         tx.execute(
-            "INSERT INTO citizen_reports (at, ward, category, location, lat, lon, description, phone, photo,
-                 client, incident)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            "INSERT INTO citizen_reports (at, ward, category, zone, location, lat, lon, description, phone,
+                 photo, client, incident)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             params![
                 report.at.0,
                 report.ward,
                 report.category,
+                report.zone,
                 report.location,
                 report.lat,
                 report.lon,
@@ -159,7 +164,8 @@ impl Store {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT id, at, ward, category, location, lat, lon, description, phone, photo, client, incident
+                "SELECT id, at, ward, category, zone, location, lat, lon, description, phone, photo, client,
+                     incident
                  FROM citizen_reports WHERE incident = ?1 ORDER BY at, id",
             )
             .map_err(wrap)?;
@@ -171,15 +177,16 @@ impl Store {
                         at: Timestamp(r.get(1)?),
                         ward: r.get(2)?,
                         category: r.get(3)?,
-                        location: r.get(4)?,
-                        lat: r.get(5)?,
-                        lon: r.get(6)?,
-                        description: r.get(7)?,
-                        phone: r.get(8)?,
-                        photo: r.get(9)?,
-                        client: r.get(10)?,
+                        zone: r.get(4)?,
+                        location: r.get(5)?,
+                        lat: r.get(6)?,
+                        lon: r.get(7)?,
+                        description: r.get(8)?,
+                        phone: r.get(9)?,
+                        photo: r.get(10)?,
+                        client: r.get(11)?,
                     },
-                    incident: r.get(11)?,
+                    incident: r.get(12)?,
                 })
             })
             .map_err(wrap)?;
@@ -215,6 +222,7 @@ mod tests {
             at: Timestamp(at),
             ward: ward.into(),
             category: category.into(),
+            zone: format!("{}/{category}", ward.to_lowercase()),
             location: Some("12 Lê Lợi".into()),
             lat: None,
             lon: None,
