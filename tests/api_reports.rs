@@ -283,7 +283,7 @@ fn a_report_becomes_one_alert_and_one_sms_to_its_wards_duty_officer_and_limits_h
         !text.contains("912345678") && !text.contains("0912"),
         "no citizen's phone in an SMS: {text}"
     );
-    let alert = wait_for("the report's alert", Duration::from_secs(10), || {
+    let alert = wait_for("the report's alert", Duration::from_secs(30), || {
         alerts
             .alerts(None, 100)
             .unwrap()
@@ -353,7 +353,7 @@ fn a_report_becomes_one_alert_and_one_sms_to_its_wards_duty_officer_and_limits_h
     );
     assert!(!joined.summary.contains("0987654321"), "{}", joined.summary);
     assert_eq!(incidents.incident(&key).unwrap().unwrap().count, 2);
-    wait_for("Đa Kao's alert", Duration::from_secs(10), || {
+    wait_for("Đa Kao's alert", Duration::from_secs(30), || {
         alerts
             .alerts(None, 100)
             .unwrap()
@@ -550,7 +550,7 @@ fn malformed_bodies_never_answer_5xx_and_report_incidents_survive_a_restart_then
     );
     assert_eq!(a.status, 201, "{}", a.body);
     let key = a.json()["incident"].as_str().unwrap().to_string();
-    let row = wait_for("the incident recorded", Duration::from_secs(10), || {
+    let row = wait_for("the incident recorded", Duration::from_secs(30), || {
         incidents.incident(&key).unwrap()
     });
     // A PNG is kept as a JPEG: snapshots are JPEGs wherever they go (link, e-mail attachment).
@@ -582,7 +582,7 @@ fn malformed_bodies_never_answer_5xx_and_report_incidents_survive_a_restart_then
         "joined across the restart"
     );
     assert_eq!(again.json()["duplicate_of_open"], true);
-    wait_for("two reports counted", Duration::from_secs(10), || {
+    wait_for("two reports counted", Duration::from_secs(30), || {
         incidents.incident(&key).unwrap().filter(|r| r.count == 2)
     });
 
