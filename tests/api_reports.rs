@@ -342,7 +342,7 @@ fn a_report_becomes_one_alert_and_one_sms_to_its_wards_duty_officer_and_limits_h
     );
     let joined = wait_for(
         "the alert to count two reports",
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         || {
             alerts
                 .alerts(None, 100)
