@@ -16,6 +16,7 @@ impl Matchers {
         any(&self.camera, &a.camera)
             && any(&self.ward, &a.ward)
             && any(&self.rule, &a.rule)
+            && any(&self.kind, &a.kind)
             && (self.severity.is_empty() || self.severity.contains(&a.severity))
             && self.min_severity.is_none_or(|m| a.severity >= m)
     }
