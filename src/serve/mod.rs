@@ -8,11 +8,14 @@
 
 mod alerts;
 mod auth;
+mod cameras;
 mod config;
+mod daily;
 mod error;
 mod feed;
 mod incidents;
 mod metrics;
+mod silences;
 mod state;
 
 use std::net::SocketAddr;
@@ -23,6 +26,7 @@ use tokio::sync::watch;
 
 pub use alerts::{CITIZEN_REPORT_KIND, closing_event};
 pub use auth::Caller;
+pub use cameras::CameraJson;
 pub use config::{MIN_TOKEN_LEN, Role, ServeConfig, TokenConfig};
 pub use error::{ApiError, ServeError};
 pub use state::{AppState, CameraInfo, IncidentSubmit, PipelineStats, ServeContext};
@@ -118,6 +122,9 @@ fn routes(state: AppState) -> Router {
         .merge(alerts::routes())
         .merge(incidents::routes())
         .merge(feed::routes())
+        .merge(cameras::routes())
+        .merge(silences::routes())
+        .merge(daily::routes())
         .merge(metrics::routes());
     // Last: counts the requests of every route above.
     metrics::track_requests(app, &state).with_state(state)
