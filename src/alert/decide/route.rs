@@ -171,6 +171,18 @@ mod tests {
     }
 
     #[test]
+    fn a_kind_matcher_matches_the_rule_family() {
+        let m = |kinds: &[&str]| Matchers {
+            kind: kinds.iter().map(|k| k.to_string()).collect(),
+            ..Matchers::default()
+        };
+        let a = alert("W", Severity::Warning);
+        assert!(m(&[]).matches(&a));
+        assert!(m(&["parking", "crowding"]).matches(&a));
+        assert!(!m(&["parking"]).matches(&a));
+    }
+
+    #[test]
     fn hour_windows_wrap_midnight() {
         let w = HourWindow::parse("22:00-06:00").unwrap();
         assert!(w.contains(23 * 60) && w.contains(0) && w.contains(5 * 60 + 59));
