@@ -7,11 +7,13 @@
 
 #[path = "support/alert_peers.rs"]
 mod peers;
+#[path = "support/alert_util.rs"]
+mod util;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use peers::HookServer;
+use peers::{HookServer, wait_for};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use streetwatch::alert::{AlertConfig, AlertHandle, AlertService, Store};
@@ -317,25 +319,6 @@ fn a_wall_of_1100_cameras_is_read_without_the_database() {
     );
 }
 
-fn webhook_config(url: &str) -> AlertConfig {
-    AlertConfig::from_toml(&format!(
-        r#"
-[retry]
-initial_backoff = "100ms"
-max_backoff = "300ms"
-[[receivers]]
-name = "city"
-webhook = {{ url = "{url}", secret = "city-integration-secret" }}
-[route]
-receiver = "city"
-group_wait = "0s"
-group_interval = "1m"
-repeat_interval = "4h"
-"#
-    ))
-    .unwrap()
-}
-
 /// An opened incident on `camera` in `ward` at `at`.
 fn incident(camera: &str, ward: &str, kind: RuleKind, at: i64) -> IncidentEvent {
     IncidentEvent {
@@ -354,17 +337,6 @@ fn incident(camera: &str, ward: &str, kind: RuleKind, at: i64) -> IncidentEvent 
         summary: "7 người trong vùng 45 giây".into(),
         count: 7,
         snapshot: None,
-    }
-}
-
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -391,14 +363,21 @@ fn shutdown(mut api: Api, alert: AlertHandle) {
     alert.shutdown();
 }
 
+/// Notices at once, then every minute for alerts new to a group.
+const ROUTE: &str = "group_wait = \"0s\"\ngroup_interval = \"1m\"\nrepeat_interval = \"4h\"";
+
 #[test]
 fn a_silence_made_over_the_api_holds_the_real_routers_next_notice() {
     let hook = HookServer::start(vec![200]);
     let dir = TempDir::new().unwrap();
     let db = dir.path().join("sw.db");
     let clock = ManualClock::at(Timestamp(T0));
-    let alert =
-        AlertService::start(webhook_config(&hook.url()), &db, Arc::new(clock.clone())).unwrap();
+    let alert = AlertService::start(
+        util::webhook_config(&hook.url(), "city-integration-secret", ROUTE),
+        &db,
+        Arc::new(clock.clone()),
+    )
+    .unwrap();
     let api = Api::start(&dir, vec![], &clock, alert.runtime());
 
     let body =
