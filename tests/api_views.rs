@@ -726,29 +726,8 @@ fn bad_silences_are_refused_with_the_field_named() {
     assert_eq!(ends, vec![T0 + HOUR / 2, T0 + 30 * DAY, T0 + 30 * DAY]);
 }
 
-/// Handling the ack/resolve endpoints (another part of issue 9, not on main when this was written) would
-/// write: set here with SQL on the real database file, as those endpoints will.
-fn handle(db: &std::path::Path, key: &str, ack_at: Option<i64>, resolved_at: Option<i64>) {
-    let conn = rusqlite::Connection::open(db).unwrap();
-    conn.busy_timeout(Duration::from_secs(10)).unwrap();
-    let handling = match (ack_at, resolved_at) {
-        (_, Some(_)) => "resolved",
-        (Some(_), None) => "acknowledged",
-        (None, None) => "new",
-    };
-    let n = conn
-        .execute(
-            "UPDATE alert_alerts SET handling = ?2, acknowledged_by = CASE WHEN ?3 IS NULL THEN NULL ELSE 'desk' END, \
-             acknowledged_at = ?3, resolved_by = CASE WHEN ?4 IS NULL THEN NULL ELSE 'desk' END, resolved_at = ?4, \
-             resolution_note = CASE WHEN ?4 IS NULL THEN NULL ELSE 'đã xử lý' END WHERE key = ?1",
-            rusqlite::params![key, handling, ack_at, resolved_at],
-        )
-        .unwrap();
-    assert_eq!(n, 1, "{key}");
-}
-
 /// (camera, ward, kind, started_at, acknowledged_at, resolved_at)
-type Step = (
+type Planned = (
     &'static str,
     &'static str,
     RuleKind,
@@ -771,12 +750,11 @@ fn the_daily_report_counts_one_local_day_at_plus_seven() {
     )
     .unwrap();
     let api = Api::start(&dir, vec![], &clock, alert.runtime());
-    let store = Store::open(&db).unwrap();
     const BN: &str = "Bến Nghé";
     const DK: &str = "Đa Kao";
     use RuleKind::{Crowding, Loitering, Parking};
     // (camera, ward, kind, started_at, acknowledged_at, resolved_at), in time order.
-    let timeline: Vec<Step> = vec![
+    let timeline: Vec<Planned> = vec![
         // 23:59:59 local on the 28th (16:59:59 UTC): the day before.
         ("c0", BN, Crowding, l0 - 1000, Some(l0 + 59_000), None),
         // 00:00:00 local on the 29th, though still the 28th in UTC: acknowledged after 120 s, resolved later.
@@ -820,23 +798,53 @@ fn the_daily_report_counts_one_local_day_at_plus_seven() {
         // Local midnight of the 30th (17:00 UTC on the 29th): the next day.
         ("c6", DK, Crowding, l0 + DAY, Some(l0 + DAY + 30_000), None),
     ];
-    for (camera, ward, kind, at, _, _) in &timeline {
-        clock.set(Timestamp(*at));
-        let ev = incident(camera, ward, *kind, *at);
-        let key = ev.key.to_string();
-        alert.submit(ev);
-        wait_for(&format!("{key} recorded"), Duration::from_secs(30), || {
-            store
-                .alerts(None, 100)
-                .unwrap()
-                .iter()
-                .any(|a| a.key == key)
-                .then_some(())
-        });
+    // One time line of openings, acknowledgements and resolutions; the clock only moves forward. Handling
+    // goes through the real endpoints, which record it at the server's clock.
+    enum Step {
+        Open,
+        Ack,
+        Resolve,
     }
-    for (camera, _, kind, at, ack, resolved) in &timeline {
-        let key = format!("{camera}/{}-rule/plaza/{at}", kind.as_str());
-        handle(&db, &key, *ack, *resolved);
+    let mut steps: Vec<(i64, usize, Step)> = Vec::new();
+    for (i, (_, _, _, at, ack, resolved)) in timeline.iter().enumerate() {
+        steps.push((*at, i, Step::Open));
+        steps.extend(ack.map(|t| (t, i, Step::Ack)));
+        steps.extend(resolved.map(|t| (t, i, Step::Resolve)));
+    }
+    steps.sort_by_key(|(t, i, _)| (*t, *i));
+    let mut ids = vec![0i64; timeline.len()];
+    for (t, i, step) in steps {
+        clock.set(Timestamp(t));
+        let (camera, ward, kind, at, _, _) = timeline[i];
+        match step {
+            Step::Open => {
+                alert.submit(incident(camera, ward, kind, at));
+                ids[i] = wait_for(
+                    &format!("{camera}'s alert listed"),
+                    Duration::from_secs(30),
+                    || {
+                        let (s, doc) = api.get(&format!("/api/alerts?camera={camera}"), VIEWER);
+                        assert_eq!(s, 200, "{doc}");
+                        doc["alerts"][0]["id"].as_i64()
+                    },
+                );
+            }
+            Step::Ack => {
+                let (s, doc) = api.call(
+                    "POST",
+                    &format!("/api/alerts/{}/ack", ids[i]),
+                    Some(OPERATOR),
+                    Some("{}"),
+                );
+                assert_eq!(s, 200, "{doc}");
+            }
+            Step::Resolve => {
+                let body = r#"{"note": "đã xử lý"}"#;
+                let path = format!("/api/alerts/{}/resolve", ids[i]);
+                let (s, doc) = api.call("POST", &path, Some(OPERATOR), Some(body));
+                assert_eq!(s, 200, "{doc}");
+            }
+        }
     }
     // 01:00 local on the 30th, still the 29th in UTC.
     clock.set(Timestamp(l0 + DAY + HOUR));

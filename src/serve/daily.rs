@@ -13,10 +13,10 @@ use serde::{Deserialize, Serialize};
 use crate::alert::HandlingRow;
 use crate::types::{Timestamp, civil_from_days, days_from_civil, days_in_month};
 
+use super::alerts::with_store;
 use super::auth::Caller;
 use super::config::Role;
 use super::error::ApiError;
-use super::silences::with_alert_store;
 use super::state::AppState;
 
 pub(super) fn routes() -> Router<AppState> {
@@ -179,8 +179,8 @@ async fn daily(
     };
     let from = Timestamp(day * DAY_MS - i64::from(offset) * 60_000);
     let until = from.plus_ms(DAY_MS);
-    let alerts = with_alert_store(&state, move |s| {
-        s.handling_between(from, until).map_err(ApiError::internal)
+    let alerts = with_store(state.ctx.db_path.clone(), move |s| {
+        s.handling_between(from, until)
     })
     .await?;
     let (rows, totals) = tally(&alerts);

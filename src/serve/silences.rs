@@ -9,9 +9,10 @@ use axum::routing::{delete, get};
 use axum::{Json, Router};
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::alert::{AlertError, Matchers, Silence, Store};
+use crate::alert::{AlertError, Matchers, Silence};
 use crate::types::{RuleKind, Severity, Timestamp};
 
+use super::alerts::with_store;
 use super::auth::Caller;
 use super::config::Role;
 use super::error::ApiError;
@@ -30,20 +31,6 @@ const RECENT_MS: i64 = 7 * 86_400_000;
 /// Longest matcher value and comment accepted.
 const MAX_VALUE_CHARS: usize = 200;
 const MAX_COMMENT_CHARS: usize = 1000;
-
-/// Runs `f` on the blocking pool with an alert store opened on the server's database.
-pub(super) async fn with_alert_store<T: Send + 'static>(
-    state: &AppState,
-    f: impl FnOnce(&Store) -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
-    let path = state.ctx.db_path.clone();
-    tokio::task::spawn_blocking(move || {
-        let store = Store::open(&path).map_err(ApiError::internal)?;
-        f(&store)
-    })
-    .await
-    .map_err(ApiError::internal)?
-}
 
 /// A silence as the API shows it: every matcher field (an empty list matches anything) and its state now.
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -74,9 +61,8 @@ async fn list(
 ) -> Result<Json<SilenceList>, ApiError> {
     caller.require(Role::Viewer, "see silences")?;
     let now = state.ctx.clock.now();
-    let rows = with_alert_store(&state, move |s| {
+    let rows = with_store(state.ctx.db_path.clone(), move |s| {
         s.silences_ending_since(now.plus_ms(-RECENT_MS))
-            .map_err(ApiError::internal)
     })
     .await?;
     Ok(Json(SilenceList {
@@ -263,15 +249,17 @@ async fn create(
     let ends_at = check_end(body.hours, body.ends_at, now)?;
     let comment = check_comment(body.comment)?;
     let by = caller.name.clone();
-    let silence = with_alert_store(&state, move |s| {
-        let id = s
-            .add_silence(&matchers, now, ends_at, &by, &comment, now)
-            .map_err(store_error)?;
-        s.silence(id)
-            .map_err(ApiError::internal)?
-            .ok_or_else(|| ApiError::internal(format!("silence {id} vanished after it was made")))
+    // The store's own checks (matchers, order) answer 422; they cannot fail after the ones above.
+    let silence = with_store(state.ctx.db_path.clone(), move |s| {
+        let id = match s.add_silence(&matchers, now, ends_at, &by, &comment, now) {
+            Ok(id) => id,
+            Err(AlertError::Invalid(m)) => return Ok(Err(ApiError::unprocessable(m))),
+            Err(e) => return Err(e),
+        };
+        Ok(s.silence(id)?
+            .ok_or_else(|| ApiError::internal(format!("silence {id} vanished after it was made"))))
     })
-    .await?;
+    .await??;
     tracing::info!(id = silence.id, by = %caller.name, until = %ends_at.to_rfc3339(), "silence created");
     Ok((StatusCode::CREATED, Json(SilenceJson::of(silence, now))))
 }
@@ -284,42 +272,37 @@ async fn expire(
     caller.require(Role::Operator, "expire silences")?;
     let Path(id) = id?;
     let now = state.ctx.clock.now();
-    let silence = with_alert_store(&state, move |s| {
-        let found = |s: &Store| {
-            s.silence(id)
-                .map_err(ApiError::internal)?
-                .ok_or_else(|| ApiError::not_found(format!("no silence {id}")))
+    // Ok(Err(_)): the silence's state refuses it (404, 409); Err(_): the database failed.
+    let silence = with_store(state.ctx.db_path.clone(), move |s| {
+        let Some(before) = s.silence(id)? else {
+            return Ok(Err(ApiError::not_found(format!("no silence {id}"))));
         };
-        let before = found(s)?;
         if let Some(at) = before.expired_at {
-            return Err(ApiError::conflict(format!(
+            return Ok(Err(ApiError::conflict(format!(
                 "silence {id} was already expired at {}",
                 at.to_rfc3339()
-            )));
+            ))));
         }
         if before.ends_at <= now {
-            return Err(ApiError::conflict(format!(
+            return Ok(Err(ApiError::conflict(format!(
                 "silence {id} already ended at {}",
                 before.ends_at.to_rfc3339()
-            )));
+            ))));
         }
         match s.expire_silence(id, now) {
-            Ok(()) => found(s),
+            Ok(()) => {}
             // Expired by someone else since it was read.
-            Err(AlertError::Invalid(_)) => Err(ApiError::conflict(format!(
-                "silence {id} was already expired"
-            ))),
-            Err(e) => Err(ApiError::internal(e)),
+            Err(AlertError::Invalid(_)) => {
+                return Ok(Err(ApiError::conflict(format!(
+                    "silence {id} was already expired"
+                ))));
+            }
+            Err(e) => return Err(e),
         }
+        Ok(s.silence(id)?
+            .ok_or_else(|| ApiError::internal(format!("silence {id} vanished as it was expired"))))
     })
-    .await?;
+    .await??;
     tracing::info!(id, by = %caller.name, "silence expired");
     Ok(Json(SilenceJson::of(silence, now)))
-}
-
-fn store_error(e: AlertError) -> ApiError {
-    match e {
-        AlertError::Invalid(m) => ApiError::unprocessable(m),
-        e => ApiError::internal(e),
-    }
 }
