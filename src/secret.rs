@@ -177,6 +177,11 @@ mod tests {
                 "\"rtsp://***@cam/a\" then 'http://x/y?k=***'",
             ),
             ("lỗi: rtsp://u:mật@cam/a", "lỗi: rtsp://***@cam/a"),
+            (
+                "cannot open rtsp://admin:hunter2@10.0.0.5/s1: 401, then http://u:p@h/x?token=abc",
+                "cannot open rtsp://***@10.0.0.5/s1: 401, then http://***@h/x?token=***",
+            ),
+            ("connection refused", "connection refused"),
             ("no url here: a@b", "no url here: a@b"),
             ("://u:p@h", "://***@h"),
             ("", ""),
