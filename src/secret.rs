@@ -110,6 +110,30 @@ pub fn redact_url(url: &str) -> String {
     out
 }
 
+/// Free text (an error message, a log line) with every `scheme://…` URL in it passed through [`redact_url`].
+/// A URL runs from its scheme to the next whitespace or quote, so credentials in its user info or query are
+/// replaced even when a library quoted the URL inside its own message.
+pub fn redact_urls_in(text: &str) -> String {
+    let scheme_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.');
+    let url_end = |c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '`' | '<' | '>');
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(sep) = rest.find("://") {
+        let start = rest[..sep]
+            .char_indices()
+            .rev()
+            .take_while(|&(_, c)| scheme_char(c))
+            .last()
+            .map_or(sep, |(i, _)| i);
+        let end = rest[sep..].find(url_end).map_or(rest.len(), |e| sep + e);
+        out.push_str(&rest[..start]);
+        out.push_str(&redact_url(&rest[start..end]));
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,5 +163,30 @@ mod tests {
             format!("{:?}", SecretUrl::new("http://u:pw@h/")),
             "\"http://***@h/\""
         );
+    }
+
+    #[test]
+    fn urls_inside_text_lose_their_credentials() {
+        for (text, shown) in [
+            (
+                "Could not open resource rtsp://admin:hunter2@10.0.0.5:554/s1?token=abc for reading",
+                "Could not open resource rtsp://***@10.0.0.5:554/s1?token=*** for reading",
+            ),
+            (
+                "\"rtsp://u:p@cam/a\" then 'http://x/y?k=v'",
+                "\"rtsp://***@cam/a\" then 'http://x/y?k=***'",
+            ),
+            ("lỗi: rtsp://u:mật@cam/a", "lỗi: rtsp://***@cam/a"),
+            (
+                "cannot open rtsp://admin:hunter2@10.0.0.5/s1: 401, then http://u:p@h/x?token=abc",
+                "cannot open rtsp://***@10.0.0.5/s1: 401, then http://***@h/x?token=***",
+            ),
+            ("connection refused", "connection refused"),
+            ("no url here: a@b", "no url here: a@b"),
+            ("://u:p@h", "://***@h"),
+            ("", ""),
+        ] {
+            assert_eq!(redact_urls_in(text), shown, "{text}");
+        }
     }
 }

@@ -19,20 +19,7 @@ use util::{opened, wait_deliveries};
 const SECRET: &str = "city-integration-secret";
 
 fn config(url: &str) -> AlertConfig {
-    AlertConfig::from_toml(&format!(
-        r#"
-[retry]
-initial_backoff = "100ms"
-max_backoff = "300ms"
-[[receivers]]
-name = "city-platform"
-webhook = {{ url = "{url}", secret = "{SECRET}" }}
-[route]
-receiver = "city-platform"
-group_wait = "0s"
-"#
-    ))
-    .unwrap()
+    util::webhook_config(url, SECRET, "group_wait = \"0s\"")
 }
 
 #[test]

@@ -9,7 +9,9 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 
 use crate::secret::redact_url;
-use crate::types::{Clock, Severity, SystemClock, Timestamp};
+use crate::types::{
+    Clock, RuleKind, Severity, SystemClock, Timestamp, days_from_civil, days_in_month,
+};
 
 use super::config::{Dur, Matchers};
 use super::store::Store;
@@ -55,6 +57,9 @@ pub struct SilenceAdd {
     /// Rule name to match (repeat for several).
     #[arg(long)]
     pub rule: Vec<String>,
+    /// Rule family to match: crowding, loitering, parking, … (repeat for several).
+    #[arg(long, value_parser = parse_kind)]
+    pub kind: Vec<String>,
     /// Severity to match: info, warning, critical (repeat for several).
     #[arg(long, value_parser = parse_severity)]
     pub severity: Vec<Severity>,
@@ -111,6 +116,16 @@ pub enum OutboxCommand {
     Retry { id: i64 },
 }
 
+fn parse_kind(s: &str) -> Result<String, String> {
+    match RuleKind::parse(s) {
+        Some(k) => Ok(k.as_str().to_string()),
+        None => Err(format!(
+            "unknown rule kind {s:?} ({})",
+            RuleKind::ALL.map(RuleKind::as_str).join(", ")
+        )),
+    }
+}
+
 fn parse_severity(s: &str) -> Result<Severity, String> {
     match s {
         "info" => Ok(Severity::Info),
@@ -118,17 +133,6 @@ fn parse_severity(s: &str) -> Result<Severity, String> {
         "critical" => Ok(Severity::Critical),
         _ => Err(format!("unknown severity {s:?} (info, warning, critical)")),
     }
-}
-
-/// Days from 1970-01-01 to a civil date (Howard Hinnant's days-from-civil).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 /// `now`, or RFC 3339 `YYYY-MM-DDTHH:MM[:SS](Z|±HH:MM)`.
@@ -194,15 +198,6 @@ fn parse_time(text: &str, now: Timestamp) -> anyhow::Result<Timestamp> {
     Ok(Timestamp(secs * 1000))
 }
 
-fn days_in_month(y: i64, m: i64) -> i64 {
-    match m {
-        2 if y % 4 == 0 && (y % 100 != 0 || y % 400 == 0) => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
 /// The longest silence the command sets: a year and a day covers any planned works; longer is a typo.
 const MAX_SILENCE: Dur = Dur::secs(366 * 86_400);
 
@@ -255,6 +250,7 @@ pub fn run_to(
                 camera: a.camera,
                 ward: a.ward,
                 rule: a.rule,
+                kind: a.kind,
                 severity: a.severity,
                 min_severity: None,
             };
@@ -285,12 +281,7 @@ pub fn run_to(
                     "ID", "STATE", "STARTS", "ENDS", "MATCHERS"
                 )?;
                 for s in &rows {
-                    let state = match () {
-                        _ if s.expired_at.is_some() => "expired",
-                        _ if s.active_at(now) => "active",
-                        _ if s.starts_at > now => "pending",
-                        _ => "ended",
-                    };
+                    let state = s.state(now);
                     writeln!(
                         out,
                         "{:>4}  {:<8}  {:<20}  {:<20}  {:<40}  {} ({})",
@@ -447,7 +438,12 @@ pub fn run_to(
 
 fn describe(m: &Matchers) -> String {
     let mut parts = Vec::new();
-    for (name, vals) in [("camera", &m.camera), ("ward", &m.ward), ("rule", &m.rule)] {
+    for (name, vals) in [
+        ("camera", &m.camera),
+        ("ward", &m.ward),
+        ("rule", &m.rule),
+        ("kind", &m.kind),
+    ] {
         if !vals.is_empty() {
             parts.push(format!("{name}={}", vals.join("|")));
         }

@@ -39,7 +39,8 @@ CREATE TABLE IF NOT EXISTS alert_alerts (
     last_notice_id INTEGER
 );
 CREATE INDEX IF NOT EXISTS alert_alerts_status ON alert_alerts(status, updated_at);
--- the API's alert list, newest first (the rowid is the index's last column); snapshot links
+-- the API's alert list, newest first (the rowid is the index's last column), the daily report's day;
+-- snapshot links
 CREATE INDEX IF NOT EXISTS alert_alerts_started ON alert_alerts(started_at);
 CREATE INDEX IF NOT EXISTS alert_alerts_snapshot_token ON alert_alerts(snapshot_token);
 CREATE TABLE IF NOT EXISTS alert_notices (
@@ -347,14 +348,25 @@ pub(crate) fn load_silences(
     conn: &Connection,
     include_inactive: bool,
 ) -> Result<Vec<Silence>, AlertError> {
-    let sql = if include_inactive {
-        "SELECT id, matchers, starts_at, ends_at, created_by, comment, created_at, expired_at FROM alert_silences ORDER BY id"
+    if include_inactive {
+        query_silences(conn, "ORDER BY id", [])
     } else {
-        "SELECT id, matchers, starts_at, ends_at, created_by, comment, created_at, expired_at FROM alert_silences \
-         WHERE expired_at IS NULL ORDER BY id"
-    };
-    let mut stmt = conn.prepare_cached(sql)?;
-    let rows = stmt.query_map([], |r| {
+        query_silences(conn, "WHERE expired_at IS NULL ORDER BY id", [])
+    }
+}
+
+/// Silences selected by `tail` (a WHERE and ORDER BY clause over `alert_silences`, with `params`).
+fn query_silences(
+    conn: &Connection,
+    tail: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<Silence>, AlertError> {
+    let sql = format!(
+        "SELECT id, matchers, starts_at, ends_at, created_by, comment, created_at, expired_at \
+         FROM alert_silences {tail}"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(params, |r| {
         Ok((
             r.get::<_, i64>(0)?,
             r.get::<_, String>(1)?,
@@ -383,6 +395,56 @@ pub(crate) fn load_silences(
         });
     }
     Ok(out)
+}
+
+/// One alert as the daily report counts it: its labels and how the operations centre handled it.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct HandlingRow {
+    pub ward: String,
+    pub kind: String,
+    pub started_at: Timestamp,
+    /// new | acknowledged | resolved
+    pub handling: String,
+    pub acknowledged_at: Option<Timestamp>,
+    pub resolved_at: Option<Timestamp>,
+}
+
+/// Read side for the operations centre's views (silences, daily report).
+impl Store {
+    /// One silence, expired or not.
+    pub fn silence(&self, id: i64) -> Result<Option<Silence>, AlertError> {
+        Ok(query_silences(&self.conn, "WHERE id = ?1", [id])?.pop())
+    }
+
+    /// Silences that end (or were expired) at or after `t`, newest first: with `t` a while ago, the active
+    /// and upcoming ones and those that ended since. Expiring a silence moves its end to the moment it was
+    /// expired, so this covers both.
+    pub fn silences_ending_since(&self, t: Timestamp) -> Result<Vec<Silence>, AlertError> {
+        query_silences(&self.conn, "WHERE ends_at >= ?1 ORDER BY id DESC", [t.0])
+    }
+
+    /// Alerts that started in `[from, until)`, with their handling, oldest first.
+    pub fn handling_between(
+        &self,
+        from: Timestamp,
+        until: Timestamp,
+    ) -> Result<Vec<HandlingRow>, AlertError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT ward, kind, started_at, handling, acknowledged_at, resolved_at FROM alert_alerts \
+             WHERE started_at >= ?1 AND started_at < ?2 ORDER BY started_at",
+        )?;
+        let rows = stmt.query_map(params![from.0, until.0], |r| {
+            Ok(HandlingRow {
+                ward: r.get(0)?,
+                kind: r.get(1)?,
+                started_at: Timestamp(r.get(2)?),
+                handling: r.get(3)?,
+                acknowledged_at: r.get::<_, Option<i64>>(4)?.map(Timestamp),
+                resolved_at: r.get::<_, Option<i64>>(5)?.map(Timestamp),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
 }
 
 impl Store {

@@ -178,7 +178,7 @@ pub(super) fn next_cursor<T>(
 /// Runs blocking alert-table work off the async threads. Each blocking thread keeps its connection (one per
 /// database file) for the next request it serves, so a request does not pay for opening the file and
 /// checking the schema; the connection goes when the idle thread ends. No lock is held across an await.
-async fn with_store<T: Send + 'static>(
+pub(super) async fn with_store<T: Send + 'static>(
     db: PathBuf,
     f: impl FnOnce(&mut Store) -> Result<T, AlertError> + Send + 'static,
 ) -> Result<T, ApiError> {

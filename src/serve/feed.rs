@@ -417,37 +417,9 @@ pub(crate) fn frame(out: &mut String, id: Option<i64>, event: &str, data: &str) 
     out.push('\n');
 }
 
-/// A camera as the operations centre sees it (the `/api/cameras` camera JSON): configuration and health,
-/// its last error with any URL credentials removed.
+/// A camera as the operations centre sees it: the `/api/cameras` camera JSON.
 pub(crate) fn camera_json(c: &CameraInfo, now: Timestamp) -> serde_json::Value {
-    let h = c.health.snapshot(now);
-    serde_json::json!({
-        "id": c.id,
-        "name": c.name,
-        "ward": c.ward,
-        "state": h.state,
-        "last_frame_age_s": h.last_frame_age_s,
-        "frames_received": h.frames_received,
-        "frames_analysed": h.frames_analysed,
-        "frames_dropped": h.frames_dropped,
-        "restarts": h.restarts,
-        "last_error": h.last_error.as_deref().map(redact_text),
-    })
-}
-
-/// Text with every URL in it redacted (`rtsp://user:pw@host/…` → `rtsp://***@host/…`). The supervisor
-/// already redacts its own errors; this keeps a password out of a response whatever wrote the text.
-fn redact_text(text: &str) -> String {
-    text.split(' ')
-        .map(|w| {
-            if w.contains("://") {
-                crate::secret::redact_url(w)
-            } else {
-                w.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
+    serde_json::to_value(super::cameras::CameraJson::of(c, now)).unwrap_or_default()
 }
 
 /// Appends a `camera` row whenever a camera's state changes (not its counters), once a [`CAMERA_TICK`].
@@ -702,16 +674,5 @@ mod tests {
             );
         }
         stop.send(true).unwrap();
-    }
-
-    #[test]
-    fn urls_in_error_text_lose_their_credentials() {
-        assert_eq!(
-            redact_text(
-                "cannot open rtsp://admin:hunter2@10.0.0.5/s1: 401, then http://u:p@h/x?token=abc"
-            ),
-            "cannot open rtsp://***@10.0.0.5/s1: 401, then http://***@h/x?token=***"
-        );
-        assert_eq!(redact_text("connection refused"), "connection refused");
     }
 }

@@ -8,12 +8,15 @@
 
 mod alerts;
 mod auth;
+mod cameras;
 mod config;
+mod daily;
 mod error;
 mod feed;
 mod incidents;
 mod metrics;
 mod reports;
+mod silences;
 mod state;
 
 use std::net::SocketAddr;
@@ -24,6 +27,7 @@ use tokio::sync::watch;
 
 pub use alerts::{CITIZEN_REPORT_KIND, closing_event};
 pub use auth::Caller;
+pub use cameras::CameraJson;
 pub use config::{MIN_TOKEN_LEN, Role, ServeConfig, TokenConfig};
 pub use error::{ApiError, ServeError};
 pub use reports::{Filed, ReportLimits, Reports};
@@ -126,6 +130,9 @@ fn routes(state: AppState) -> Router {
         .merge(incidents::routes())
         .merge(feed::routes())
         .merge(reports::routes())
+        .merge(cameras::routes())
+        .merge(silences::routes())
+        .merge(daily::routes())
         .merge(metrics::routes());
     // Last: counts the requests of every route above.
     metrics::track_requests(app, &state).with_state(state)

@@ -5,10 +5,29 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use streetwatch::alert::{DeliveryRow, Store};
+use streetwatch::alert::{AlertConfig, DeliveryRow, Store};
 use streetwatch::types::{
     CameraId, Clock, IncidentEvent, IncidentKey, IncidentPhase, RuleKind, Severity, SystemClock,
 };
+
+/// Every alert to one webhook receiver, `city-platform` at `url` signing with `secret`, retried after
+/// 100–300 ms; `route` adds settings to the root route (`group_wait = "0s"`, …).
+pub fn webhook_config(url: &str, secret: &str, route: &str) -> AlertConfig {
+    AlertConfig::from_toml(&format!(
+        r#"
+[retry]
+initial_backoff = "100ms"
+max_backoff = "300ms"
+[[receivers]]
+name = "city-platform"
+webhook = {{ url = "{url}", secret = "{secret}" }}
+[route]
+receiver = "city-platform"
+{route}
+"#
+    ))
+    .unwrap()
+}
 
 /// An opened crowding incident at the current time on `camera` in `ward`.
 pub fn opened(camera: &str, ward: &str, snapshot: Option<&Path>) -> IncidentEvent {

@@ -217,6 +217,8 @@ pub struct Matchers {
     pub camera: Vec<String>,
     pub ward: Vec<String>,
     pub rule: Vec<String>,
+    /// Rule family: crowding, loitering, parking, … (`RuleKind` names).
+    pub kind: Vec<String>,
     pub severity: Vec<Severity>,
     /// Matches this severity or a higher one.
     pub min_severity: Option<Severity>,

@@ -3,6 +3,8 @@
 
 use std::collections::HashSet;
 
+use crate::types::RuleKind;
+
 use super::{
     AlertConfig, ConfigError, Dur, HourWindow, HttpMethod, MAX_SPAN, MAX_TIMEOUT, Matchers,
     ReceiverConfig, RouteConfig, SmsConfig, check_template, normalize_phone,
@@ -56,6 +58,8 @@ impl AlertConfig {
         }
         self.validate_route(&self.route, "route", &names, true)?;
         for (i, rule) in self.inhibit.rules.iter().enumerate() {
+            check_kinds(&rule.source, &format!("inhibit.rules[{i}].source.kind"))?;
+            check_kinds(&rule.target, &format!("inhibit.rules[{i}].target.kind"))?;
             for l in &rule.equal {
                 if !LABELS.contains(&l.as_str()) || l == "severity" {
                     return Err(ConfigError::new(
@@ -304,6 +308,7 @@ impl AlertConfig {
                 "the root route matches everything: no match or hours on it",
             ));
         }
+        check_kinds(&r.matchers, &key("match.kind"))?;
         for h in &r.hours {
             HourWindow::parse(h).map_err(|e| ConfigError::new(key("hours"), e))?;
         }
@@ -351,6 +356,20 @@ fn is_loopback(host: &str) -> bool {
 }
 
 /// What Kannel's POST interface can carry: every value goes in an HTTP header.
+/// A `kind` matcher names rule kinds that exist: a typo would match nothing, silently.
+fn check_kinds(m: &Matchers, key: &str) -> Result<(), ConfigError> {
+    match m.kind.iter().find(|k| RuleKind::parse(k).is_none()) {
+        Some(k) => Err(ConfigError::new(
+            key.to_string(),
+            format!(
+                "unknown rule kind {k:?} (one of {})",
+                RuleKind::ALL.map(RuleKind::as_str).join(", ")
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
 fn validate_sms_method(s: &SmsConfig) -> Result<(), String> {
     let err = |m: String| Err(m);
     if s.method != HttpMethod::KannelPost {
@@ -397,6 +416,17 @@ mod tests {
         let c = AlertConfig::from_toml("").unwrap();
         assert!(c.receivers.is_empty());
         assert!(c.route.receiver.is_none());
+    }
+
+    #[test]
+    fn kind_matchers_name_real_rule_kinds() {
+        let route = |kinds: &str| {
+            AlertConfig::from_toml(&format!("[[route.routes]]\nmatch = {{ kind = {kinds} }}\n"))
+        };
+        assert!(route(r#"["crowding", "wrong_way"]"#).is_ok());
+        let e = route(r#"["fire"]"#).unwrap_err().to_string();
+        assert!(e.contains("route.routes[0].match.kind"), "{e}");
+        assert!(e.contains("unknown rule kind \"fire\""), "{e}");
     }
 
     #[test]

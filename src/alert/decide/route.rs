@@ -16,6 +16,7 @@ impl Matchers {
         any(&self.camera, &a.camera)
             && any(&self.ward, &a.ward)
             && any(&self.rule, &a.rule)
+            && any(&self.kind, &a.kind)
             && (self.severity.is_empty() || self.severity.contains(&a.severity))
             && self.min_severity.is_none_or(|m| a.severity >= m)
     }
@@ -167,6 +168,18 @@ mod tests {
             snapshot: None,
             snapshot_token: None,
         }
+    }
+
+    #[test]
+    fn a_kind_matcher_matches_the_rule_family() {
+        let m = |kinds: &[&str]| Matchers {
+            kind: kinds.iter().map(|k| k.to_string()).collect(),
+            ..Matchers::default()
+        };
+        let a = alert("W", Severity::Warning);
+        assert!(m(&[]).matches(&a));
+        assert!(m(&["parking", "crowding"]).matches(&a));
+        assert!(!m(&["parking"]).matches(&a));
     }
 
     #[test]

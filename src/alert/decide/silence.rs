@@ -25,6 +25,16 @@ impl Silence {
     pub fn active_at(&self, now: Timestamp) -> bool {
         self.expired_at.is_none() && self.starts_at <= now && now < self.ends_at
     }
+
+    /// `expired` (ended by hand), `active`, `pending` (starts later) or `ended`.
+    pub fn state(&self, now: Timestamp) -> &'static str {
+        match () {
+            _ if self.expired_at.is_some() => "expired",
+            _ if self.active_at(now) => "active",
+            _ if self.starts_at > now => "pending",
+            _ => "ended",
+        }
+    }
 }
 
 /// The id of the first active silence that matches `a`.
