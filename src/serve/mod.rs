@@ -9,6 +9,7 @@
 mod auth;
 mod config;
 mod error;
+mod page;
 mod state;
 
 use std::net::SocketAddr;
@@ -103,5 +104,5 @@ impl Server {
 
 /// Every route, each part in its own module.
 fn routes(state: AppState) -> Router {
-    Router::new().with_state(state)
+    Router::new().merge(page::routes()).with_state(state)
 }
