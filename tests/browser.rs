@@ -65,7 +65,7 @@ initial_backoff = "200ms"
 max_backoff = "1s"
 [[alert.receivers]]
 name = "ops-hook"
-webhook = {{ url = "{}" }}
+webhook = {{ url = "{}", secret = "browser-test-webhook-secret" }}
 "#,
         hook.url()
     )
@@ -159,8 +159,9 @@ impl Browser {
             .expect("spawn chromedriver");
         let driver = ChildGuard(driver);
         let url = format!("http://127.0.0.1:{port}");
+        // (It keeps even an HTTP/1.0 connection open, so readiness is its port accepting.)
         peers::wait_for("chromedriver to listen", LONG, || {
-            peers::http_get(port, "/status").filter(|(s, _)| *s == 200)
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
         });
         let mut caps = serde_json::Map::new();
         caps.insert(
@@ -201,10 +202,13 @@ impl Browser {
             if !(v.is_null() || v == json!(false) || v == json!("") || v == json!(0)) {
                 return v;
             }
-            assert!(
-                Instant::now() < end,
-                "timed out after {limit:?} waiting for {what}"
-            );
+            if Instant::now() >= end {
+                let shot = self.screenshot("timed-out.png").await;
+                panic!(
+                    "timed out after {limit:?} waiting for {what} (the page then: {})",
+                    shot.display()
+                );
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -635,5 +639,197 @@ async fn the_page_shows_alerts_live_and_lets_an_operator_handle_them() {
     let violations = b.js("return window.streetwatch.cspViolations").await;
     assert_eq!(violations, json!([]), "CSP violations");
     println!("main screenshot: {}", shot.display());
+    browser.client.close().await.unwrap();
+}
+
+/// Wards of the benchmark district (real ward names of District 1, Hồ Chí Minh City).
+const WARDS: [&str; 10] = [
+    "Bến Nghé",
+    "Bến Thành",
+    "Cầu Kho",
+    "Cầu Ông Lãnh",
+    "Cô Giang",
+    "Đa Kao",
+    "Nguyễn Cư Trinh",
+    "Nguyễn Thái Bình",
+    "Phạm Ngũ Lão",
+    "Tân Định",
+];
+
+/// Fills the database with `n` real alerts (through the alert router) over `cameras` cameras.
+fn fill_alerts(db: &Path, snapshot: &Path, hook: &HookServer, n: usize, cameras: usize) {
+    use std::sync::Arc;
+    use streetwatch::alert::{AlertConfig, AlertService};
+    use streetwatch::types::{
+        CameraId, IncidentEvent, IncidentKey, IncidentPhase, RuleKind, Severity, SystemClock,
+    };
+    let config = AlertConfig::from_toml(&format!(
+        "[[receivers]]\nname = \"ops-hook\"\nwebhook = {{ url = \"{}\", secret = \"browser-test-webhook-secret\" }}\n\
+         [route]\nreceiver = \"ops-hook\"\ngroup_wait = \"0s\"\n",
+        hook.url()
+    ))
+    .unwrap();
+    let service = AlertService::start(config, db, Arc::new(SystemClock)).unwrap();
+    let now = now_ms();
+    let severities = [Severity::Warning, Severity::Info, Severity::Critical];
+    for i in 0..n {
+        let cam = i % cameras;
+        let kind = RuleKind::ALL[i % RuleKind::ALL.len()];
+        let at = streetwatch::types::Timestamp(now - (n - i) as i64 * 7_000);
+        service.submit(IncidentEvent {
+            key: IncidentKey {
+                camera: CameraId::new(&format!("cam-{cam:04}")),
+                rule: kind.as_str().into(),
+                zone: "z".into(),
+                episode: at,
+            },
+            phase: IncidentPhase::Opened,
+            at,
+            kind,
+            severity: severities[i % 3],
+            camera_name: format!("Camera {cam:04}"),
+            ward: WARDS[cam % WARDS.len()].into(),
+            summary: format!("sự việc số {i}"),
+            count: (i % 20) as u32 + 1,
+            snapshot: Some(snapshot.display().to_string()),
+        });
+    }
+    let store = streetwatch::alert::Store::open(db).unwrap();
+    support::wait_until(Duration::from_secs(600), || {
+        store.alerts(None, n + 10).unwrap().len() >= n
+    });
+    assert_eq!(
+        store.alerts(None, n + 10).unwrap().len(),
+        n,
+        "alerts stored"
+    );
+    service.shutdown();
+}
+
+/// Measures, in Chromium, how long the page takes from navigation to its "ready" mark (first cards, the
+/// whole camera wall, the live feed asked for) with 1,100 cameras and 5,000 alerts, and how long until all
+/// 5,000 are loaded and until all 5,000 cards are rendered by scrolling. Slow to set up (5,000 alerts go
+/// through the router; 1,100 cameras retry a closed port): `cargo test --test browser -- --ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn render_time_for_1100_cameras_and_5000_alerts() {
+    const CAMERAS: usize = 1100;
+    const ALERTS: usize = 5000;
+    let hook = HookServer::start(vec![200]);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let snapshot = util::snapshot_jpeg(dir.path());
+    let fill = Instant::now();
+    fill_alerts(
+        &data.join("streetwatch.db"),
+        &snapshot,
+        &hook,
+        ALERTS,
+        CAMERAS,
+    );
+    println!("{ALERTS} alerts through the router in {:?}", fill.elapsed());
+    // A port nobody listens on: every camera connects, fails, backs off.
+    let closed = free_port();
+    let mut cameras = String::new();
+    for i in 0..CAMERAS {
+        cameras.push_str(&format!(
+            "[[cameras]]\nid = \"cam-{i:04}\"\nname = \"Camera {i:04}\"\nward = \"{}\"\nurl = \"rtsp://127.0.0.1:{closed}/cam-{i:04}\"\nfps = 2\n",
+            WARDS[i % WARDS.len()]
+        ));
+    }
+    let config = dir.path().join("bench.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[runtime]\ndata_dir = {data:?}\n{cameras}\n{}\n{}",
+            webhook_alert_table(&hook),
+            serve_table()
+        ),
+    )
+    .unwrap();
+    let sw = Binary::run(&config);
+    let base = sw.url("");
+    let browser = Browser::start().await;
+    let b = &browser;
+    b.client.goto(&base).await.unwrap();
+    b.js(&format!(
+        "sessionStorage.setItem('streetwatch.token', '{}')",
+        OPERATOR.1
+    ))
+    .await;
+    let mut readies = Vec::new();
+    for run in 1..=3 {
+        // A navigation with the token in the session: the page signs in and renders by itself.
+        b.client.goto(&base).await.unwrap();
+        let ready = b
+            .until(
+                "the ready mark",
+                LONG,
+                "const m = performance.getEntriesByName('streetwatch-ready')[0]; return m ? m.startTime : null",
+            )
+            .await
+            .as_f64()
+            .unwrap();
+        let loaded = b
+            .until(
+                "all alerts loaded",
+                LONG,
+                "const m = performance.getEntriesByName('streetwatch-loaded')[0]; return m ? m.startTime : null",
+            )
+            .await
+            .as_f64()
+            .unwrap();
+        let seen = b
+            .js("const s = window.streetwatch; return { tiles: document.querySelectorAll('.tile').length, \
+                 cards: document.querySelectorAll('.card').length, loaded: s.list.length }")
+            .await;
+        assert_eq!(seen["tiles"], CAMERAS, "{seen}");
+        assert_eq!(seen["cards"], 200, "first page of cards: {seen}");
+        assert_eq!(seen["loaded"], ALERTS, "{seen}");
+        println!(
+            "run {run}: ready {ready:.0} ms after navigation ({CAMERAS} tiles, 200 cards); all {ALERTS} alerts loaded at {loaded:.0} ms"
+        );
+        readies.push(ready);
+    }
+    // Scroll to the end until every card is in the page, measured in the page.
+    let scrolled = b
+        .client
+        .execute_async(
+            "const done = arguments[arguments.length - 1]; const s = window.streetwatch; const t0 = performance.now(); \
+             const step = () => { if (s.rendered >= s.list.length && s.exhausted) { done(performance.now() - t0); return; } \
+               window.scrollTo(0, document.body.scrollHeight); requestAnimationFrame(() => setTimeout(step, 0)); }; step();",
+            vec![],
+        )
+        .await
+        .unwrap()
+        .as_f64()
+        .unwrap();
+    let cards = b
+        .js("return document.querySelectorAll('.card').length")
+        .await;
+    assert_eq!(cards, ALERTS);
+    // With every card in the page, one live change costs one card's update.
+    let update = b
+        .js("const s = window.streetwatch; const id = s.list[4000]; const a = Object.assign({}, s.alerts.get(id), \
+             { state: 'acknowledged', acknowledged_by: 'bench', acknowledged_at: Date.now() }); \
+             const t0 = performance.now(); s.applyAlert(a); document.body.offsetHeight; return performance.now() - t0;")
+        .await
+        .as_f64()
+        .unwrap();
+    b.client
+        .find(Locator::Css("[data-tab=cameras]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.screenshot("camera-wall-1100.png").await;
+    readies.sort_by(f64::total_cmp);
+    println!(
+        "RENDER: {CAMERAS} cameras + {ALERTS} alerts: ready in {:.0} ms (median of 3 navigations; min {:.0}, max {:.0}); \
+         all {ALERTS} cards rendered by scrolling in {scrolled:.0} ms; one live update with {ALERTS} cards in the page: {update:.1} ms",
+        readies[1], readies[0], readies[2]
+    );
     browser.client.close().await.unwrap();
 }

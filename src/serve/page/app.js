@@ -148,7 +148,7 @@
   document.addEventListener('securitypolicyviolation', (e) => {
     S.cspViolations.push(`${e.violatedDirective} ${e.blockedURI}`);
   });
-  window.streetwatch = S; // for the browser test and the curious
+  window.streetwatch = S; // for the browser test, the render benchmark and the curious
 
   // ---------------------------------------------------------------------------------------------
   // API.
@@ -830,6 +830,8 @@
     for (const v of ['alerts', 'cameras', 'report']) $('view-' + v).hidden = v !== name;
     if (name === 'report') loadReport();
   }
+
+  S.applyAlert = (a) => applyAlert(a);
 
   function start() {
     applyLang();
