@@ -69,6 +69,8 @@
       restarts: (n) => `${n} lần khởi động lại`,
       date: 'Ngày', refresh: 'Làm mới', received: 'Tiếp nhận', acknowledged: 'Đã xác nhận', resolved: 'Đã xử lý',
       median_ack: 'Thời gian xác nhận (trung vị)', total: 'Tổng cộng',
+      duration: (s) => s < 60 ? `${s} giây` : s < 3600 ? `${Math.floor(s / 60)} phút ${s % 60} giây`
+        : `${Math.floor(s / 3600)} giờ ${Math.floor(s % 3600 / 60)} phút`,
       report_note: (date, off) => `Ngày ${date} (giờ UTC${off})`, no_rows: 'Không có cảnh báo trong ngày.',
     },
     en: {
@@ -120,6 +122,8 @@
       restarts: (n) => `${n} restart${n === 1 ? '' : 's'}`,
       date: 'Date', refresh: 'Refresh', received: 'Received', acknowledged: 'Acknowledged', resolved: 'Resolved',
       median_ack: 'Median time to acknowledge', total: 'Total',
+      duration: (s) => s < 60 ? `${s} s` : s < 3600 ? `${Math.floor(s / 60)} min ${s % 60} s`
+        : `${Math.floor(s / 3600)} h ${Math.floor(s % 3600 / 60)} min`,
       report_note: (date, off) => `Day ${date} (UTC${off})`, no_rows: 'No alerts that day.',
     },
   };
@@ -330,7 +334,7 @@
     await loadMore(gen);
     if (gen !== S.generation) return;
     S.fedSince = null;
-    await renderMore();
+    await fill();
   }
 
   // Fetches the next page into memory (once at a time).
@@ -372,33 +376,46 @@
     }
   }
 
-  // Adds the next PAGE cards to the DOM (fetching first if memory runs short).
+  // Adds the next PAGE cards to the DOM (fetching first if memory runs short). Only fill() calls it.
   async function renderMore() {
-    if (S.rendering) return;
-    S.rendering = true;
-    try {
-      const gen = S.generation;
-      if (S.rendered + PAGE > S.list.length && !S.exhausted) await loadMore();
-      if (gen !== S.generation) return;
-      const end = Math.min(S.list.length, S.rendered + PAGE);
-      const frag = document.createDocumentFragment();
-      for (let i = S.rendered; i < end; i++) frag.append(cardFor(S.list[i]));
-      $('cards').append(frag);
-      S.rendered = end;
-      updateCount();
-    } finally {
-      S.rendering = false;
-    }
+    const gen = S.generation;
+    if (S.rendered + PAGE > S.list.length && !S.exhausted) await loadMore();
+    if (gen !== S.generation) return;
+    const end = Math.min(S.list.length, S.rendered + PAGE);
+    const frag = document.createDocumentFragment();
+    for (let i = S.rendered; i < end; i++) frag.append(cardFor(S.list[i]));
+    $('cards').append(frag);
+    S.rendered = end;
+    updateCount();
   }
 
-  // Keeps adding cards while the end of the list is within a screen of view (a tall screen, a fast scroll).
-  async function fill() {
-    while (S.me && (S.rendered < S.list.length || !S.exhausted)
-      && $('more').getBoundingClientRect().top < innerHeight + 800 && !$('view-alerts').hidden) {
-      const before = S.rendered;
-      await renderMore();
-      if (S.rendered === before) break;
+  // Adds cards while the end of the list is within a screen of view (after a reload, a scroll, a tall
+  // window). One run at a time; a call during a run makes it look again, and waits for it.
+  let filling = null;
+  let fillAgain = false;
+  const needMore = () => S.me && !$('view-alerts').hidden && (S.rendered < S.list.length || !S.exhausted)
+    && $('more').getBoundingClientRect().top < innerHeight + 800;
+  function fill() {
+    if (filling) {
+      fillAgain = true;
+      return filling;
     }
+    filling = (async () => {
+      try {
+        do {
+          fillAgain = false;
+          while (needMore()) {
+            const before = S.rendered;
+            const gen = S.generation;
+            await renderMore();
+            if (S.rendered === before && gen === S.generation) break;
+          }
+        } while (fillAgain);
+      } finally {
+        filling = null;
+      }
+    })();
+    return filling;
   }
 
   function updateCount() {
@@ -462,9 +479,15 @@
     return card;
   }
 
-  const when = (ms) => ms ? new Date(ms).toLocaleString(lang === 'vi' ? 'vi-VN' : 'en-GB', {
-    hour: '2-digit', minute: '2-digit', second: '2-digit', day: '2-digit', month: '2-digit',
-  }) : '';
+  // One formatter per language: building one per call (toLocaleString) costs more than the rest of a card.
+  const formats = {};
+  const when = (ms) => {
+    if (!ms) return '';
+    formats[lang] = formats[lang] || new Intl.DateTimeFormat(lang === 'vi' ? 'vi-VN' : 'en-GB', {
+      hour: '2-digit', minute: '2-digit', second: '2-digit', day: '2-digit', month: '2-digit',
+    });
+    return formats[lang].format(ms);
+  };
 
   function ageText(a) {
     const s = Math.max(0, Math.floor((Date.now() - a.started_at) / 1000));
@@ -783,11 +806,7 @@
   }
 
   function duration(s) {
-    if (s == null) return '—';
-    s = Math.round(s);
-    if (s < 60) return `${s} s`;
-    if (s < 3600) return `${Math.floor(s / 60)}:${String(s % 60).padStart(2, '0')}`;
-    return `${Math.floor(s / 3600)} h ${String(Math.floor(s % 3600 / 60)).padStart(2, '0')}`;
+    return s == null ? '—' : t('duration')(Math.round(s));
   }
 
   function row(cells, numeric) {
@@ -829,6 +848,7 @@
     for (const b of document.querySelectorAll('[data-tab]')) b.classList.toggle('on', b.dataset.tab === name);
     for (const v of ['alerts', 'cameras', 'report']) $('view-' + v).hidden = v !== name;
     if (name === 'report') loadReport();
+    if (name === 'alerts') fill();
   }
 
   S.applyAlert = (a) => applyAlert(a);
@@ -877,10 +897,15 @@
       reloadAlerts().then(background);
     });
     $('r-go').addEventListener('click', loadReport);
-    // More cards when the end of the list comes near.
-    new IntersectionObserver((entries) => {
-      if (entries.some((e) => e.isIntersecting)) fill();
-    }, { rootMargin: '800px' }).observe($('more'));
+    // More cards when the end of the list comes near (checked at most once a frame).
+    let queued = false;
+    const nearEnd = () => {
+      if (queued) return;
+      queued = true;
+      requestAnimationFrame(() => { queued = false; fill(); });
+    };
+    addEventListener('scroll', nearEnd, { passive: true });
+    addEventListener('resize', nearEnd);
     setInterval(tick, 1000);
     if (S.token) signIn(S.token);
     else $('token').focus();
