@@ -473,6 +473,11 @@
     const card = tpl().cloneNode(true);
     card.dataset.id = String(id);
     card.dataset.shownAt = String(Date.now());
+    // A snapshot pruned by retention: the placeholder instead of a broken image.
+    card.querySelector('.shot img').addEventListener('error', (e) => {
+      e.target.hidden = true;
+      card.querySelector('.shot').dataset.empty = t('no_snapshot');
+    });
     fillCard(card, S.alerts.get(id));
     S.cards.set(id, card);
     seen.observe(card);
