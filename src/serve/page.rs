@@ -120,3 +120,75 @@ pub(super) fn routes() -> Router<AppState> {
         )
         .route("/api/me", get(me))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(asset: &Asset, if_none_match: Option<&str>) -> (StatusCode, HeaderMap) {
+        let mut h = HeaderMap::new();
+        if let Some(v) = if_none_match {
+            h.insert(header::IF_NONE_MATCH, HeaderValue::from_str(v).unwrap());
+        }
+        let r = asset.respond(&h);
+        (r.status(), r.headers().clone())
+    }
+
+    #[test]
+    fn a_browser_revalidates_and_gets_304_only_for_the_same_bytes() {
+        let (s, h) = status(&APP_JS, None);
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(h[header::CACHE_CONTROL], "no-cache");
+        assert_eq!(h[header::CONTENT_TYPE], "text/javascript; charset=utf-8");
+        let etag = h[header::ETAG].to_str().unwrap().to_string();
+        assert_eq!(status(&APP_JS, Some(&etag)).0, StatusCode::NOT_MODIFIED);
+        assert_eq!(
+            status(&APP_JS, Some(&format!("\"x\", W/{etag}"))).0,
+            StatusCode::NOT_MODIFIED
+        );
+        assert_eq!(status(&APP_JS, Some("\"other\"")).0, StatusCode::OK);
+        // Another file's tag is not this one's.
+        let css_tag = status(&APP_CSS, None).1[header::ETAG].clone();
+        assert_ne!(css_tag.to_str().unwrap(), etag);
+        assert_eq!(
+            status(&APP_JS, Some(css_tag.to_str().unwrap())).0,
+            StatusCode::OK
+        );
+        assert_eq!(
+            status(&INDEX, None).1[header::CONTENT_SECURITY_POLICY],
+            CONTENT_SECURITY_POLICY
+        );
+    }
+
+    /// The policy allows no inline script or style, so the page must have none (the browser would refuse
+    /// it silently); and alert text comes from citizens, so the script never parses strings as HTML.
+    #[test]
+    fn the_page_needs_nothing_the_policy_forbids_and_never_parses_text_as_html() {
+        let html = std::str::from_utf8(INDEX.bytes).unwrap();
+        for (i, _) in html.match_indices("<script") {
+            let tag = &html[i..i + html[i..].find('>').unwrap()];
+            assert!(tag.contains(" src=\"/static/"), "inline script: {tag}");
+        }
+        assert!(!html.contains("<style"), "inline stylesheet");
+        assert!(!html.contains(" style="), "style attribute");
+        for word in html.split(|c: char| c.is_whitespace() || c == '<') {
+            let attr = word.split('=').next().unwrap_or("");
+            assert!(
+                !(attr.starts_with("on") && attr.len() > 2 && word.contains('=')),
+                "inline event handler: {word}"
+            );
+        }
+        let js = std::str::from_utf8(APP_JS.bytes).unwrap();
+        for sink in [
+            "innerHTML",
+            "outerHTML",
+            "insertAdjacentHTML",
+            "document.write",
+            "eval(",
+            "new Function",
+        ] {
+            assert!(!js.contains(sink), "app.js uses {sink}");
+        }
+        assert!(!CONTENT_SECURITY_POLICY.contains("unsafe"));
+    }
+}
