@@ -400,7 +400,9 @@
       fillAgain = true;
       return filling;
     }
-    filling = (async () => {
+    // The first await comes before anything else, so `filling` is set before the run can end and clear it.
+    const run = (async () => {
+      await null;
       try {
         do {
           fillAgain = false;
@@ -412,10 +414,11 @@
           }
         } while (fillAgain);
       } finally {
-        filling = null;
+        if (filling === run) filling = null;
       }
     })();
-    return filling;
+    filling = run;
+    return run;
   }
 
   function updateCount() {
@@ -689,19 +692,30 @@
     $('legend').replaceChildren(...items, total);
   }
 
-  function applyCamera(c) {
+  // One camera's new health: its tile changes colour in place, the counts follow.
+  function applyCamera(c, quiet) {
     const known = S.cameras.get(c.id);
-    if (!known) return; // a camera the page does not know yet: next load shows it
+    if (!known) return false; // a camera the page does not know yet: next load shows it
     const before = known.json.state;
     known.json = Object.assign({}, known.json, c);
     known.seenAt = performance.now();
-    if (before !== known.json.state) {
-      known.tile.className = 'tile s-' + known.json.state;
-      known.tile.dataset.state = known.json.state;
-      S.counts[before] = (S.counts[before] || 1) - 1;
-      S.counts[known.json.state] = (S.counts[known.json.state] || 0) + 1;
-      renderLegend();
-    }
+    if (before === known.json.state) return false;
+    known.tile.className = 'tile s-' + known.json.state;
+    known.tile.dataset.state = known.json.state;
+    S.counts[before] = (S.counts[before] || 1) - 1;
+    S.counts[known.json.state] = (S.counts[known.json.state] || 0) + 1;
+    if (!quiet) renderLegend();
+    return true;
+  }
+
+  // While the wall is on screen its counters and frame ages are refreshed (the feed sends state changes only).
+  async function refreshCameras() {
+    if ($('view-cameras').hidden || !S.me || S.cameras.size === 0) return;
+    let doc;
+    try { doc = await api('/api/cameras'); } catch (_) { return; }
+    let changed = false;
+    for (const c of doc.cameras) changed = applyCamera(c, true) || changed;
+    if (changed) renderLegend();
   }
 
   // The tooltip is written when the pointer reaches a tile: the age is current, and 1,100 tiles cost
@@ -710,7 +724,9 @@
     const c = S.cameras.get(tile.dataset.id);
     if (!c) return;
     const j = c.json;
-    const age = j.last_frame_age_s == null ? null : j.last_frame_age_s + (performance.now() - c.seenAt) / 1000;
+    // A camera not streaming gets no frames, so its last frame ages from when the page learnt it.
+    const since = j.state === 'streaming' ? 0 : (performance.now() - c.seenAt) / 1000;
+    const age = j.last_frame_age_s == null ? null : j.last_frame_age_s + since;
     tile.title = [`${j.name || j.id} · ${j.ward}`, t('cam_state')[j.state] || j.state, t('last_frame')(age),
       t('restarts')(j.restarts || 0), j.last_error || ''].filter(Boolean).join('\n');
   }
@@ -912,6 +928,7 @@
     addEventListener('scroll', nearEnd, { passive: true });
     addEventListener('resize', nearEnd);
     setInterval(tick, 1000);
+    setInterval(refreshCameras, 10000);
     if (S.token) signIn(S.token);
     else $('token').focus();
   }
