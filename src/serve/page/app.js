@@ -747,6 +747,7 @@
     S.feed = ctl;
     (async () => {
       let wait = 1000;
+      let first = true;
       while (!ctl.signal.aborted) {
         try {
           const headers = { Authorization: `Bearer ${S.token}`, Accept: 'text/event-stream' };
@@ -756,6 +757,9 @@
           if (!res.ok || !res.body) throw new HttpError(res.status, 'feed');
           setLive('on');
           wait = 1000;
+          // A stream cut before its first event id cannot resume: what it missed comes with a fresh list.
+          if (!first && !S.lastEventId) reloadAlerts().then(background);
+          first = false;
           await readEvents(res.body, (ev) => {
             if (ev.retry) wait = ev.retry;
             if (ev.id !== undefined) S.lastEventId = ev.id;
