@@ -72,7 +72,10 @@ pub use decide::silence::Silence;
 pub use error::AlertError;
 pub use model::{Alert, NoticeKind, NoticePayload};
 pub use router::{Router, RouterStats};
-pub use store::{AlertRow, DeliveryEvent, DeliveryRow, NoticeRow, Prunable, PruneBatch, Store};
+pub use store::{
+    AlertAction, AlertDelivery, AlertFilter, AlertPosition, AlertRow, AlertView, DeliveryEvent,
+    DeliveryRow, HANDLING_STATES, Handled, Handling, NoticeRow, Prunable, PruneBatch, Store,
+};
 pub use wording::gsm;
 
 enum Msg {

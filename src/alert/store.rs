@@ -17,6 +17,12 @@ use super::decide::silence::Silence;
 use super::error::AlertError;
 use super::keys::Keys;
 
+mod api;
+pub use api::{
+    AlertAction, AlertDelivery, AlertFilter, AlertPosition, AlertView, HANDLING_STATES, Handled,
+    Handling,
+};
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS alert_alerts (
     key TEXT PRIMARY KEY,
@@ -31,6 +37,9 @@ CREATE TABLE IF NOT EXISTS alert_alerts (
     last_notice_id INTEGER
 );
 CREATE INDEX IF NOT EXISTS alert_alerts_status ON alert_alerts(status, updated_at);
+-- the API's alert list, newest first (the rowid is the index's last column); snapshot links
+CREATE INDEX IF NOT EXISTS alert_alerts_started ON alert_alerts(started_at);
+CREATE INDEX IF NOT EXISTS alert_alerts_snapshot_token ON alert_alerts(snapshot_token);
 CREATE TABLE IF NOT EXISTS alert_notices (
     id INTEGER PRIMARY KEY,
     created_at INTEGER NOT NULL,
@@ -600,12 +609,13 @@ pub enum Prunable {
     /// Deliveries in a final state (accepted, delivered, undelivered, dead) last changed before the cutoff,
     /// with all their events. Pending, sending and queued ones (the gateway still holds them) stay.
     Deliveries,
-    /// Notices decided before the cutoff that have no delivery left.
+    /// Notices decided before the cutoff that have no delivery left, with their links to alerts.
     Notices,
     /// Notification-log entries written before the cutoff: a group still firing is notified again every
     /// `repeat_interval`, which rewrites its entry, so an entry this old belongs to no live group.
     NotificationLog,
-    /// Alerts resolved before the cutoff; firing ones stay, however old.
+    /// Alerts resolved before the cutoff, with their handling history (`alert_actions`) and links to
+    /// notices; firing ones stay, however old.
     Alerts,
 }
 
@@ -685,6 +695,31 @@ impl Store {
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        // An alert's handling history and notice links go with it, and a notice's links with the notice:
+        // chosen by the same condition, before the rows they name are gone.
+        match what {
+            Prunable::Alerts => {
+                for child in ["alert_actions", "alert_notice_alerts"] {
+                    tx.execute(
+                        &format!(
+                            "DELETE FROM {child} WHERE alert_key IN (SELECT key FROM {table} \
+                             WHERE {id} IN (SELECT value FROM json_each(?2)) AND {cond})"
+                        ),
+                        params![before.0, ids],
+                    )?;
+                }
+            }
+            Prunable::Notices => {
+                tx.execute(
+                    &format!(
+                        "DELETE FROM alert_notice_alerts WHERE notice_id IN (SELECT {id} FROM {table} \
+                         WHERE {id} IN (SELECT value FROM json_each(?2)) AND {cond})"
+                    ),
+                    params![before.0, ids],
+                )?;
+            }
+            _ => {}
+        }
         let deleted: Vec<i64> = tx
             .prepare(&format!(
                 "DELETE FROM {table} WHERE {id} IN (SELECT value FROM json_each(?2)) AND {cond} RETURNING {id}"

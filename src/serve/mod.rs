@@ -6,9 +6,11 @@
 //! (acknowledgements, resolutions, silences) and hands citizen reports to the incident sink like any other
 //! incident.
 
+mod alerts;
 mod auth;
 mod config;
 mod error;
+mod incidents;
 mod page;
 mod state;
 
@@ -17,6 +19,7 @@ use std::net::SocketAddr;
 use axum::Router;
 use tokio::sync::watch;
 
+pub use alerts::{CITIZEN_REPORT_KIND, closing_event};
 pub use auth::Caller;
 pub use config::{MIN_TOKEN_LEN, Role, ServeConfig, TokenConfig};
 pub use error::{ApiError, ServeError};
@@ -104,5 +107,9 @@ impl Server {
 
 /// Every route, each part in its own module.
 fn routes(state: AppState) -> Router {
-    Router::new().merge(page::routes()).with_state(state)
+    Router::new()
+        .merge(page::routes())
+        .merge(alerts::routes())
+        .merge(incidents::routes())
+        .with_state(state)
 }

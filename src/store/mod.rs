@@ -46,6 +46,8 @@ struct Opened {
 pub struct IncidentRow {
     pub id: String,
     pub camera: String,
+    pub camera_name: String,
+    pub ward: String,
     pub rule: String,
     pub zone: String,
     pub kind: String,
@@ -84,7 +86,8 @@ impl Store {
              );
              CREATE INDEX IF NOT EXISTS incidents_camera_opened ON incidents (camera, opened_at);
              CREATE INDEX IF NOT EXISTS incidents_closed ON incidents (closed_at);
-             CREATE INDEX IF NOT EXISTS incidents_updated ON incidents (updated_at, id);",
+             CREATE INDEX IF NOT EXISTS incidents_updated ON incidents (updated_at, id);
+             CREATE INDEX IF NOT EXISTS incidents_opened ON incidents (opened_at, id);",
         )
         .map_err(wrap)?;
         Ok(Self { conn, path: p })
@@ -304,7 +307,8 @@ impl Store {
             source,
         };
         let sql = format!(
-            "SELECT id, camera, rule, zone, kind, severity, opened_at, updated_at, closed_at, count, summary, snapshot
+            "SELECT id, camera, rule, zone, kind, severity, opened_at, updated_at, closed_at, count, summary, snapshot,
+                 camera_name, ward
              FROM incidents {tail}"
         );
         let mut stmt = self.conn.prepare(&sql).map_err(wrap)?;
@@ -323,11 +327,70 @@ impl Store {
                     count: r.get(9)?,
                     summary: r.get(10)?,
                     snapshot: r.get(11)?,
+                    camera_name: r.get(12)?,
+                    ward: r.get(13)?,
                 })
             })
             .map_err(wrap)?;
         rows.collect::<Result<_, _>>().map_err(wrap)
     }
+
+    /// One page of incidents matching `filter`, newest first (opened_at desc, id desc), after `after` (from
+    /// the newest when `None`), at most `limit`. Incidents opened later than the first page sort before it,
+    /// so paging on neither repeats nor skips one.
+    pub fn incident_page(
+        &self,
+        filter: &IncidentFilter,
+        after: Option<&IncidentPosition>,
+        limit: usize,
+    ) -> Result<Vec<IncidentRow>, StoreError> {
+        let mut conds: Vec<&str> = Vec::new();
+        let mut args: Vec<&dyn rusqlite::ToSql> = Vec::new();
+        if let Some(c) = &filter.camera {
+            conds.push("camera = ?");
+            args.push(c);
+        }
+        if let Some(k) = &filter.kind {
+            conds.push("kind = ?");
+            args.push(k);
+        }
+        match filter.open {
+            Some(true) => conds.push("closed_at IS NULL"),
+            Some(false) => conds.push("closed_at IS NOT NULL"),
+            None => {}
+        }
+        if let Some(p) = after {
+            conds.push("(opened_at, id) < (?, ?)");
+            args.push(&p.opened_at);
+            args.push(&p.id);
+        }
+        let mut tail = String::new();
+        if !conds.is_empty() {
+            tail = format!("WHERE {}", conds.join(" AND "));
+        }
+        let limit = limit.min(i64::MAX as usize);
+        self.query(
+            &format!("{tail} ORDER BY opened_at DESC, id DESC LIMIT {limit}"),
+            args.as_slice(),
+        )
+    }
+}
+
+/// Which incidents a page holds; `None` places no condition.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IncidentFilter {
+    pub camera: Option<String>,
+    /// Rule family (`crowding`, …).
+    pub kind: Option<String>,
+    /// Not closed yet, or closed.
+    pub open: Option<bool>,
+}
+
+/// A place in the newest-first order of incidents (opened_at desc, id desc).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IncidentPosition {
+    pub opened_at: i64,
+    pub id: String,
 }
 
 #[cfg(test)]
