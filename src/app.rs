@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use crossbeam::channel::Receiver;
 
-pub use forward::{Forwarder, SPILL_AFTER};
+pub use forward::{Forwarder, IncidentCounts, SPILL_AFTER};
 
 use crate::alert::{self, AlertHandle, AlertService};
 use crate::analyse::{AnalysisEvent, CameraAnalyser, render_snapshot};
@@ -22,7 +22,7 @@ use crate::infer::{self, BBox, Detector, ModelManifest, Regions};
 use crate::ingest::{Backoff, CameraStream, Ingest, IngestOptions, Pacing};
 use crate::pool::{Analyser, Pool, PoolConfig, PoolStats};
 use crate::retention::{Policy, RetentionTask};
-use crate::serve::{CameraInfo, ServeContext, Server};
+use crate::serve::{CameraInfo, PipelineStats, ServeContext, Server};
 use crate::store::{DataDirLock, Store};
 use crate::types::{CameraId, Clock, IncidentEvent, IncidentPhase};
 
@@ -194,6 +194,7 @@ impl Pipeline {
             clock.clone(),
         )?;
         let report_tx = Arc::new(std::sync::Mutex::new(Some(events_tx.clone())));
+        let opened = Arc::new(IncidentCounts::default());
         let server = match &config.serve {
             Some(serve) => Some(start_server(
                 serve,
@@ -206,11 +207,16 @@ impl Pipeline {
                     cameras: Arc::from([]),
                     clock: clock.clone(),
                     submit: Some(incident_submit(report_tx.clone())),
+                    stats: PipelineStats {
+                        pool: Some(pool.observer()),
+                        incidents: Some(opened.clone()),
+                        alerts: alerts.as_ref().map(Arc::downgrade),
+                    },
                 },
             )?),
             None => None,
         };
-        let forwarder = Forwarder::new(store, alerts, dropped_updates);
+        let forwarder = Forwarder::new(store, alerts, dropped_updates).counting_opened(opened);
         let sink = std::thread::Builder::new()
             .name("sw-incidents".into())
             .spawn({

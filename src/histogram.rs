@@ -52,6 +52,25 @@ impl Histogram {
         unreachable!("rank is at most the total")
     }
 
+    /// Observations at or below each bound (milliseconds, ascending), and the total: a histogram with
+    /// fixed bounds, as Prometheus wants it. A bucket of ours counts below a bound when its upper edge is
+    /// at or below it, so an observation within 5 % under a bound may be counted in the next one up.
+    pub fn cumulative_ms(&self, bounds_ms: &[f64]) -> (Vec<u64>, u64) {
+        let mut out = vec![0; bounds_ms.len()];
+        let mut seen = 0;
+        let mut next = 0;
+        for (i, b) in self.buckets.iter().enumerate() {
+            let upper_ms = FIRST_US * GROWTH.powi(i as i32 + 1) / 1000.0;
+            while next < bounds_ms.len() && bounds_ms[next] < upper_ms {
+                out[next] = seen;
+                next += 1;
+            }
+            seen += b.load(Ordering::Relaxed);
+        }
+        out[next..].iter_mut().for_each(|c| *c = seen);
+        (out, seen)
+    }
+
     pub fn reset(&self) {
         self.buckets
             .iter()
@@ -74,6 +93,19 @@ mod tests {
         assert!((50.0..=52.5).contains(&p50), "{p50}");
         assert!((99.0..=104.0).contains(&p99), "{p99}");
         assert_eq!(h.count(), 1000);
+    }
+
+    #[test]
+    fn cumulative_counts_fall_under_fixed_bounds() {
+        let h = Histogram::default();
+        for ms in [0.001, 0.5, 2.0, 2.0, 40.0, 9_000.0] {
+            h.record_ms(ms);
+        }
+        let (below, total) = h.cumulative_ms(&[1.0, 10.0, 100.0, 1000.0]);
+        assert_eq!(below, vec![2, 4, 5, 5]);
+        assert_eq!(total, 6);
+        let (below, total) = Histogram::default().cumulative_ms(&[1.0]);
+        assert_eq!((below, total), (vec![0], 0));
     }
 
     #[test]

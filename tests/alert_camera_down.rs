@@ -15,24 +15,7 @@ use streetwatch::config::Config;
 use streetwatch::types::SystemClock;
 
 fn camera(id: &str, port: u16) -> String {
-    format!(
-        r#"
-[[cameras]]
-id = "{id}"
-name = "Camera {id}"
-ward = "Bến Nghé"
-url = "rtsp://127.0.0.1:{port}/cam"
-fps = 2
-[[cameras.zones]]
-id = "all"
-polygon = [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]
-[[cameras.rules]]
-kind = "intrusion"
-id = "walkway"
-zone = "all"
-severity = "warning"
-"#
-    )
+    support::intrusion_camera(id, &format!("rtsp://127.0.0.1:{port}/cam"))
 }
 
 #[test]

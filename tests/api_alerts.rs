@@ -101,6 +101,7 @@ impl Env {
             cameras: Arc::from(Vec::new()),
             clock: Arc::new(clock.clone()),
             submit: None,
+            stats: Default::default(),
         };
         let server = Server::start(&config, ctx, alert.runtime()).unwrap();
         let base = format!("http://{}", server.addr());

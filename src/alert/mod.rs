@@ -69,6 +69,7 @@ pub use config::{
 pub use decide::dedup::Admission;
 pub use decide::inhibit::CameraHealth;
 pub use decide::silence::Silence;
+pub use deliver::notify::DeliveryStats;
 pub use error::AlertError;
 pub use model::{Alert, NoticeKind, NoticePayload};
 pub use router::{Router, RouterStats};
@@ -142,6 +143,7 @@ impl AlertService {
             wake.clone(),
             dlr_links,
         )?);
+        let deliveries = notifier.counters();
         let dlr_db = match dlr_listener {
             Some(_) => Some(store::open_with(db_path, store::Sync::Normal)?),
             None => None,
@@ -195,6 +197,7 @@ impl AlertService {
             tx,
             stopping,
             stats: QueueCounters::default(),
+            deliveries,
             stop: stop_tx,
             threads: vec![router_thread, notify_thread],
             dlr_addr,
@@ -336,6 +339,7 @@ pub struct AlertHandle {
     /// what it sees.
     stopping: Arc<AtomicBool>,
     stats: QueueCounters,
+    deliveries: Arc<deliver::notify::DeliveryCounters>,
     stop: watch::Sender<bool>,
     threads: Vec<JoinHandle<()>>,
     dlr_addr: Option<SocketAddr>,
@@ -392,6 +396,16 @@ impl AlertHandle {
             dropped_updates: self.stats.dropped_updates.load(Ordering::Relaxed),
             spilled: self.stats.spilled.load(Ordering::Relaxed),
         }
+    }
+
+    /// Events and health changes waiting in the queue in front of the router, and the queue's capacity.
+    pub fn queue_depth(&self) -> (usize, usize) {
+        (self.tx.len(), self.tx.capacity().unwrap_or(usize::MAX))
+    }
+
+    /// How delivery attempts ended since the start, per configured receiver and channel.
+    pub fn delivery_stats(&self) -> Vec<DeliveryStats> {
+        self.deliveries.read()
     }
 
     /// Reports a camera's health: while `Down` or `Maintenance`, its rule alerts are muted. Waits for room

@@ -502,6 +502,16 @@ impl Store {
         Ok((decided, unsent))
     }
 
+    /// Deliveries not yet sent, per receiver and state (`pending` or `sending`), from the receiver index.
+    pub fn outbox_depth(&self) -> Result<Vec<(String, String, i64)>, AlertError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT receiver, state, COUNT(*) FROM alert_deliveries \
+             WHERE state IN ('pending', 'sending') GROUP BY receiver, state ORDER BY receiver, state",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Deliveries per state.
     pub fn delivery_counts(&self) -> Result<std::collections::BTreeMap<String, i64>, AlertError> {
         let mut stmt = self

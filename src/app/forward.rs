@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::alert::{AlertHandle, Handed, QueueStats};
 use crate::store::Store;
-use crate::types::{IncidentEvent, IncidentPhase, Timestamp};
+use crate::types::{IncidentEvent, IncidentPhase, RuleKind, Timestamp};
 
 /// How long an opened or closed event waits for room in the router's queue before it is left for replay:
 /// long enough to ride out a burst, short enough that the sink keeps storing incidents.
@@ -24,8 +24,31 @@ const REPLAY_PAGE: usize = 256;
 /// Least time between two warnings about dropped or spilled events.
 const REPORT_EVERY: Duration = Duration::from_secs(10);
 
+/// Incidents opened since the start, per rule kind: counted by the incident sink, read by `/metrics`.
+#[derive(Debug, Default)]
+pub struct IncidentCounts {
+    opened: [AtomicU64; RuleKind::ALL.len()],
+}
+
+impl IncidentCounts {
+    fn count(&self, kind: RuleKind) {
+        if let Some(i) = RuleKind::ALL.iter().position(|&k| k == kind) {
+            self.opened[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Each rule kind with the incidents of that kind opened since the start.
+    pub fn opened(&self) -> impl Iterator<Item = (RuleKind, u64)> + '_ {
+        RuleKind::ALL
+            .into_iter()
+            .zip(&self.opened)
+            .map(|(k, n)| (k, n.load(Ordering::Relaxed)))
+    }
+}
+
 pub struct Forwarder {
     store: Store,
+    opened: Arc<IncidentCounts>,
     alerts: Option<Arc<AlertHandle>>,
     /// `updated` events the analysers dropped before the sink (their queue was full).
     upstream_drops: Arc<AtomicU64>,
@@ -43,6 +66,7 @@ impl Forwarder {
     ) -> Self {
         Self {
             store,
+            opened: Arc::default(),
             alerts,
             upstream_drops,
             behind_since: None,
@@ -51,8 +75,17 @@ impl Forwarder {
         }
     }
 
+    /// Counts opened incidents in `counts` (shared with whoever reads them) instead of a count of its own.
+    pub fn counting_opened(mut self, counts: Arc<IncidentCounts>) -> Self {
+        self.opened = counts;
+        self
+    }
+
     /// Stores the event, logs it and hands it to the router.
     pub fn record(&mut self, event: IncidentEvent) {
+        if event.phase == IncidentPhase::Opened {
+            self.opened.count(event.kind);
+        }
         let stored = match self.store.record(&event) {
             Ok(()) => true,
             Err(e) => {

@@ -89,6 +89,23 @@ impl PoolStats {
     }
 }
 
+/// Reads [`PoolStats`] and the ready queue's length without touching the frame path.
+#[derive(Clone)]
+pub struct PoolObserver {
+    shared: Arc<Shared>,
+}
+
+impl PoolObserver {
+    pub fn stats(&self) -> &PoolStats {
+        &self.shared.stats
+    }
+
+    /// Cameras with a frame waiting for a worker (the ready queue's length; at most the camera count).
+    pub fn queue_depth(&self) -> usize {
+        self.shared.ready_tx.len()
+    }
+}
+
 struct Slot {
     frame: ArrayQueue<Frame>,
     scheduled: AtomicBool,
@@ -218,6 +235,13 @@ impl Pool {
 
     pub fn stats(&self) -> &PoolStats {
         &self.shared.stats
+    }
+
+    /// A reader of the pool's statistics and queue for others (the metrics endpoint); cheap to clone.
+    pub fn observer(&self) -> PoolObserver {
+        PoolObserver {
+            shared: self.shared.clone(),
+        }
     }
 
     /// Stops the workers after their current batch, then drops the analysers and waiting frames.

@@ -11,10 +11,12 @@ mod auth;
 mod config;
 mod error;
 mod incidents;
+mod metrics;
 mod page;
 mod state;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::Router;
 use tokio::sync::watch;
@@ -23,7 +25,7 @@ pub use alerts::{CITIZEN_REPORT_KIND, closing_event};
 pub use auth::Caller;
 pub use config::{MIN_TOKEN_LEN, Role, ServeConfig, TokenConfig};
 pub use error::{ApiError, ServeError};
-pub use state::{AppState, CameraInfo, IncidentSubmit, ServeContext};
+pub use state::{AppState, CameraInfo, IncidentSubmit, PipelineStats, ServeContext};
 
 /// The running server. Stop it before the runtime it was started on.
 pub struct Server {
@@ -52,8 +54,10 @@ impl Server {
             .local_addr()
             .map_err(|e| ServeError::Runtime(e.to_string()))?;
         let (stop, mut stopped) = watch::channel(false);
+        let metrics = Arc::new(metrics::Metrics::new(&ctx)?);
         let state = AppState {
             ctx,
+            metrics,
             tokens: auth::Tokens::new(&config.tokens),
             utc_offset_minutes: config.utc_offset_minutes,
             stopping: stopped.clone(),
@@ -107,9 +111,11 @@ impl Server {
 
 /// Every route, each part in its own module.
 fn routes(state: AppState) -> Router {
-    Router::new()
+    let app = Router::new()
         .merge(page::routes())
         .merge(alerts::routes())
         .merge(incidents::routes())
-        .with_state(state)
+        .merge(metrics::routes());
+    // Last: counts the requests of every route above.
+    metrics::track_requests(app, &state).with_state(state)
 }

@@ -2,9 +2,12 @@
 //! reports.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
+use crate::alert::AlertHandle;
+use crate::app::IncidentCounts;
 use crate::health::CameraHealth;
+use crate::pool::PoolObserver;
 use crate::types::{CameraId, Clock, IncidentEvent};
 
 use super::auth::Tokens;
@@ -33,6 +36,18 @@ pub struct ServeContext {
     pub clock: Arc<dyn Clock>,
     /// `None` without an incident sink (no citizen reports then).
     pub submit: Option<IncidentSubmit>,
+    /// Counters of the other stages, read by `/metrics`.
+    pub stats: PipelineStats,
+}
+
+/// What `/metrics` reads besides the cameras, each kept by its own stage; none outside a pipeline.
+#[derive(Clone, Default)]
+pub struct PipelineStats {
+    pub pool: Option<PoolObserver>,
+    /// Incidents opened per rule kind, counted by the incident sink.
+    pub incidents: Option<Arc<IncidentCounts>>,
+    /// The alert service, held weakly: the server neither keeps it running nor is the one to stop it.
+    pub alerts: Option<Weak<AlertHandle>>,
 }
 
 /// Shared by the handlers.
@@ -41,6 +56,8 @@ pub struct AppState {
     pub ctx: ServeContext,
     pub tokens: Tokens,
     pub utc_offset_minutes: i32,
+    /// The `/metrics` registry, and the HTTP request counts every route adds to.
+    pub metrics: Arc<super::metrics::Metrics>,
     /// Turns true when the server stops: long-lived responses (the live feed) end then.
     pub stopping: tokio::sync::watch::Receiver<bool>,
 }

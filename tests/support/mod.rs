@@ -71,6 +71,29 @@ clear_seconds = 4
     )
 }
 
+/// A camera reading `url` whose intrusion rule covers the whole picture: the first person seen opens an
+/// incident.
+pub fn intrusion_camera(id: &str, url: &str) -> String {
+    format!(
+        r#"
+[[cameras]]
+id = "{id}"
+name = "Camera {id}"
+ward = "Bến Nghé"
+url = "{url}"
+fps = 2
+[[cameras.zones]]
+id = "all"
+polygon = [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]
+[[cameras.rules]]
+kind = "intrusion"
+id = "walkway"
+zone = "all"
+severity = "warning"
+"#
+    )
+}
+
 /// Decodes `file` at `fps` into RGB images `width` wide, with their media time in ms.
 pub fn decode_frames(file: &Path, fps: u32, width: u32) -> Vec<(i64, image::RgbImage)> {
     let desc = format!(

@@ -4,6 +4,7 @@
 //! SQLite work runs on blocking threads, so a lock held elsewhere delays no send in flight.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,87 @@ use super::{Outcome, dlr, outbox, sms, webhook};
 use crate::alert::config::AlertConfig;
 use crate::alert::error::AlertError;
 use crate::alert::store::DeliveryRow;
+
+/// How the attempts of one receiver's channel ended, since the start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeliveryStats {
+    pub receiver: String,
+    /// `sms`, `email` or `webhook`.
+    pub channel: &'static str,
+    /// The peer took the notice (accepted, or queued by the gateway).
+    pub sent: u64,
+    /// A transient failure: the delivery is tried again.
+    pub failed: u64,
+    /// A permanent failure: the delivery is dead-lettered.
+    pub dead_lettered: u64,
+}
+
+#[derive(Default)]
+struct Counts {
+    sent: AtomicU64,
+    failed: AtomicU64,
+    dead_lettered: AtomicU64,
+}
+
+/// Attempt outcomes per configured receiver and channel, counted by the notifier with atomics: the set is
+/// fixed by the configuration, so it needs no lock and stays bounded.
+pub(crate) struct DeliveryCounters {
+    by_receiver: Vec<(String, Vec<(&'static str, Counts)>)>,
+}
+
+impl DeliveryCounters {
+    fn new(cfg: &AlertConfig) -> Self {
+        let by_receiver = cfg
+            .receivers
+            .iter()
+            .map(|r| {
+                let channels = [
+                    ("sms", r.sms.is_some()),
+                    ("email", r.email.is_some()),
+                    ("webhook", r.webhook.is_some()),
+                ];
+                let counts = channels
+                    .into_iter()
+                    .filter(|&(_, on)| on)
+                    .map(|(c, _)| (c, Counts::default()))
+                    .collect();
+                (r.name.clone(), counts)
+            })
+            .collect();
+        Self { by_receiver }
+    }
+
+    /// Counts one attempt; one for a receiver or channel no longer configured is not counted.
+    fn count(&self, receiver: &str, channel: &str, outcome: &Outcome) {
+        let counts = self
+            .by_receiver
+            .iter()
+            .find(|(r, _)| r == receiver)
+            .and_then(|(_, cs)| cs.iter().find(|(c, _)| *c == channel));
+        let Some((_, c)) = counts else { return };
+        let counter = match outcome {
+            Outcome::Accepted { .. } => &c.sent,
+            Outcome::Transient { .. } => &c.failed,
+            Outcome::Permanent(_) => &c.dead_lettered,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn read(&self) -> Vec<DeliveryStats> {
+        self.by_receiver
+            .iter()
+            .flat_map(|(receiver, cs)| {
+                cs.iter().map(|(channel, c)| DeliveryStats {
+                    receiver: receiver.clone(),
+                    channel,
+                    sent: c.sent.load(Ordering::Relaxed),
+                    failed: c.failed.load(Ordering::Relaxed),
+                    dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
+                })
+            })
+            .collect()
+    }
+}
 
 /// Token bucket: `rate` starts per second, bursts of up to `max(rate, 1)`.
 struct Bucket {
@@ -62,6 +144,7 @@ pub(crate) struct Notifier {
     limits: HashMap<String, Limit>,
     wake: Arc<Notify>,
     dlr: Option<dlr::Links>,
+    counters: Arc<DeliveryCounters>,
 }
 
 /// Without news, look for due retries this often.
@@ -104,6 +187,7 @@ impl Notifier {
             .map_err(|e| AlertError::Config(format!("HTTP client: {e}")))?;
         Ok(Self {
             db: Arc::new(Mutex::new(db)),
+            counters: Arc::new(DeliveryCounters::new(&cfg)),
             cfg,
             clock,
             http,
@@ -112,6 +196,11 @@ impl Notifier {
             wake,
             dlr,
         })
+    }
+
+    /// The attempt outcomes counted so far, shared.
+    pub(crate) fn counters(&self) -> Arc<DeliveryCounters> {
+        self.counters.clone()
     }
 
     /// Runs `f` on the notifier's connection on a blocking thread. Another connection's write transaction
@@ -267,6 +356,7 @@ impl Notifier {
                 d.receiver
             )),
         };
+        self.counters.count(&d.receiver, &d.channel, &outcome);
         match &outcome {
             Outcome::Accepted { state, .. } => {
                 tracing::info!(delivery = d.id, notice = d.notice_id, receiver = %d.receiver, channel = %d.channel, state, "notice sent")
