@@ -1,5 +1,6 @@
 //! The streetwatch command line.
 
+use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,7 +11,9 @@ use clap::{Parser, Subcommand};
 use streetwatch::app::{Pipeline, RunOptions};
 use streetwatch::bench::{self, BenchOptions, BenchSource};
 use streetwatch::config::{Config, installed};
-use streetwatch::ingest::FootageServer;
+use streetwatch::ingest::{FootageOptions, FootageServer};
+use streetwatch::secret::Secret;
+use streetwatch::serve::{Role, TokenConfig};
 use streetwatch::types::SystemClock;
 
 #[derive(Parser)]
@@ -110,6 +113,10 @@ enum Command {
         /// Port to listen on (0: any free port).
         #[arg(long, default_value_t = 0)]
         port: u16,
+        /// Play each file over and over in one stream that never ends (as a live camera), instead of
+        /// ending the stream with the file.
+        #[arg(long = "loop")]
+        looping: bool,
         /// MOUNT=FILE, served at rtsp://127.0.0.1:PORT/MOUNT.
         #[arg(required = true)]
         mounts: Vec<String>,
@@ -129,6 +136,12 @@ fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| default_level.into()),
         )
         .with_writer(std::io::stderr)
+        // Colour for a person at a terminal; plain text for a file, a pipe or a journal, and for anyone
+        // who asks for none (https://no-color.org: NO_COLOR set and not empty).
+        .with_ansi(
+            std::io::stderr().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        )
         .init();
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -146,6 +159,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run { config, seconds } => {
             let config = Config::load(&config)?;
             let pipeline = Pipeline::start(&config, RunOptions::default(), Arc::new(SystemClock))?;
+            if let Some(addr) = pipeline.server_addr() {
+                println!("streetwatch: page at http://{addr}/");
+            }
             serve_until_stopped(pipeline, seconds)
         }
         Command::CheckConfig { file } => {
@@ -208,7 +224,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Eval { json, scenarios } => eval(json, scenarios),
-        Command::ServeFootage { port, mounts } => {
+        Command::ServeFootage {
+            port,
+            looping,
+            mounts,
+        } => {
             let mounts = mounts
                 .iter()
                 .map(|m| {
@@ -218,7 +238,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     Ok((name.to_string(), PathBuf::from(file)))
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            let server = FootageServer::start(&mounts, port)?;
+            let server = FootageServer::start_with(
+                &mounts,
+                port,
+                FootageOptions {
+                    auth: None,
+                    looping,
+                },
+            )?;
             for (name, _) in &mounts {
                 println!("{}", server.url(name));
             }
@@ -274,7 +301,8 @@ fn demo(seconds: Option<u64>) -> anyhow::Result<()> {
     .iter()
     .map(|(m, f)| (m.to_string(), installed(&format!("fixtures/{f}"))))
     .collect();
-    let server = FootageServer::start(&mounts, 0)?;
+    // Looping, as live cameras: a stream that ended with its file would be restarted by the camera.
+    let server = FootageServer::start_looping(&mounts, 0)?;
     let text =
         std::fs::read_to_string(&demo).with_context(|| format!("reading {}", demo.display()))?;
     let text = text.replace("${DEMO_RTSP_PORT}", &server.port().to_string());
@@ -284,13 +312,42 @@ fn demo(seconds: Option<u64>) -> anyhow::Result<()> {
         demo.parent().unwrap_or(Path::new("/")),
     )?;
     config.runtime.data_dir = Some(std::env::current_dir()?.join("data"));
+    // Made at each start and shown only here: a demo that shipped fixed tokens would open every copy's
+    // page to anyone who read them.
+    let viewer = random_token()?;
+    let operator = random_token()?;
+    if let Some(serve) = config.serve.as_mut() {
+        for (name, role, token) in [
+            ("demo-viewer", Role::Viewer, &viewer),
+            ("demo-operator", Role::Operator, &operator),
+        ] {
+            serve.tokens.push(TokenConfig {
+                name: name.into(),
+                role,
+                token: Secret::new(token.as_str()),
+            });
+        }
+    }
     println!(
-        "streetwatch demo: {} cameras from fixture footage at rtsp://127.0.0.1:{}/…, data in ./data (Ctrl-C stops)",
+        "streetwatch demo: {} cameras from fixture footage at rtsp://127.0.0.1:{}/…, data in ./data, notices in ./data/notices.jsonl (Ctrl-C stops)",
         config.cameras.len(),
         server.port()
     );
     let pipeline = Pipeline::start(&config, RunOptions::default(), Arc::new(SystemClock))?;
+    if let Some(addr) = pipeline.server_addr() {
+        println!("streetwatch demo: page at http://{addr}/");
+        println!("viewer token: {viewer}");
+        println!("operator token: {operator}");
+    }
     serve_until_stopped(pipeline, seconds)
+}
+
+/// A bearer token of 32 hex digits (128 bits) from the operating system's random source.
+fn random_token() -> anyhow::Result<String> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| anyhow::anyhow!("no random source for a token: {e}"))?;
+    Ok(hex::encode(bytes))
 }
 
 fn serve_until_stopped(pipeline: Pipeline, seconds: Option<u64>) -> anyhow::Result<()> {

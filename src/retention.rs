@@ -37,10 +37,19 @@ pub struct Policy {
     pub deliveries: Option<Duration>,
     pub delivery_events: Option<Duration>,
     pub snapshots: Option<Duration>,
+    /// The live feed's change log: [`FEED_AGE`], or the alerts' age when that is shorter.
+    pub feed: Option<Duration>,
     pub batch_rows: usize,
     pub batch_pause: Duration,
     pub every: Duration,
 }
+
+/// How long the live feed's change log is kept. It only serves a stream that dropped and comes back
+/// (`Last-Event-ID`): the page loads the alert list itself when it opens, and a browser retries a dropped
+/// stream within seconds. A week covers a laptop closed over a long weekend or an operations-centre PC
+/// left off for days, while the log — one row per alert update and per delivery state change, several per
+/// alert — stays a small fraction of the alert tables.
+pub const FEED_AGE: Duration = Duration::from_secs(7 * 86_400);
 
 impl From<&RetentionConfig> for Policy {
     fn from(c: &RetentionConfig) -> Self {
@@ -55,6 +64,8 @@ impl From<&RetentionConfig> for Policy {
             deliveries: days(&c.deliveries_days),
             delivery_events: days(&c.delivery_events_days),
             snapshots: days(&c.snapshots_days),
+            // Rows about pruned alerts could no longer be shown anyway.
+            feed: Some(days(&c.alerts_days).map_or(FEED_AGE, |a| a.min(FEED_AGE))),
             batch_rows: (*c.batch_rows.get_ref()).max(1) as usize,
             batch_pause: Duration::from_millis((*c.batch_pause_ms.get_ref()).max(0) as u64),
             every: Duration::from_secs((*c.every_minutes.get_ref()).max(1) as u64 * 60),
@@ -67,6 +78,7 @@ impl From<&RetentionConfig> for Policy {
 pub struct Pruned {
     pub incidents: u64,
     pub alerts: u64,
+    pub feed: u64,
     pub notices: u64,
     pub notification_log: u64,
     pub deliveries: u64,
@@ -113,6 +125,7 @@ pub fn prune(
         (Prunable::Notices, policy.notices),
         (Prunable::NotificationLog, policy.notices),
         (Prunable::Alerts, policy.alerts),
+        (Prunable::Feed, policy.feed),
     ] {
         let Some(before) = cutoff(now, age) else {
             continue;
@@ -127,6 +140,7 @@ pub fn prune(
                 Prunable::Notices => &mut out.notices,
                 Prunable::NotificationLog => &mut out.notification_log,
                 Prunable::Alerts => &mut out.alerts,
+                Prunable::Feed => &mut out.feed,
             } += n;
             out.batches += u64::from(n > 0);
             let Some(next) = batch.next else { break };

@@ -1123,6 +1123,7 @@ fn retention_takes_an_alerts_history_and_links_with_it() {
         deliveries: None,
         delivery_events: None,
         snapshots: None,
+        feed: None,
         batch_rows: 100,
         batch_pause: Duration::ZERO,
         every: Duration::from_secs(60),

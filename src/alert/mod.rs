@@ -75,7 +75,7 @@ pub use model::{Alert, NoticeKind, NoticePayload};
 pub use router::{Router, RouterStats};
 pub use store::{
     AlertAction, AlertDelivery, AlertFilter, AlertPosition, AlertRow, AlertView, DeliveryEvent,
-    DeliveryRow, HANDLING_STATES, Handled, Handling, NoticeRow, Prunable, PruneBatch, Store,
+    DeliveryRow, FeedRow, HANDLING_STATES, Handled, Handling, NoticeRow, Prunable, PruneBatch, Store,
 };
 pub use wording::gsm;
 
@@ -110,6 +110,8 @@ impl AlertService {
         clock: Arc<dyn Clock>,
         queue: usize,
     ) -> Result<AlertHandle, AlertError> {
+        let mut config = config;
+        config.resolve_files(db_path.parent().unwrap_or(Path::new(".")));
         let router = Router::open(&config, db_path, clock.now())?;
         let cfg = Arc::new(config);
         let wake = Arc::new(Notify::new());

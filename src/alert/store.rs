@@ -18,10 +18,12 @@ use super::error::AlertError;
 use super::keys::Keys;
 
 mod api;
+mod feed;
 pub use api::{
     AlertAction, AlertDelivery, AlertFilter, AlertPosition, AlertView, HANDLING_STATES, Handled,
     Handling,
 };
+pub use feed::FeedRow;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS alert_alerts (
@@ -627,6 +629,8 @@ pub enum Prunable {
     /// Alerts resolved before the cutoff, with their handling history (`alert_actions`) and links to
     /// notices; firing ones stay, however old.
     Alerts,
+    /// Live-feed change log rows written before the cutoff (a client away longer cannot resume).
+    Feed,
 }
 
 /// States a delivery does not leave by itself.
@@ -662,6 +666,7 @@ impl Prunable {
                 "rowid",
                 "status = 'resolved' AND updated_at < ?1".into(),
             ),
+            Prunable::Feed => ("alert_feed", "id", "at < ?1".into()),
         }
     }
 }

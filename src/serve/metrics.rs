@@ -617,21 +617,30 @@ mod tests {
     use super::*;
     use crate::types::SystemClock;
 
+    /// Called on a runtime: the feed starts its poller there.
     fn state() -> AppState {
+        let dir = tempfile::tempdir().unwrap().keep();
         let ctx = ServeContext {
-            db_path: "/nonexistent/streetwatch.db".into(),
-            snapshots_dir: "/nonexistent/snapshots".into(),
+            db_path: dir.join("streetwatch.db"),
+            snapshots_dir: dir.join("snapshots"),
             cameras: Arc::from([]),
             clock: Arc::new(SystemClock),
             submit: None,
             stats: PipelineStats::default(),
         };
+        let stopping = tokio::sync::watch::channel(false).1;
         AppState {
             metrics: Arc::new(Metrics::new(&ctx).unwrap()),
+            feed: super::super::feed::Feed::start(
+                &ctx,
+                stopping.clone(),
+                &tokio::runtime::Handle::current(),
+            )
+            .unwrap(),
             ctx,
             tokens: super::super::auth::Tokens::new(&[]),
             utc_offset_minutes: 420,
-            stopping: tokio::sync::watch::channel(false).1,
+            stopping,
         }
     }
 

@@ -10,6 +10,7 @@ mod alerts;
 mod auth;
 mod config;
 mod error;
+mod feed;
 mod incidents;
 mod metrics;
 mod page;
@@ -55,7 +56,10 @@ impl Server {
             .map_err(|e| ServeError::Runtime(e.to_string()))?;
         let (stop, mut stopped) = watch::channel(false);
         let metrics = Arc::new(metrics::Metrics::new(&ctx)?);
+        let feed = feed::Feed::start(&ctx, stopped.clone(), &runtime)
+            .map_err(|e| ServeError::Runtime(format!("live feed: {e}")))?;
         let state = AppState {
+            feed,
             ctx,
             metrics,
             tokens: auth::Tokens::new(&config.tokens),
@@ -115,6 +119,7 @@ fn routes(state: AppState) -> Router {
         .merge(page::routes())
         .merge(alerts::routes())
         .merge(incidents::routes())
+        .merge(feed::routes())
         .merge(metrics::routes());
     // Last: counts the requests of every route above.
     metrics::track_requests(app, &state).with_state(state)

@@ -60,4 +60,6 @@ pub struct AppState {
     pub metrics: Arc<super::metrics::Metrics>,
     /// Turns true when the server stops: long-lived responses (the live feed) end then.
     pub stopping: tokio::sync::watch::Receiver<bool>,
+    /// The live feed's broadcast of changes.
+    pub(crate) feed: super::feed::Feed,
 }

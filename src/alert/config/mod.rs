@@ -239,6 +239,8 @@ pub struct ReceiverConfig {
     pub sms: Option<SmsConfig>,
     pub email: Option<EmailConfig>,
     pub webhook: Option<WebhookConfig>,
+    /// The streetwatch log, and a file if set: a receiver that needs no phone, mail server or peer.
+    pub log: Option<LogConfig>,
 }
 
 fn default_concurrency() -> usize {
@@ -377,6 +379,17 @@ pub struct WebhookConfig {
     pub secret: Secret,
     #[serde(default = "default_http_timeout")]
     pub timeout: Dur,
+}
+
+/// Notices written to the streetwatch log (target `streetwatch::notice`, level info), and with `file` also
+/// appended to a file as JSON Lines, one object per notice. Its deliveries end `delivered` as soon as they
+/// are written: a demo or a trial sees the whole chain, and a log shipper can take the file elsewhere.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// JSON Lines file the notices are appended to (created if missing). A relative path is taken inside
+    /// the data directory (the folder of the database), where the rest of what a run writes goes.
+    pub file: Option<PathBuf>,
 }
 
 /// Muting rules, checked when a group is about to notify.

@@ -148,10 +148,10 @@ impl AlertConfig {
     fn validate_receiver(&self, r: &ReceiverConfig, at: &str) -> Result<(), ConfigError> {
         let key = |k: &str| format!("{at}.{k}");
         let err = |k: &str, m: String| Err(ConfigError::new(key(k), m));
-        if r.sms.is_none() && r.email.is_none() && r.webhook.is_none() {
+        if r.sms.is_none() && r.email.is_none() && r.webhook.is_none() && r.log.is_none() {
             return err(
                 "name",
-                format!("receiver {:?} has no sms, email or webhook", r.name),
+                format!("receiver {:?} has no sms, email, webhook or log", r.name),
             );
         }
         if !(1..=MAX_CONCURRENCY).contains(&r.max_concurrency) {
@@ -253,7 +253,32 @@ impl AlertConfig {
             }
             time_span(key("webhook.timeout"), w.timeout, false, MAX_TIMEOUT)?;
         }
+        if let Some(file) = r.log.as_ref().and_then(|l| l.file.as_ref()) {
+            if file.file_name().is_none() {
+                return err(
+                    "log.file",
+                    format!("{:?} names no file to append to", file.display()),
+                );
+            }
+            if file.is_dir() {
+                return err(
+                    "log.file",
+                    format!("{} is a folder, not a file", file.display()),
+                );
+            }
+        }
         Ok(())
+    }
+
+    /// Takes relative `log.file` paths inside `data_dir` (the folder of the database).
+    pub fn resolve_files(&mut self, data_dir: &std::path::Path) {
+        for r in &mut self.receivers {
+            if let Some(file) = r.log.as_mut().and_then(|l| l.file.as_mut())
+                && file.is_relative()
+            {
+                *file = data_dir.join(&*file);
+            }
+        }
     }
 
     fn validate_route(
@@ -387,5 +412,43 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("phone number"), "{e}");
+    }
+
+    #[test]
+    fn a_log_receiver_needs_nothing_but_its_file_must_be_one() {
+        let c = AlertConfig::from_toml("[[receivers]]\nname = \"duty\"\nlog = {}\n").unwrap();
+        assert!(c.receivers[0].log.as_ref().unwrap().file.is_none());
+        let dir = tempfile::tempdir().unwrap();
+        let e = AlertConfig::from_toml(&format!(
+            "[[receivers]]\nname = \"duty\"\nlog = {{ file = {:?} }}\n",
+            dir.path()
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "receivers[0].log.file", "{e}");
+        assert!(e.message.contains("folder"), "{e}");
+        let e = AlertConfig::from_toml("[[receivers]]\nname = \"none\"\n").unwrap_err();
+        assert!(e.message.contains("no sms, email, webhook or log"), "{e}");
+    }
+
+    #[test]
+    fn relative_log_files_are_taken_inside_the_data_directory() {
+        let mut c = AlertConfig::from_toml(
+            "[[receivers]]\nname = \"a\"\nlog = { file = \"n.jsonl\" }\n\
+             [[receivers]]\nname = \"b\"\nlog = { file = \"/var/log/n.jsonl\" }\n",
+        )
+        .unwrap();
+        c.resolve_files(std::path::Path::new("/srv/sw/data"));
+        let files: Vec<_> = c
+            .receivers
+            .iter()
+            .map(|r| r.log.as_ref().unwrap().file.clone().unwrap())
+            .collect();
+        assert_eq!(
+            files,
+            [
+                std::path::PathBuf::from("/srv/sw/data/n.jsonl"),
+                std::path::PathBuf::from("/var/log/n.jsonl")
+            ]
+        );
     }
 }

@@ -1,9 +1,10 @@
-//! What sends: the durable outbox, the notifier that drains it, the SMS / e-mail / webhook senders and the
+//! What sends: the durable outbox, the notifier that drains it, the SMS / e-mail / webhook / log senders and the
 //! SMS gateway's delivery reports. Nothing here decides who hears about what; it delivers what the router
 //! committed.
 
 pub(crate) mod dlr;
 mod email;
+pub(crate) mod log;
 pub(crate) mod notify;
 pub(crate) mod outbox;
 pub(crate) mod sms;

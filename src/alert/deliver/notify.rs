@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 use crate::types::Clock;
 
 use super::email::Mailer;
-use super::{Outcome, dlr, outbox, sms, webhook};
+use super::{Outcome, dlr, log, outbox, sms, webhook};
 use crate::alert::config::AlertConfig;
 use crate::alert::error::AlertError;
 use crate::alert::store::DeliveryRow;
@@ -350,6 +350,10 @@ impl Notifier {
                     self.clock.now(),
                 )
                 .await
+            }
+            ("log", Some(r)) if r.log.is_some() => {
+                let cfg = r.log.as_ref().expect("checked by the guard");
+                log::send(cfg, d.id, d.notice_id, &d.body).await
             }
             (channel, _) => Outcome::Permanent(format!(
                 "receiver {:?} has no {channel} channel any more",

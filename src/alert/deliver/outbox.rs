@@ -55,7 +55,7 @@ pub(crate) struct NewDelivery {
 }
 
 /// Renders a notice into one delivery per channel and target of `receiver`: an SMS per number (so one bad
-/// number fails alone), one e-mail to all recipients, one webhook call.
+/// number fails alone), one e-mail to all recipients, one webhook call, one log entry.
 pub(crate) fn deliveries_for(
     receiver: &ReceiverConfig,
     payload: &NoticePayload,
@@ -90,6 +90,17 @@ pub(crate) fn deliveries_for(
             // The URL may carry a token: the outbox (and the CLI showing it) keeps it redacted.
             target: hook.url.redacted(),
             body: template::webhook(payload, ctx).to_string(),
+            segments: None,
+        });
+    }
+    if let Some(log) = &receiver.log {
+        out.push(NewDelivery {
+            channel: "log",
+            target: log
+                .file
+                .as_ref()
+                .map_or_else(|| "log".to_string(), |f| f.display().to_string()),
+            body: super::log::line(payload, ctx),
             segments: None,
         });
     }

@@ -97,13 +97,34 @@ pub(crate) fn sms_text(cfg: &SmsConfig, p: &NoticePayload, ctx: &Ctx<'_>) -> Str
             text.to_string()
         }
     };
-    let text = match (p.kind, lead(p)) {
-        (NoticeKind::FloodSummary, _) | (_, None) => flood_sms(p, ctx, |t| {
-            gsm::segments(&finish(t)).count <= cfg.max_segments
-        }),
+    let text = short_text(&cfg.template, p, ctx, |t| {
+        gsm::segments(&finish(t)).count <= cfg.max_segments
+    });
+    gsm::truncate_to_segments(&finish(&text), cfg.max_segments)
+}
+
+/// The notice in one line, for the streetwatch log: the SMS wording with the default template, uncut.
+pub(crate) fn log_text(p: &NoticePayload, ctx: &Ctx<'_>) -> String {
+    short_text(
+        &crate::alert::config::default_sms_template(),
+        p,
+        ctx,
+        |_| true,
+    )
+}
+
+/// A notice as `template` words it; a flood summary names as many held alerts as `fits` allows.
+fn short_text(
+    template: &str,
+    p: &NoticePayload,
+    ctx: &Ctx<'_>,
+    fits: impl Fn(&str) -> bool,
+) -> String {
+    match (p.kind, lead(p)) {
+        (NoticeKind::FloodSummary, _) | (_, None) => flood_sms(p, ctx, fits),
         (NoticeKind::Alerts, Some(a)) => {
             let others = p.firing.len() + p.resolved.len() - 1;
-            tidy(&fill(&cfg.template, |name| match name {
+            tidy(&fill(template, |name| match name {
                 "title" => title(p).to_string(),
                 "rule" => rule_name(&a.kind).to_string(),
                 "camera" => a.camera_name.clone(),
@@ -126,8 +147,7 @@ pub(crate) fn sms_text(cfg: &SmsConfig, p: &NoticePayload, ctx: &Ctx<'_>) -> Str
                 _ => String::new(),
             }))
         }
-    };
-    gsm::truncate_to_segments(&finish(&text), cfg.max_segments)
+    }
 }
 
 fn wards(p: &NoticePayload) -> String {
