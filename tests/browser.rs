@@ -180,6 +180,15 @@ impl Browser {
             .connect(&url)
             .await
             .expect("a Chromium session through chromedriver");
+        // Scripts here may run long on a loaded machine (the render benchmark scrolls through 5,000 cards).
+        client
+            .update_timeouts(fantoccini::wd::TimeoutConfiguration::new(
+                Some(Duration::from_secs(300)),
+                Some(LONG),
+                None,
+            ))
+            .await
+            .expect("session timeouts");
         Browser {
             _driver: driver,
             client,

@@ -75,7 +75,8 @@ pub use model::{Alert, NoticeKind, NoticePayload};
 pub use router::{Router, RouterStats};
 pub use store::{
     AlertAction, AlertDelivery, AlertFilter, AlertPosition, AlertRow, AlertView, DeliveryEvent,
-    DeliveryRow, FeedRow, HANDLING_STATES, Handled, Handling, NoticeRow, Prunable, PruneBatch, Store,
+    DeliveryRow, FeedRow, HANDLING_STATES, Handled, Handling, NoticeRow, Prunable, PruneBatch,
+    Store,
 };
 pub use wording::gsm;
 

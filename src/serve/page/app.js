@@ -142,6 +142,7 @@
     rendered: 0,            // list[0..rendered) have cards, in order
     cursor: null, exhausted: false, loading: null, generation: 0,
     filters: { ward: '', camera: '', kind: '', severity: '', state: '' },
+    inList: new Set(),      // the ids in `list`
     cameras: new Map(),     // id -> { json, tile, seenAt }
     counts: {},
     feed: null, lastEventId: null,
@@ -324,6 +325,7 @@
     S.cards.clear();
     S.visible.clear();
     S.list = [];
+    S.inList = new Set();
     S.rendered = 0;
     S.cursor = null;
     S.exhausted = false;
@@ -345,10 +347,12 @@
       try {
         const page = await api(query(S.cursor));
         if (gen !== S.generation) return;
-        const known = new Set(S.list);
         for (const a of page.alerts) {
           if (!(S.fedSince && S.fedSince.has(a.id))) S.alerts.set(a.id, a);
-          if (!known.has(a.id) && matches(S.alerts.get(a.id))) S.list.push(a.id);
+          if (!S.inList.has(a.id) && matches(S.alerts.get(a.id))) {
+            S.list.push(a.id);
+            S.inList.add(a.id);
+          }
         }
         S.cursor = page.next_cursor;
         S.exhausted = !page.next_cursor;
@@ -433,9 +437,10 @@
     if (S.fedSince) S.fedSince.add(a.id);
     const isNew = !S.alerts.has(a.id);
     S.alerts.set(a.id, a);
-    const at = S.list.indexOf(a.id);
-    if (at >= 0 && !matches(a)) {
-      S.list.splice(at, 1);
+    const listed = S.inList.has(a.id);
+    if (listed && !matches(a)) {
+      S.list.splice(S.list.indexOf(a.id), 1);
+      S.inList.delete(a.id);
       const card = S.cards.get(a.id);
       if (card) {
         card.remove();
@@ -443,7 +448,7 @@
         S.visible.delete(card);
         S.rendered--;
       }
-    } else if (at >= 0) {
+    } else if (listed) {
       const card = S.cards.get(a.id);
       if (card) fillCard(card, a);
     } else if (matches(a)) {
@@ -456,6 +461,7 @@
       // Past the loaded end of a list with more to fetch: it will come with its page.
       if (lo === S.list.length && !S.exhausted) return;
       S.list.splice(lo, 0, a.id);
+      S.inList.add(a.id);
       if (lo <= S.rendered) {
         const card = cardFor(a.id);
         if (isNew) card.classList.add('fresh');
@@ -766,8 +772,8 @@
             if (!ev.data) return;
             let data;
             try { data = JSON.parse(ev.data); } catch (_) { return; }
-            if (ev.event === 'alert') applyAlert(data);
-            else if (ev.event === 'camera') applyCamera(data);
+            if (ev.event === 'alert') queueEvent('a' + data.id, data);
+            else if (ev.event === 'camera') queueEvent('c' + data.id, data);
           });
         } catch (e) {
           if (ctl.signal.aborted) return;
@@ -777,6 +783,32 @@
         wait = Math.min(wait * 2, 10000);
       }
     })();
+  }
+
+  // Live events are applied once a frame, the latest per alert or camera: a burst (a gateway coming back
+  // with a thousand delivery reports, cameras flapping) costs one update per card and one legend.
+  const pending = new Map();
+  let flushQueued = false;
+  function queueEvent(key, data) {
+    if (key[0] === 'a' && S.fedSince) S.fedSince.add(data.id);
+    pending.delete(key); // keeps arrival order for the latest
+    pending.set(key, data);
+    if (!flushQueued) {
+      flushQueued = true;
+      requestAnimationFrame(flushEvents);
+      setTimeout(flushEvents, 250); // a hidden tab gets no frames
+    }
+  }
+  function flushEvents() {
+    if (!flushQueued) return;
+    flushQueued = false;
+    let cameras = false;
+    for (const [key, data] of pending) {
+      if (key[0] === 'a') applyAlert(data);
+      else cameras = applyCamera(data, true) || cameras;
+    }
+    pending.clear();
+    if (cameras) renderLegend();
   }
 
   // Parses a text/event-stream body (https://html.spec.whatwg.org/multipage/server-sent-events.html).
@@ -789,10 +821,12 @@
       const { value, done } = await reader.read();
       if (done) return;
       buf += value;
-      let nl;
-      while ((nl = buf.search(/\r\n|\r|\n/)) >= 0) {
-        const line = buf.slice(0, nl);
-        buf = buf.slice(nl + (buf[nl] === '\r' && buf[nl + 1] === '\n' ? 2 : 1));
+      // Split once per chunk (slicing the buffer per line is quadratic in a burst); a trailing \r may be
+      // half of a \r\n, so it waits for the next chunk.
+      const cut = buf.endsWith('\r') ? buf.length - 1 : buf.length;
+      const lines = buf.slice(0, cut).split(/\r\n|\r|\n/);
+      buf = lines.pop() + buf.slice(cut);
+      for (const line of lines) {
         if (line === '') {
           if (hasData || ev.id !== undefined || ev.retry) {
             if (ev.data.endsWith('\n')) ev.data = ev.data.slice(0, -1);
