@@ -182,7 +182,13 @@ impl Pipeline {
             None => Vec::new(),
         };
         let close_at = std::time::Instant::now() + opts.restart_close_grace;
-        let pending_close = left_open.into_iter().map(|e| (close_at, e)).collect();
+        // A citizen report's incident is not a rule's state lost with the previous run: its reports are in
+        // the store, and the server closes it when no new report comes.
+        let pending_close = left_open
+            .into_iter()
+            .filter(|e| e.kind != crate::types::RuleKind::CitizenReport)
+            .map(|e| (close_at, e))
+            .collect();
         let watcher = alerts
             .as_ref()
             .map(|a| watch_camera_health(health.clone(), a.clone(), opts.camera_down_after));

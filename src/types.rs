@@ -137,10 +137,12 @@ pub enum RuleKind {
     Intrusion,
     LineCrossing,
     WrongWay,
+    /// A report sent by a citizen through the operations centre's API, not raised by a camera rule.
+    CitizenReport,
 }
 
 impl RuleKind {
-    pub const ALL: [RuleKind; 7] = [
+    pub const ALL: [RuleKind; 8] = [
         RuleKind::Crowding,
         RuleKind::Loitering,
         RuleKind::Parking,
@@ -148,6 +150,7 @@ impl RuleKind {
         RuleKind::Intrusion,
         RuleKind::LineCrossing,
         RuleKind::WrongWay,
+        RuleKind::CitizenReport,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -159,6 +162,7 @@ impl RuleKind {
             RuleKind::Intrusion => "intrusion",
             RuleKind::LineCrossing => "line_crossing",
             RuleKind::WrongWay => "wrong_way",
+            RuleKind::CitizenReport => "citizen_report",
         }
     }
 
@@ -176,6 +180,7 @@ impl RuleKind {
             RuleKind::Intrusion => "Xâm nhập khu vực cấm",
             RuleKind::LineCrossing => "Vượt vạch",
             RuleKind::WrongWay => "Đi ngược chiều",
+            RuleKind::CitizenReport => "Phản ánh của người dân",
         }
     }
 
@@ -189,6 +194,7 @@ impl RuleKind {
             RuleKind::Intrusion => "Intrusion",
             RuleKind::LineCrossing => "Line crossing",
             RuleKind::WrongWay => "Wrong way",
+            RuleKind::CitizenReport => "Citizen report",
         }
     }
 }

@@ -198,6 +198,7 @@ group_interval = "1s"
                 },
             ],
             utc_offset_minutes: 420,
+            ..ServeConfig::default()
         };
         let server = Server::start(
             &serve,

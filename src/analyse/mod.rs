@@ -303,6 +303,7 @@ impl CameraAnalyser {
             (RuleKind::Loitering | RuleKind::Parking | RuleKind::WrongWay, _) => {
                 format!("{who} đã rời vùng {zone} sau {dur}{track}")
             }
+            (RuleKind::CitizenReport, _) => unreachable!("validated by config: not a camera rule"),
             (RuleKind::LineCrossing, _) => {
                 let ((i, o), (ci, co)) = match &rule.logic {
                     Logic::Line(c) => (c.totals(), tr.class.map_or((0, 0), |k| c.count(k))),
@@ -382,6 +383,7 @@ fn build_rule(r: &RuleConfig, cam: &CameraConfig, zones: &[Zone], labels: &[Stri
                 true,
             ))
         }
+        RuleKind::CitizenReport => unreachable!("validated by config: not a camera rule"),
         RuleKind::Encroachment => Logic::Stationary(
             Objects::new(stationary, min_ms, clear_ms, false),
             ZoneCount::new(1, 0, clear_ms),

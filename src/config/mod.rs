@@ -313,6 +313,8 @@ impl RuleDefaults {
                 30.0,
                 Severity::Warning,
             ),
+            // Not a camera rule (validation refuses it on a camera): citizens' reports open these.
+            RuleKind::CitizenReport => d(&[], 0.0, 0.0, Severity::Warning),
         }
     }
 }
@@ -888,6 +890,15 @@ impl Validator<'_> {
         labels: &[String],
     ) -> Result<(), ConfigError> {
         let kind = rule.kind();
+        if kind == RuleKind::CitizenReport {
+            return self.err(
+                rule.kind.span(),
+                key("kind"),
+                "`citizen_report` incidents come from citizens' reports (POST /api/reports), \
+                 not from a camera rule; pick a camera rule kind"
+                    .into(),
+            );
+        }
         let is_line = kind == RuleKind::LineCrossing;
         let has_zone = |id: &str| cam.zones.iter().any(|z| z.id.get_ref() == id);
         let has_line = |id: &str| cam.lines.iter().any(|l| l.id.get_ref() == id);
@@ -1274,6 +1285,15 @@ min_seconds = 10
         let m = message(&CAMERA.replace("zone = \"plaza\"", "zone = \"plaze\""));
         assert!(
             m.contains("cameras[0].rules[0].zone: no zone `plaze`"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn a_camera_rule_cannot_be_a_citizen_report() {
+        let m = message(&CAMERA.replace("kind = \"crowding\"", "kind = \"citizen_report\""));
+        assert!(
+            m.starts_with("test.toml:9:8: cameras[0].rules[0].kind: `citizen_report` incidents come from citizens' reports"),
             "{m}"
         );
     }

@@ -51,6 +51,8 @@ pub struct ServeConfig {
     pub tokens: Vec<TokenConfig>,
     /// The operations centre's offset from UTC in minutes, for the daily report's day (Hồ Chí Minh: +420).
     pub utc_offset_minutes: i32,
+    /// `[serve.reports]`: citizen reports each client may send.
+    pub reports: super::reports::ReportLimits,
 }
 
 impl Default for ServeConfig {
@@ -59,6 +61,7 @@ impl Default for ServeConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             tokens: Vec::new(),
             utc_offset_minutes: 7 * 60,
+            reports: Default::default(),
         }
     }
 }
@@ -74,6 +77,9 @@ impl ServeConfig {
                     self.utc_offset_minutes
                 ),
             ));
+        }
+        if let Err((key, message)) = self.reports.check() {
+            return Err((format!("reports.{key}"), message));
         }
         let mut names = std::collections::HashSet::new();
         let mut tokens = std::collections::HashSet::new();

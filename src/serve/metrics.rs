@@ -641,6 +641,7 @@ mod tests {
             tokens: super::super::auth::Tokens::new(&[]),
             utc_offset_minutes: 420,
             stopping,
+            reports: super::super::reports::Reports::new(&Default::default()),
         }
     }
 

@@ -14,6 +14,7 @@ mod feed;
 mod incidents;
 mod metrics;
 mod page;
+mod reports;
 mod state;
 
 use std::net::SocketAddr;
@@ -26,6 +27,7 @@ pub use alerts::{CITIZEN_REPORT_KIND, closing_event};
 pub use auth::Caller;
 pub use config::{MIN_TOKEN_LEN, Role, ServeConfig, TokenConfig};
 pub use error::{ApiError, ServeError};
+pub use reports::{Filed, ReportLimits, Reports};
 pub use state::{AppState, CameraInfo, IncidentSubmit, PipelineStats, ServeContext};
 
 /// The running server. Stop it before the runtime it was started on.
@@ -65,7 +67,9 @@ impl Server {
             tokens: auth::Tokens::new(&config.tokens),
             utc_offset_minutes: config.utc_offset_minutes,
             stopping: stopped.clone(),
+            reports: Reports::new(&config.reports),
         };
+        runtime.spawn(reports::close_idle(state.clone()));
         let app = routes(state);
         let listener = {
             let _guard = runtime.enter();
@@ -76,9 +80,12 @@ impl Server {
             let shutdown = async move {
                 let _ = stopped.wait_for(|s| *s).await;
             };
-            if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
+            if let Err(e) = axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(shutdown)
+            .await
             {
                 tracing::error!(error = %e, "http server stopped");
             }
@@ -120,6 +127,7 @@ fn routes(state: AppState) -> Router {
         .merge(alerts::routes())
         .merge(incidents::routes())
         .merge(feed::routes())
+        .merge(reports::routes())
         .merge(metrics::routes());
     // Last: counts the requests of every route above.
     metrics::track_requests(app, &state).with_state(state)

@@ -62,4 +62,6 @@ pub struct AppState {
     pub stopping: tokio::sync::watch::Receiver<bool>,
     /// The live feed's broadcast of changes.
     pub(crate) feed: super::feed::Feed,
+    /// Citizen reports' rate limits and ordering.
+    pub reports: Arc<super::reports::Reports>,
 }

@@ -2,8 +2,10 @@
 //! file through its own connection.
 
 mod lock;
+mod reports;
 
 pub use lock::{DataDirLock, LockError};
+pub use reports::{CITIZEN_CAMERA, Joined, NewReport, ReportRow};
 
 use std::path::Path;
 
@@ -90,6 +92,7 @@ impl Store {
              CREATE INDEX IF NOT EXISTS incidents_opened ON incidents (opened_at, id);",
         )
         .map_err(wrap)?;
+        conn.execute_batch(reports::SCHEMA).map_err(wrap)?;
         Ok(Self { conn, path: p })
     }
 
@@ -229,29 +232,38 @@ impl Store {
         rows.collect::<Result<_, _>>().map_err(wrap)
     }
 
-    /// Deletes at most `limit` incidents closed before `before` (open ones stay, however old), in one
-    /// transaction; returns the snapshot of each row deleted, for the caller to remove the files once the
-    /// deletion is committed.
+    /// Deletes at most `limit` incidents closed before `before` (open ones stay, however old), with the
+    /// citizen reports of incidents no longer there, in one transaction; returns the snapshot of each
+    /// incident deleted, for the caller to remove the files once the deletion is committed. (The photos of
+    /// later reports of an incident are no incident's snapshot: the age sweep removes them.)
     pub fn prune_closed(
         &mut self,
         before: Timestamp,
         limit: usize,
     ) -> Result<Vec<Option<String>>, StoreError> {
+        let path = self.path.clone();
         let wrap = |source| StoreError {
-            path: self.path.clone(),
+            path: path.clone(),
             source,
         };
-        let mut stmt = self
-            .conn
-            .prepare(
-                "DELETE FROM incidents WHERE id IN (SELECT id FROM incidents WHERE closed_at < ?1 LIMIT ?2) \
-                 RETURNING snapshot",
-            )
-            .map_err(wrap)?;
-        let rows = stmt
-            .query_map(params![before.0, limit as i64], |r| r.get(0))
-            .map_err(wrap)?;
-        rows.collect::<Result<_, _>>().map_err(wrap)
+        let tx = self.conn.transaction().map_err(wrap)?;
+        let gone = {
+            let mut stmt = tx
+                .prepare(
+                    "DELETE FROM incidents WHERE id IN (SELECT id FROM incidents WHERE closed_at < ?1 LIMIT ?2) \
+                     RETURNING snapshot",
+                )
+                .map_err(wrap)?;
+            let rows = stmt
+                .query_map(params![before.0, limit as i64], |r| r.get(0))
+                .map_err(wrap)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(wrap)?
+        };
+        if !gone.is_empty() {
+            reports::prune_orphans(&tx, before).map_err(wrap)?;
+        }
+        tx.commit().map_err(wrap)?;
+        Ok(gone)
     }
 
     /// Clears the snapshot of at most `limit` incidents closed before `before`, in one transaction; returns
