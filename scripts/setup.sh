@@ -16,6 +16,7 @@ APT_PACKAGES=(
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
   gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-tools
   kannel kannel-extras python3-aiosmtpd openssl
+  chromium chromium-driver
   prometheus  # promtool and a real server for tests/metrics.rs
 )
 

@@ -15,6 +15,7 @@ mod error;
 mod feed;
 mod incidents;
 mod metrics;
+mod page;
 mod reports;
 mod silences;
 mod state;
@@ -126,6 +127,7 @@ impl Server {
 /// Every route, each part in its own module.
 fn routes(state: AppState) -> Router {
     let app = Router::new()
+        .merge(page::routes())
         .merge(alerts::routes())
         .merge(incidents::routes())
         .merge(feed::routes())
