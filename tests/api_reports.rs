@@ -88,13 +88,24 @@ impl Answer {
 /// POSTs `body` to /api/reports over a plain socket, writing on one thread while reading the answer on
 /// this one, so an answer sent before the whole body was read (413, 415) is still seen.
 fn post(addr: SocketAddr, token: Option<&str>, content_type: &str, body: Vec<u8>) -> Answer {
+    exchange(addr, "POST /api/reports", token, content_type, body)
+}
+
+/// One request (`line`: method and path) over a plain socket, as [`post`] describes.
+fn exchange(
+    addr: SocketAddr,
+    line: &str,
+    token: Option<&str>,
+    content_type: &str,
+    body: Vec<u8>,
+) -> Answer {
     let mut stream = TcpStream::connect(addr).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(60)))
         .unwrap();
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     let head = format!(
-        "POST /api/reports HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: {content_type}\r\n\
+        "{line} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: {content_type}\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
@@ -613,5 +624,77 @@ fn malformed_bodies_never_answer_5xx_and_report_incidents_survive_a_restart_then
     assert_eq!(b.status, 201, "{}", b.body);
     assert_eq!(b.json()["duplicate_of_open"], false);
     assert_ne!(b.json()["incident"], key.as_str());
+    pipeline.shutdown();
+}
+
+/// An operator resolving a report's alert closes its incident: the alert stops firing, and the next report
+/// of the same kind in that ward opens a new incident instead of joining the handled one.
+#[test]
+fn resolving_a_reports_alert_closes_its_incident() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), "[alert]\n[alert.route]\n");
+    let pipeline = Pipeline::start(&config, RunOptions::default(), Arc::new(SystemClock)).unwrap();
+    let addr = pipeline.server_addr().unwrap();
+    let incidents = streetwatch::store::Store::open(&pipeline.db_path).unwrap();
+    let fields = [
+        ("ward", "Đa Kao"),
+        ("category", "litter"),
+        ("location", "Chợ Tân Định"),
+    ];
+    let first = send(addr, REPORTER, &jpeg(3), &fields);
+    assert_eq!(first.status, 201, "{}", first.body);
+    let key = first.json()["incident"].as_str().unwrap().to_string();
+    let alert = wait_for("the report's alert", Duration::from_secs(30), || {
+        let a = exchange(
+            addr,
+            "GET /api/alerts?kind=citizen_report",
+            Some(VIEWER),
+            "text/plain",
+            Vec::new(),
+        );
+        assert_eq!(a.status, 200, "{}", a.body);
+        a.json()["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["key"] == key.as_str())
+            .cloned()
+    });
+    assert_eq!(alert["firing"], true);
+
+    let resolved = exchange(
+        addr,
+        &format!("POST /api/alerts/{}/resolve", alert["id"]),
+        Some(OPERATOR),
+        "application/json",
+        r#"{"note": "Đã dọn, phường xác nhận"}"#.as_bytes().to_vec(),
+    );
+    assert_eq!(resolved.status, 200, "{}", resolved.body);
+    assert_eq!(resolved.json()["state"], "resolved");
+    wait_for("the incident closed", Duration::from_secs(30), || {
+        incidents
+            .incident(&key)
+            .unwrap()
+            .filter(|r| r.closed_at.is_some())
+    });
+    wait_for(
+        "the alert no longer firing",
+        Duration::from_secs(30),
+        || {
+            let a = exchange(
+                addr,
+                &format!("GET /api/alerts/{}", alert["id"]),
+                Some(VIEWER),
+                "text/plain",
+                Vec::new(),
+            );
+            (a.json()["firing"] == false).then_some(())
+        },
+    );
+
+    let next = send(addr, REPORTER, &jpeg(4), &fields);
+    assert_eq!(next.status, 201, "{}", next.body);
+    assert_eq!(next.json()["duplicate_of_open"], false);
+    assert_ne!(next.json()["incident"], key.as_str());
     pipeline.shutdown();
 }
