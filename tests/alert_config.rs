@@ -27,7 +27,10 @@ fn mistakes_are_named() {
             "[route]\n[route.match]\nward = [\"X\"]\n",
             "root route matches everything",
         ),
-        ("[[receivers]]\nname = \"a\"\n", "no sms, email or webhook"),
+        (
+            "[[receivers]]\nname = \"a\"\n",
+            "no sms, email, webhook or log",
+        ),
         (
             "[[receivers]]\nname = \"a\"\nwebhook = { url = \"http://x/\", secret = \"short\" }\n",
             "at least 16 bytes",

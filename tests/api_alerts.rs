@@ -950,7 +950,8 @@ fn the_snapshot_link_serves_only_files_inside_the_snapshot_folder() {
     for bad in [
         "/s/0123456789abcdef0123",
         "/s/..%2F..%2Fetc%2Fpasswd",
-        "/s/%2e%2e",
+        // Not "/s/%2e%2e": a URL parser turns that dot segment into "/" (the page) before it is sent.
+        "/s/%2e%2e%2F%2e%2e%2Fetc%2Fpasswd",
         "/s/a.jpg",
     ] {
         assert_eq!(env.request("GET", bad, None, None).status, 404, "{bad}");
