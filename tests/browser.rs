@@ -312,6 +312,23 @@ fn card_is(id: i64, state: &str) -> String {
     )
 }
 
+/// Waits until alert `id`'s card shows `state`, then reads the alert from the API as the operator.
+async fn card_then_api(
+    b: &Browser,
+    http: &reqwest::Client,
+    sw: &Binary,
+    id: i64,
+    state: &str,
+) -> Value {
+    b.until(
+        &format!("the card to show {state}"),
+        LONG,
+        &card_is(id, state),
+    )
+    .await;
+    get_json(http, &sw.url(&format!("/api/alerts/{id}")), OPERATOR.1).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_shows_alerts_live_and_lets_an_operator_handle_them() {
     let hook = HookServer::start(vec![200]);
@@ -474,18 +491,7 @@ async fn the_page_shows_alerts_live_and_lets_an_operator_handle_them() {
         "document.querySelector('.card[data-id=\"{report_id}\"] .ack').click()"
     ))
     .await;
-    b.until(
-        "the card to show acknowledged",
-        LONG,
-        &card_is(report_id, "acknowledged"),
-    )
-    .await;
-    let acked = get_json(
-        &http,
-        &sw.url(&format!("/api/alerts/{report_id}")),
-        OPERATOR.1,
-    )
-    .await;
+    let acked = card_then_api(b, &http, &sw, report_id, "acknowledged").await;
     assert_eq!(acked["state"], "acknowledged", "{acked}");
     assert_eq!(acked["acknowledged_by"], OPERATOR.0);
     // Resolving asks for a note.
@@ -513,18 +519,7 @@ async fn the_page_shows_alerts_live_and_lets_an_operator_handle_them() {
         .click()
         .await
         .unwrap();
-    b.until(
-        "the card to show resolved",
-        LONG,
-        &card_is(report_id, "resolved"),
-    )
-    .await;
-    let resolved = get_json(
-        &http,
-        &sw.url(&format!("/api/alerts/{report_id}")),
-        OPERATOR.1,
-    )
-    .await;
+    let resolved = card_then_api(b, &http, &sw, report_id, "resolved").await;
     assert_eq!(resolved["state"], "resolved");
     assert_eq!(
         resolved["resolution_note"],
