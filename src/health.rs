@@ -42,6 +42,12 @@ impl StreamState {
 pub struct CameraHealth {
     pub camera: CameraId,
     state: AtomicU8,
+    /// Encoded access units from the RTSP client (every picture of the stream, before any decoding).
+    pub units_received: AtomicU64,
+    /// Keyframes dropped while still encoded: the camera was not due, or analysis had no room for them.
+    pub decode_skipped: AtomicU64,
+    /// Analysed frames whose scene had not changed since the last inference: the detections were reused.
+    pub motion_skipped: AtomicU64,
     /// Pictures out of the decoder (all of them, or keyframes only), before sampling to the analysis rate.
     pub frames_decoded: AtomicU64,
     /// Sampled frames that reached the pool.
@@ -63,6 +69,9 @@ pub struct CameraHealth {
 pub struct HealthSnapshot {
     pub camera: CameraId,
     pub state: StreamState,
+    pub units_received: u64,
+    pub decode_skipped: u64,
+    pub motion_skipped: u64,
     pub frames_decoded: u64,
     pub frames_received: u64,
     pub frames_analysed: u64,
@@ -79,6 +88,9 @@ impl CameraHealth {
         Self {
             camera,
             state: AtomicU8::new(StreamState::Connecting as u8),
+            units_received: AtomicU64::new(0),
+            decode_skipped: AtomicU64::new(0),
+            motion_skipped: AtomicU64::new(0),
             frames_decoded: AtomicU64::new(0),
             frames_received: AtomicU64::new(0),
             frames_analysed: AtomicU64::new(0),
@@ -98,6 +110,11 @@ impl CameraHealth {
     }
     pub fn frame_received(&self, at: Timestamp) {
         self.frames_received.fetch_add(1, Ordering::Relaxed);
+        self.last_frame_ms.store(at.0, Ordering::Relaxed);
+    }
+    /// An encoded unit arrived: the stream is alive, whether or not the unit will be decoded.
+    pub fn unit_received(&self, at: Timestamp) {
+        self.units_received.fetch_add(1, Ordering::Relaxed);
         self.last_frame_ms.store(at.0, Ordering::Relaxed);
     }
     pub fn last_frame_at(&self) -> Option<Timestamp> {
@@ -120,6 +137,9 @@ impl CameraHealth {
         HealthSnapshot {
             camera: self.camera.clone(),
             state: self.state(),
+            units_received: self.units_received.load(Ordering::Relaxed),
+            decode_skipped: self.decode_skipped.load(Ordering::Relaxed),
+            motion_skipped: self.motion_skipped.load(Ordering::Relaxed),
             frames_decoded: self.frames_decoded.load(Ordering::Relaxed),
             frames_received: self.frames_received.load(Ordering::Relaxed),
             frames_analysed: self.frames_analysed.load(Ordering::Relaxed),

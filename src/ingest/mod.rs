@@ -4,6 +4,7 @@
 mod footage_server;
 mod pipeline;
 mod supervisor;
+mod units;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use std::time::Duration;
 pub use footage_server::{BasicAuth, FootageOptions, FootageServer};
 pub use pipeline::{Pacing, StreamSpec};
 pub use supervisor::Backoff;
+pub use units::{Codec, EncodedUnit, LatestKeyframes, UnitSink};
 
 use crate::config::{Config, SourceUrl};
 use crate::health::CameraHealth;

@@ -148,6 +148,12 @@ pub struct FrameSink {
 }
 
 impl FrameSink {
+    /// Cameras whose frame waits for a worker. Ingest decodes a keyframe only while this is below what the
+    /// workers take in one round, so under overload pictures are never decoded just to be replaced.
+    pub fn waiting(&self) -> usize {
+        self.shared.ready_tx.len()
+    }
+
     /// Live mode: the newest frame replaces an unanalysed one, which is counted as dropped.
     pub fn push(&self, frame: Frame) {
         let camera = frame.camera;
