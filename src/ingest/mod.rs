@@ -3,6 +3,7 @@
 
 mod footage_server;
 mod pipeline;
+mod still;
 mod supervisor;
 mod units;
 
@@ -14,6 +15,7 @@ use std::time::Duration;
 
 pub use footage_server::{BasicAuth, FootageOptions, FootageServer};
 pub use pipeline::{Pacing, StreamSpec};
+pub use still::decode_still;
 pub use supervisor::Backoff;
 pub use units::{Codec, EncodedUnit, LatestKeyframes, UnitSink};
 
