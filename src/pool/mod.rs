@@ -31,7 +31,8 @@ use crate::infer::{Detection, Detector, InferError};
 
 mod motion;
 
-pub use motion::{MotionGate, MotionState, Signature};
+pub use motion::MotionGate;
+use motion::{MotionState, Signature};
 
 /// What a camera does with its detections. Owned by one worker at a time.
 pub trait Analyser: Send {
