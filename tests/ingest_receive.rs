@@ -576,3 +576,45 @@ fn with_a_sub_stream_analysis_gets_it_and_snapshots_keep_the_main_stream() {
         rig.sink.count.load(Ordering::Relaxed) as u64
     );
 }
+
+#[test]
+fn a_play_of_a_file_is_received_whole_and_its_end_is_the_server_ending_the_stream() {
+    let _serial = one_at_a_time();
+    let footage = support::footage("bikes.mp4");
+    let (pictures, gops) = support::mp4_video_samples(&footage);
+    assert!(
+        pictures > 0 && gops > 1,
+        "the fixture is not H.264 with several GOPs"
+    );
+    let server = FootageServer::start(&[("bikes".into(), footage)], 0).unwrap();
+    // The server plays the file once and ends the stream; the long first delay keeps the camera from
+    // starting a second play before the first is counted. No stall restart splits the play.
+    let backoff = Backoff {
+        initial: Duration::from_secs(60),
+        max: Duration::from_secs(60),
+        reset_after: Duration::from_secs(1),
+    };
+    let rig = start(
+        vec![spec(0, &server.url("bikes"), Duration::from_secs(60))],
+        backoff,
+    );
+    assert!(
+        support::wait_until(Duration::from_secs(120), || rig.health[0]
+            .restarts
+            .load(Ordering::Relaxed)
+            >= 1),
+        "{:?}",
+        rig.health[0].snapshot(Timestamp(1))
+    );
+    let h = rig.health[0].snapshot(Timestamp(1));
+    assert_eq!(
+        h.last_error.as_deref(),
+        Some("the server ended the stream"),
+        "{h:?}"
+    );
+    assert_eq!(h.state, StreamState::Backoff, "{h:?}");
+    // Every picture of the file, each once; every keyframe flagged.
+    assert_eq!(rig.sink.count_of(0) as u64, pictures, "{h:?}");
+    assert_eq!(rig.sink.keyframes_of(0) as u64, gops, "{h:?}");
+    rig.receivers.stop();
+}

@@ -16,6 +16,7 @@ use retina::client::{
     SetupOptions, TcpTransportOptions, Transport,
 };
 use retina::codec::{CodecItem, FrameFormat, VideoFrame};
+use retina::rtcp::ReceivedCompoundPacket;
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::task::JoinHandle;
 
@@ -308,12 +309,13 @@ async fn run_sessions(camera: &Camera, target: &Target, role: Role, shared: &Sha
         let source = target.source.redacted();
         let retry_in_ms = delay.as_millis() as u64;
         if role.analysed() {
-            health.restarts.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(camera = %health.camera, %source, retry_in_ms, "stream failed: {reason}");
             health.set_error(reason);
             if health.state() != StreamState::Stalled {
                 health.set_state(StreamState::Backoff);
             }
+            // Last, so whoever sees the count go up reads the error and state that go with it.
+            health.restarts.fetch_add(1, Ordering::Relaxed);
         } else {
             // Analysis runs on without it; only snapshots fall back to the analysed picture.
             tracing::warn!(camera = %health.camera, %source, retry_in_ms, "main stream (snapshots) failed: {reason}");
@@ -354,13 +356,14 @@ async fn receive_once(
                     last_unit = Some(tokio::time::Instant::from_std(received));
                     deliver(camera, role, shared, codec, frame, received);
                 }
-                // RTCP reports and other media: no sign of a live picture.
+                // A server ends a stream with an RTCP BYE and may keep the connection open after it.
+                Some(Ok(CodecItem::Rtcp(rtcp))) if says_goodbye(&rtcp) => {
+                    return ended(last_unit.is_some());
+                }
+                // Other reports and other media: no sign of a live picture.
                 Some(Ok(_)) => {}
                 Some(Err(e)) => return Outcome::Failed(headline(&e)),
-                None if last_unit.is_some() => return Outcome::Ended,
-                None => {
-                    return Outcome::Failed("the server ended the stream before any frame".into());
-                }
+                None => return ended(last_unit.is_some()),
             },
             () = &mut watchdog => {
                 let due = last_unit.map_or(opened + grace, |t| t + camera.stall);
@@ -373,6 +376,20 @@ async fn receive_once(
             }
         }
     }
+}
+
+fn ended(after_units: bool) -> Outcome {
+    if after_units {
+        Outcome::Ended
+    } else {
+        Outcome::Failed("the server ended the stream before any frame".into())
+    }
+}
+
+/// Whether a compound RTCP packet holds a BYE (RFC 3550 §6.6, packet type 203).
+fn says_goodbye(rtcp: &ReceivedCompoundPacket) -> bool {
+    const BYE: u8 = 203;
+    rtcp.pkts().any(|p| p.payload_type() == BYE)
 }
 
 fn stalled(camera: &Camera, role: Role, silent: Duration) -> Outcome {
