@@ -103,6 +103,10 @@ pub struct RuntimeConfig {
     /// ([`crate::infer::default_runtime_path`]).
     #[serde(default)]
     pub onnxruntime: Option<PathBuf>,
+    /// Cameras this process can run at once, counting those a reload adds; fixed at start (the pool's
+    /// slots are allocated once). Default: [`Config::camera_capacity`].
+    #[serde(default)]
+    pub camera_capacity: Option<usize>,
 }
 
 impl Default for RuntimeConfig {
@@ -117,6 +121,7 @@ impl Default for RuntimeConfig {
             pipelines: None,
             ingest_nice: default_ingest_nice(),
             onnxruntime: None,
+            camera_capacity: None,
         }
     }
 }
@@ -139,7 +144,8 @@ pub const DEFAULT_MODEL: &str = "models/nanodet_g_416_coco_int8.toml";
 
 pub use crate::home::installed;
 
-#[derive(Debug, Clone, Deserialize)]
+// PartialEq: a reload restarts a camera whose settings changed (spans are not compared).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CameraConfig {
     pub id: Spanned<String>,
@@ -186,7 +192,7 @@ fn default_stall_seconds() -> f32 {
     8.0
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ZoneConfig {
     pub id: Spanned<String>,
@@ -195,7 +201,7 @@ pub struct ZoneConfig {
 }
 
 /// A counting line: two points in frame fractions and the direction that counts as "in".
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LineConfig {
     pub id: Spanned<String>,
@@ -207,7 +213,7 @@ pub struct LineConfig {
 
 /// One rule on one zone (or line). `kind` picks the rule; the fields it needs are checked for that kind,
 /// and what a kind leaves unset takes a default a district would use (see [`RuleDefaults`]).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleConfig {
     pub kind: Spanned<RuleKind>,
@@ -246,7 +252,7 @@ pub enum CrossingAlert {
 }
 
 /// Hours and weekdays in Asia/Ho_Chi_Minh (UTC+7, no daylight saving).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleConfig {
     /// `"HH:MM-HH:MM"` spans; one that ends before it starts runs over midnight. Default: all day.
@@ -518,6 +524,11 @@ fn expand_env(raw: &str) -> Result<String, String> {
 impl Config {
     /// Reads, parses and validates a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Self::load_with_text(path).map(|(config, _)| config)
+    }
+
+    /// As [`load`](Self::load), with the text it was read from.
+    pub fn load_with_text(path: &Path) -> Result<(Config, String), ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             file: path.display().to_string(),
             source,
@@ -527,7 +538,8 @@ impl Config {
             .ok()
             .and_then(|p| p.parent().map(Path::to_path_buf))
             .unwrap_or_default();
-        Self::parse(&text, &path.display().to_string(), &base)
+        let config = Self::parse(&text, &path.display().to_string(), &base)?;
+        Ok((config, text))
     }
 
     /// Parses and validates configuration text; `file` names it in errors, `base_dir` resolves paths.
@@ -567,6 +579,15 @@ impl Config {
             .map_or_else(|| installed("pipelines"), |p| self.resolve(p))
     }
 
+    /// Cameras the pool has room for: as configured, or twice the configured cameras with at least 64
+    /// spare, so reloads can add cameras without a restart.
+    pub fn camera_capacity(&self) -> usize {
+        let n = self.cameras.len();
+        self.runtime
+            .camera_capacity
+            .unwrap_or_else(|| (2 * n).max(n + 64).min(MAX_CAMERA_CAPACITY).max(n))
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.runtime
             .data_dir
@@ -604,6 +625,8 @@ struct Validator<'a> {
 
 /// Ranges of the numbers a configuration sets; outside them a value would wrap, panic or mean nothing.
 const MAX_WORKERS: usize = 256;
+/// Camera slots: a few hundred bytes each, allocated at start.
+const MAX_CAMERA_CAPACITY: usize = 100_000;
 const MAX_BATCH: usize = 64;
 const MAX_BATCH_WAIT_MS: u64 = 1000;
 const WIDTHS: std::ops::RangeInclusive<u32> = 32..=7680;
@@ -656,6 +679,7 @@ impl Validator<'_> {
 
     fn validate_runtime(&self) -> Result<(), ConfigError> {
         let rt = &self.config.runtime;
+        let cameras = self.config.cameras.len();
         let nice = &rt.ingest_nice;
         if !(0..=19).contains(nice.get_ref()) {
             return self.err(
@@ -690,6 +714,12 @@ impl Validator<'_> {
                     (0.0..=1.0).contains(&rt.score_threshold),
                     "within 0–1".into(),
                     format!("{:?}", rt.score_threshold),
+                ),
+                (
+                    "camera_capacity",
+                    (cameras..=MAX_CAMERA_CAPACITY).contains(&self.config.camera_capacity()),
+                    format!("at least the {cameras} cameras configured and at most {MAX_CAMERA_CAPACITY}"),
+                    format!("{}", self.config.camera_capacity()),
                 ),
             ],
         )?;
