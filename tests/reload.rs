@@ -404,3 +404,45 @@ fn churn_leaves_threads_fds_and_memory_where_they_settled() {
     );
     pipeline.shutdown();
 }
+
+#[test]
+fn a_reload_beyond_the_capacity_fixed_at_start_is_refused_and_other_sections_wait_for_a_restart() {
+    let _alone = ALONE.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("capacity.toml");
+    let write = |runtime: &str, cameras: &[&str]| -> String {
+        let text = cameras.iter().fold(
+            format!("[runtime]\ndata_dir = {:?}\n{runtime}\n", dir.path()),
+            |t, id| t + &camera(id, clip().to_str().unwrap(), 1),
+        );
+        std::fs::write(&cfg, &text).unwrap();
+        text
+    };
+    write("workers = 1\ncamera_capacity = 1", &["f0"]);
+    let (config, file) = ConfigFile::load(&cfg).unwrap();
+    let mut pipeline =
+        Pipeline::start(&config, RunOptions::default(), Arc::new(SystemClock)).unwrap();
+
+    // Valid on its own, but the pool was given one slot at start.
+    let text = write("workers = 1\ncamera_capacity = 2", &["f0", "f1"]);
+    let line = text.lines().position(|l| l == "id = \"f1\"").unwrap() + 1;
+    let error = file.reload(&mut pipeline).unwrap_err().to_string();
+    assert!(
+        error.contains(&format!("capacity.toml:{line}:"))
+            && error.contains("cameras[1]")
+            && error.contains("restart"),
+        "{error}"
+    );
+    let ids =
+        |p: &Pipeline| -> Vec<String> { p.health().iter().map(|h| h.camera.to_string()).collect() };
+    assert_eq!(ids(&pipeline), ["f0"]);
+
+    // Only [runtime] changes: the camera is untouched and the section is named as needing a restart.
+    write("workers = 2\ncamera_capacity = 1", &["f0"]);
+    let done = file.reload(&mut pipeline).unwrap();
+    assert_eq!(done.needs_restart, ["runtime"], "{done:?}");
+    assert_eq!(done.unchanged, 1, "{done:?}");
+    assert!(done.added.is_empty() && done.removed.is_empty() && done.restarted.is_empty());
+    assert_eq!(ids(&pipeline), ["f0"]);
+    pipeline.shutdown();
+}
