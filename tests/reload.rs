@@ -446,3 +446,58 @@ fn a_reload_beyond_the_capacity_fixed_at_start_is_refused_and_other_sections_wai
     assert_eq!(ids(&pipeline), ["f0"]);
     pipeline.shutdown();
 }
+
+#[test]
+fn a_removed_cameras_open_incidents_are_closed_and_the_others_keep_running() {
+    let _alone = ALONE.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("incidents.toml");
+    let walkway = support::footage("vtest_h264.mp4");
+    let head = format!("[runtime]\ndata_dir = {:?}\nworkers = 1\n", dir.path());
+    let keep = camera("keep", clip().to_str().unwrap(), 1);
+    // People walk through the whole clip: the intrusion stays open until something closes it.
+    let watched = support::intrusion_camera("walkway", walkway.to_str().unwrap());
+    std::fs::write(&cfg, format!("{head}{keep}{watched}")).unwrap();
+    let (config, file) = ConfigFile::load(&cfg).unwrap();
+    let mut pipeline =
+        Pipeline::start(&config, RunOptions::default(), Arc::new(SystemClock)).unwrap();
+    let db = pipeline.db_path.clone();
+    let walkway_incidents = || {
+        streetwatch::store::Store::open(&db)
+            .and_then(|s| s.incidents())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|i| i.camera == "walkway")
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        wait_until(LIMIT, || walkway_incidents()
+            .iter()
+            .any(|i| i.closed_at.is_none())),
+        "the walkway's intrusion opens"
+    );
+
+    std::fs::write(&cfg, format!("{head}{keep}")).unwrap();
+    let done = file.reload(&mut pipeline).unwrap();
+    assert_eq!(
+        (done.removed, done.unchanged),
+        (vec!["walkway".to_string()], 1)
+    );
+    assert!(
+        wait_until(LIMIT, || walkway_incidents()
+            .iter()
+            .all(|i| i.closed_at.is_some())),
+        "{:?}",
+        walkway_incidents()
+    );
+    assert!(
+        walkway_incidents()
+            .iter()
+            .any(|i| i.summary.contains("configuration reload")),
+        "{:?}",
+        walkway_incidents()
+    );
+    let received = pipeline.health()[0].frames_received;
+    assert!(wait_until(LIMIT, || pipeline.health()[0].frames_received > received));
+    pipeline.shutdown();
+}
