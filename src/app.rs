@@ -2,8 +2,10 @@
 //! ingest → pool (infer) → analyse → incident sink (store, snapshots, log).
 
 mod forward;
+mod reload;
 mod snapshot;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -11,22 +13,24 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use arc_swap::ArcSwap;
 use crossbeam::channel::Receiver;
 
 pub use forward::{Forwarder, IncidentCounts, SPILL_AFTER};
+pub use reload::{ConfigFile, Reloaded};
 pub use snapshot::render_incident_snapshot;
 
 use crate::alert::{self, AlertHandle, AlertService};
-use crate::analyse::{AnalysisEvent, CameraAnalyser};
+use crate::analyse::AnalysisEvent;
 use crate::config::{CameraConfig, Config, RegionsConfig};
 use crate::health::{CameraHealth, HealthSnapshot, StreamState};
 use crate::infer::{self, BBox, Detector, ModelManifest, Regions};
-use crate::ingest::{Backoff, CameraStream, Ingest, IngestOptions, LatestKeyframes, Pacing};
-use crate::pool::{Analyser, Pool, PoolConfig, PoolStats};
+use crate::ingest::{Backoff, Ingest, IngestOptions, LatestKeyframes, Pacing};
+use crate::pool::{Pool, PoolConfig, PoolStats};
 use crate::retention::{Policy, RetentionTask};
-use crate::serve::{CameraInfo, PipelineStats, ServeContext, Server};
+use crate::serve::{CameraList, PipelineStats, ServeContext, Server};
 use crate::store::{DataDirLock, Store};
-use crate::types::{CameraId, Clock, IncidentEvent, IncidentPhase};
+use crate::types::{CameraId, Clock, IncidentEvent, IncidentPhase, Timestamp};
 
 /// Incident events queued between the analysers and the incident sink. An opened event carries a frame
 /// (a few hundred KB), so this bounds that queue to tens of MB; when it is full, updates are dropped and
@@ -65,9 +69,8 @@ pub struct Pipeline {
     sink: JoinHandle<()>,
     watcher: Option<(JoinHandle<()>, crossbeam::channel::Sender<()>)>,
     retention: RetentionTask,
-    /// Keeps the incident sink alive until shutdown, whatever the number of cameras.
-    events: crossbeam::channel::Sender<AnalysisEvent>,
-    health: Vec<Arc<CameraHealth>>,
+    /// The running cameras by pool slot; their list is what serve and the health watcher read.
+    cameras: reload::Cameras,
     clock: Arc<dyn Clock>,
     pub db_path: PathBuf,
     /// The operations-centre server, and the runtime it runs on when there is no alert service to share.
@@ -132,27 +135,9 @@ impl Pipeline {
         let db_path = data_dir.join("streetwatch.db");
         let store = Store::open(&db_path)?;
 
-        let health: Vec<Arc<CameraHealth>> = config
-            .cameras
-            .iter()
-            .map(|c| Arc::new(CameraHealth::new(CameraId::new(c.id.get_ref()))))
-            .collect();
         let (events_tx, events_rx) = crossbeam::channel::bounded(EVENT_QUEUE);
+        let (retired_tx, retired_rx) = crossbeam::channel::unbounded();
         let dropped_updates = Arc::new(AtomicU64::new(0));
-        let cameras: Vec<(Arc<CameraHealth>, Box<dyn Analyser>)> = config
-            .cameras
-            .iter()
-            .zip(&health)
-            .map(|(c, h)| {
-                (
-                    h.clone(),
-                    Box::new(
-                        CameraAnalyser::new(c, &manifest.output.labels, events_tx.clone())
-                            .counting_drops(dropped_updates.clone()),
-                    ) as Box<dyn Analyser>,
-                )
-            })
-            .collect();
         let pool_config = PoolConfig {
             workers: worker_count(config),
             max_batch: config.runtime.max_batch,
@@ -160,13 +145,38 @@ impl Pipeline {
             motion: config.runtime.motion_gate(),
         };
         let threshold = config.runtime.score_threshold;
-        let regions: Arc<[Regions]> = config.cameras.iter().map(camera_regions).collect();
-        let (pool, frames) = Pool::start(&pool_config, cameras, || {
+        let regions: infer::RegionTable = Arc::new(ArcSwap::from_pointee(Vec::new()));
+        let pool = Pool::with_capacity(&pool_config, config.camera_capacity(), || {
             Ok(
                 Detector::new(manifest.clone(), pool_config.max_batch, threshold)?
-                    .with_regions(regions.clone()),
+                    .with_region_table(regions.clone()),
             )
         })?;
+        let mut ingest = Ingest::start(
+            Vec::new(),
+            IngestOptions {
+                pipelines: config.pipelines_dir(),
+                pacing: opts.pacing,
+                loop_files: opts.loop_files,
+                backoff: opts.backoff,
+                nice: *config.runtime.ingest_nice.get_ref(),
+            },
+            clock.clone(),
+        )?;
+        let mut cameras = reload::Cameras::new(
+            pool.capacity(),
+            manifest.output.labels.clone(),
+            events_tx,
+            dropped_updates.clone(),
+            regions,
+            retired_tx,
+        );
+        let started = cameras.apply(config, &pool, &mut ingest, clock.now());
+        if let Some((camera, error)) = started.failed.first() {
+            ingest.stop();
+            pool.shutdown();
+            anyhow::bail!("camera {camera}: {error}");
+        }
         let alerts = match &config.alert {
             Some(a) => Some(Arc::new(AlertService::start(
                 a.clone(),
@@ -194,7 +204,7 @@ impl Pipeline {
             .collect();
         let watcher = alerts
             .as_ref()
-            .map(|a| watch_camera_health(health.clone(), a.clone(), opts.camera_down_after));
+            .map(|a| watch_camera_health(cameras.list.clone(), a.clone(), opts.camera_down_after));
         let snapshots = data_dir.join("snapshots");
         let retention = RetentionTask::start(
             Policy::from(&config.retention),
@@ -202,18 +212,16 @@ impl Pipeline {
             snapshots.clone(),
             clock.clone(),
         )?;
-        let report_tx = Arc::new(std::sync::Mutex::new(Some(events_tx.clone())));
+        let report_tx = Arc::new(std::sync::Mutex::new(Some(cameras.events())));
         let opened = Arc::new(IncidentCounts::default());
         let server = match &config.serve {
             Some(serve) => Some(start_server(
                 serve,
-                config,
-                &health,
                 alerts.as_deref(),
                 ServeContext {
                     db_path: db_path.clone(),
                     snapshots_dir: snapshots.clone(),
-                    cameras: Arc::from([]),
+                    cameras: cameras.list.clone(),
                     clock: clock.clone(),
                     submit: Some(incident_submit(report_tx.clone())),
                     stats: PipelineStats {
@@ -227,46 +235,29 @@ impl Pipeline {
         };
         let forwarder = Forwarder::new(store, alerts, dropped_updates).counting_opened(opened);
         // Filled by the receivers with each camera's main-stream keyframes; read for snapshots.
-        let keyframes = Arc::new(LatestKeyframes::new(config.cameras.len()));
+        let keyframes = Arc::new(LatestKeyframes::new(pool.capacity()));
         let sink = std::thread::Builder::new()
             .name("sw-incidents".into())
             .spawn({
                 let clock = clock.clone();
-                let keyframes = keyframes.clone();
-                move || {
-                    incident_sink(
-                        events_rx,
-                        forwarder,
-                        IncidentSnapshots {
-                            dir: snapshots,
-                            keyframes,
-                        },
-                        pending_close,
-                        clock,
-                    )
-                }
+                let incoming = Incoming {
+                    events: events_rx,
+                    retired: retired_rx,
+                };
+                let snapshots = IncidentSnapshots {
+                    dir: snapshots,
+                    keyframes: keyframes.clone(),
+                };
+                move || incident_sink(incoming, forwarder, snapshots, pending_close, clock)
             })?;
-        let ingest = Ingest::start(
-            CameraStream::from_config(config, &health),
-            IngestOptions {
-                pipelines: config.pipelines_dir(),
-                pacing: opts.pacing,
-                loop_files: opts.loop_files,
-                backoff: opts.backoff,
-                nice: *config.runtime.ingest_nice.get_ref(),
-            },
-            frames,
-            clock.clone(),
-        )?;
-        tracing::info!(cameras = health.len(), workers = pool_config.workers, model = %manifest.name, db = %db_path.display(), "pipeline started");
+        tracing::info!(cameras = config.cameras.len(), capacity = pool.capacity(), workers = pool_config.workers, model = %manifest.name, db = %db_path.display(), "pipeline started");
         Ok(Pipeline {
             ingest,
             pool,
             sink,
             watcher,
             retention,
-            events: events_tx,
-            health,
+            cameras,
             clock,
             db_path,
             server,
@@ -280,13 +271,23 @@ impl Pipeline {
         self.server.as_ref().map(|(s, _)| s.addr())
     }
 
+    /// The running cameras' health, in configuration order.
     pub fn health(&self) -> Vec<HealthSnapshot> {
         let now = self.clock.now();
-        self.health.iter().map(|h| h.snapshot(now)).collect()
+        let list = self.cameras.list.load();
+        list.iter().map(|c| c.health.snapshot(now)).collect()
     }
 
-    pub fn camera_health(&self) -> &[Arc<CameraHealth>] {
-        &self.health
+    pub fn camera_health(&self) -> Vec<Arc<CameraHealth>> {
+        let list = self.cameras.list.load();
+        list.iter().map(|c| c.health.clone()).collect()
+    }
+
+    /// Brings the running cameras to `config`'s: see [`ConfigFile::reload`], which checks the file first.
+    fn apply_cameras(&mut self, config: &Config) -> Reloaded {
+        let now = self.clock.now();
+        self.cameras
+            .apply(config, &self.pool, &mut self.ingest, now)
     }
 
     pub fn stats(&self) -> &PoolStats {
@@ -316,7 +317,7 @@ impl Pipeline {
             let _ = thread.join();
         }
         // The sink ends when the analysers' senders and ours are gone, then stops the alert service it owns.
-        drop(self.events);
+        drop(self.cameras);
         let _ = self.sink.join();
         self.retention.stop();
     }
@@ -325,22 +326,9 @@ impl Pipeline {
 /// Starts the operations-centre server on the alert service's runtime, or on one of its own without alerts.
 fn start_server(
     serve: &crate::serve::ServeConfig,
-    config: &Config,
-    health: &[Arc<CameraHealth>],
     alerts: Option<&AlertHandle>,
-    mut ctx: ServeContext,
+    ctx: ServeContext,
 ) -> anyhow::Result<(Server, Option<tokio::runtime::Runtime>)> {
-    ctx.cameras = config
-        .cameras
-        .iter()
-        .zip(health)
-        .map(|(c, h)| CameraInfo {
-            id: h.camera.clone(),
-            name: c.name.clone(),
-            ward: c.ward.clone(),
-            health: h.clone(),
-        })
-        .collect();
     let (handle, own) = match alerts {
         Some(a) => (a.runtime(), None),
         None => {
@@ -420,9 +408,9 @@ fn hand_over_left_state(
 }
 
 /// Tells the alert router when cameras go down (not streaming for `down_after`) and come back, once per
-/// change.
+/// change. Follows the cameras a reload adds and removes.
 fn watch_camera_health(
-    health: Vec<Arc<CameraHealth>>,
+    cameras: CameraList,
     alerts: Arc<AlertHandle>,
     down_after: Duration,
 ) -> (JoinHandle<()>, crossbeam::channel::Sender<()>) {
@@ -430,18 +418,21 @@ fn watch_camera_health(
     let thread = std::thread::Builder::new()
         .name("sw-health".into())
         .spawn(move || {
-            let mut down_since: Vec<Option<std::time::Instant>> = vec![None; health.len()];
-            let mut reported_down = vec![false; health.len()];
+            // Per camera: since when it has not been streaming, and whether the router was told it is down.
+            let mut seen: HashMap<CameraId, (Option<std::time::Instant>, bool)> = HashMap::new();
             while let Err(crossbeam::channel::RecvTimeoutError::Timeout) = stop_rx.recv_timeout(Duration::from_secs(1)) {
-                for (i, h) in health.iter().enumerate() {
-                    let streaming = h.state() == StreamState::Streaming;
-                    down_since[i] = if streaming { None } else { down_since[i].or(Some(std::time::Instant::now())) };
-                    let down = down_since[i].is_some_and(|t| t.elapsed() >= down_after);
-                    if down != reported_down[i] {
-                        reported_down[i] = down;
+                let list = cameras.load();
+                seen.retain(|id, _| list.iter().any(|c| c.id == *id));
+                for c in list.iter() {
+                    let (down_since, reported_down) = seen.entry(c.id.clone()).or_default();
+                    let streaming = c.health.state() == StreamState::Streaming;
+                    *down_since = if streaming { None } else { down_since.or(Some(std::time::Instant::now())) };
+                    let down = down_since.is_some_and(|t| t.elapsed() >= down_after);
+                    if down != *reported_down {
+                        *reported_down = down;
                         let state = if down { alert::CameraHealth::Down } else { alert::CameraHealth::Up };
-                        tracing::info!(camera = %h.camera, down, "camera health reported to the alert router");
-                        alerts.camera_health(&h.camera, state);
+                        tracing::info!(camera = %c.id, down, "camera health reported to the alert router");
+                        alerts.camera_health(&c.id, state);
                     }
                 }
             }
@@ -456,16 +447,31 @@ struct IncidentSnapshots {
     keyframes: Arc<LatestKeyframes>,
 }
 
+/// What the incident sink receives: the analysers' events, and the cameras a reload stopped.
+struct Incoming {
+    events: Receiver<AnalysisEvent>,
+    retired: Receiver<(CameraId, Timestamp)>,
+}
+
 /// Writes snapshots and incident rows, logs each lifecycle event and hands it to the alert router.
 /// Runs off the frame path: a snapshot's full-resolution decode happens here.
 fn incident_sink(
-    events: Receiver<AnalysisEvent>,
+    incoming: Incoming,
     mut forwarder: Forwarder,
     snapshots: IncidentSnapshots,
     mut pending_close: Vec<(std::time::Instant, IncidentEvent)>,
     clock: Arc<dyn Clock>,
 ) {
+    let Incoming { events, retired } = incoming;
     loop {
+        while let Ok((camera, stopped)) = retired.try_recv() {
+            // The stopped camera's analyser sent its last events before it was dropped, and so before
+            // this: record them first, then close what is still open.
+            while let Ok(e) = events.try_recv() {
+                record(e, &mut forwarder, &snapshots);
+            }
+            forwarder.close_camera(&camera, stopped, clock.now());
+        }
         let received = events.recv_timeout(Duration::from_millis(500));
         let now = std::time::Instant::now();
         for (_, mut event) in pending_close.extract_if(.., |(due, _)| *due <= now) {
@@ -475,30 +481,35 @@ fn incident_sink(
             forwarder.record(event);
         }
         forwarder.catch_up();
-        let AnalysisEvent {
-            mut event,
-            snapshot,
-        } = match received {
-            Ok(e) => e,
+        match received {
+            Ok(e) => record(e, &mut forwarder, &snapshots),
             Err(crossbeam::channel::RecvTimeoutError::Timeout) => continue,
             Err(crossbeam::channel::RecvTimeoutError::Disconnected) => break,
-        };
-        if let Some(req) = snapshot {
-            let path = snapshots
-                .dir
-                .join(crate::retention::snapshot_name(&event.key));
-            match render_incident_snapshot(req, &snapshots.keyframes, &event.key, event.at)
-                .map_err(anyhow::Error::from)
-                .and_then(|jpeg| Ok(std::fs::write(&path, jpeg)?))
-            {
-                Ok(()) => event.snapshot = Some(path.display().to_string()),
-                Err(e) => {
-                    tracing::error!(incident = %event.key, error = %e, "snapshot not written")
-                }
-            }
         }
-        forwarder.record(event);
     }
     // Incidents still waiting for their close stay open in the store: the next run hands them over again.
     forwarder.finish();
+}
+
+/// Writes an event's snapshot, if it has one, then stores and forwards the event.
+fn record(received: AnalysisEvent, forwarder: &mut Forwarder, snapshots: &IncidentSnapshots) {
+    let AnalysisEvent {
+        mut event,
+        snapshot,
+    } = received;
+    if let Some(req) = snapshot {
+        let path = snapshots
+            .dir
+            .join(crate::retention::snapshot_name(&event.key));
+        match render_incident_snapshot(req, &snapshots.keyframes, &event.key, event.at)
+            .map_err(anyhow::Error::from)
+            .and_then(|jpeg| Ok(std::fs::write(&path, jpeg)?))
+        {
+            Ok(()) => event.snapshot = Some(path.display().to_string()),
+            Err(e) => {
+                tracing::error!(incident = %event.key, error = %e, "snapshot not written")
+            }
+        }
+    }
+    forwarder.record(event);
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
-use streetwatch::app::{Pipeline, RunOptions};
+use streetwatch::app::{ConfigFile, Pipeline, RunOptions};
 use streetwatch::bench::{self, BenchOptions, BenchSource};
 use streetwatch::config::{Config, installed};
 use streetwatch::ingest::{FootageOptions, FootageServer};
@@ -38,7 +38,8 @@ enum Command {
         #[arg(long)]
         seconds: Option<u64>,
     },
-    /// Run the pipeline on a configuration file.
+    /// Run the pipeline on a configuration file. SIGHUP re-reads it: cameras added, removed or changed
+    /// there start, stop or restart; a file that fails validation changes nothing.
     Run {
         #[arg(long)]
         config: PathBuf,
@@ -161,12 +162,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Alert(cmd) => streetwatch::alert::cli::run(cmd, &cli.db),
         Command::Demo { seconds } => demo(seconds),
         Command::Run { config, seconds } => {
-            let config = Config::load(&config)?;
+            let (config, file) = ConfigFile::load(&config)?;
             let pipeline = Pipeline::start(&config, RunOptions::default(), Arc::new(SystemClock))?;
             if let Some(addr) = pipeline.server_addr() {
                 println!("streetwatch: page at http://{addr}/");
             }
-            serve_until_stopped(pipeline, seconds)
+            serve_until_stopped(pipeline, seconds, Some(&file))
         }
         Command::CheckConfig { file } => {
             let config = Config::load(&file)?;
@@ -259,7 +260,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             // Readiness for scripts and tests: the URLs above are live once this line is out.
             println!("ready");
-            wait_for_signal(None, || {});
+            wait_for_signal(None, false, |_| {});
             Ok(())
         }
     }
@@ -350,7 +351,7 @@ fn demo(seconds: Option<u64>) -> anyhow::Result<()> {
         println!("viewer token: {viewer}");
         println!("operator token: {operator}");
     }
-    serve_until_stopped(pipeline, seconds)
+    serve_until_stopped(pipeline, seconds, None)
 }
 
 /// A bearer token of 32 hex digits (128 bits) from the operating system's random source.
@@ -361,9 +362,20 @@ fn random_token() -> anyhow::Result<String> {
     Ok(hex::encode(bytes))
 }
 
-fn serve_until_stopped(pipeline: Pipeline, seconds: Option<u64>) -> anyhow::Result<()> {
+/// Runs until stopped, logging health every 15 s, and reloading `file` on SIGHUP when there is one.
+fn serve_until_stopped(
+    mut pipeline: Pipeline,
+    seconds: Option<u64>,
+    file: Option<&ConfigFile>,
+) -> anyhow::Result<()> {
     let mut last = Instant::now();
-    wait_for_signal(seconds.map(Duration::from_secs), || {
+    wait_for_signal(seconds.map(Duration::from_secs), file.is_some(), |wake| {
+        if let (Wake::Hangup, Some(file)) = (wake, file) {
+            if let Err(e) = file.reload(&mut pipeline) {
+                tracing::error!("configuration not reloaded, nothing changed: {e}");
+            }
+            return;
+        }
         if last.elapsed() >= Duration::from_secs(15) {
             last = Instant::now();
             for h in pipeline.health() {
@@ -386,8 +398,18 @@ fn serve_until_stopped(pipeline: Pipeline, seconds: Option<u64>) -> anyhow::Resu
     Ok(())
 }
 
-/// Blocks until Ctrl-C, SIGTERM or the deadline, calling `tick` about every 200 ms.
-fn wait_for_signal(limit: Option<Duration>, mut tick: impl FnMut()) {
+/// Why [`wait_for_signal`] calls back.
+#[derive(Clone, Copy)]
+enum Wake {
+    /// About every 200 ms.
+    Tick,
+    /// SIGHUP arrived (only when asked for).
+    Hangup,
+}
+
+/// Blocks until Ctrl-C, SIGTERM or the deadline, calling `on` about every 200 ms and, with `hangup`, on
+/// each SIGHUP (which then no longer ends the process).
+fn wait_for_signal(limit: Option<Duration>, hangup: bool, mut on: impl FnMut(Wake)) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -396,13 +418,15 @@ fn wait_for_signal(limit: Option<Duration>, mut tick: impl FnMut()) {
     let deadline = limit.and_then(|d| tokio::time::Instant::now().checked_add(d));
     rt.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut hup = hangup.then(|| tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).expect("SIGHUP handler"));
         let mut every = tokio::time::interval(Duration::from_millis(200));
         loop {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => break,
                 _ = term.recv() => break,
                 _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => break,
-                _ = every.tick() => tick(),
+                _ = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => on(Wake::Hangup),
+                _ = every.tick() => on(Wake::Tick),
             }
         }
     });

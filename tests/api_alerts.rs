@@ -98,7 +98,7 @@ impl Env {
         let ctx = ServeContext {
             db_path: db.clone(),
             snapshots_dir: snaps.clone(),
-            cameras: Arc::from(Vec::new()),
+            cameras: Default::default(),
             clock: Arc::new(clock.clone()),
             submit: None,
             stats: Default::default(),

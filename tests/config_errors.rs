@@ -353,6 +353,13 @@ fn numbers_out_of_range_are_located() {
             "must be within 0–1, found NaN",
         ),
         (
+            // Room for fewer cameras than the file names: a reload could never fit them.
+            good_with(model, &format!("{model}\ncamera_capacity = 0")),
+            3,
+            "runtime.camera_capacity",
+            "must be at least the 1 cameras configured and at most 100000, found 0",
+        ),
+        (
             good_with(cam, &format!("{cam}\nfps = 0")),
             7,
             "cameras[0].fps",

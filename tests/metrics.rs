@@ -264,7 +264,7 @@ fn series_stay_bounded_for_1100_cameras() {
     // Per camera: info, 5 frame/restart counters, 5 one-hot states, last frame age.
     const PER_CAMERA: usize = 1 + 5 + 5 + 1;
     let now = SystemClock.now();
-    let cameras: Arc<[CameraInfo]> = (0..CAMERAS)
+    let cameras: Vec<CameraInfo> = (0..CAMERAS)
         .map(|i| {
             let health = Arc::new(CameraHealth::new(CameraId::new(&format!("cam-{i:04}"))));
             health.set_state([StreamState::Streaming, StreamState::Backoff][i % 2]);
@@ -292,7 +292,7 @@ fn series_stay_bounded_for_1100_cameras() {
         ServeContext {
             db_path: dir.path().join("streetwatch.db"),
             snapshots_dir: dir.path().join("snapshots"),
-            cameras,
+            cameras: cameras.into(),
             clock: Arc::new(SystemClock),
             submit: None,
             stats: PipelineStats::default(),
@@ -377,7 +377,7 @@ group_wait = "0s"
         ServeContext {
             db_path: db.clone(),
             snapshots_dir: dir.path().join("snapshots"),
-            cameras: Arc::from([]),
+            cameras: Default::default(),
             clock: Arc::new(SystemClock),
             submit: None,
             stats: PipelineStats {

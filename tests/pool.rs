@@ -624,3 +624,112 @@ fn a_still_scene_skips_the_model_and_its_analyser_gets_the_last_detections() {
     assert!(seen.iter().all(|(t, stamp)| t == stamp));
     assert_eq!(skipped, 0);
 }
+
+/// An analyser that records (its name, frame ms) and says when it is dropped.
+struct Named {
+    name: &'static str,
+    seen: Arc<Mutex<Vec<(&'static str, i64)>>>,
+    dropped: Arc<AtomicUsize>,
+}
+
+impl Analyser for Named {
+    fn analyse(&mut self, frame: &Frame, _: &[Detection]) {
+        self.seen
+            .lock()
+            .unwrap()
+            .push((self.name, frame.captured_at.0));
+    }
+}
+
+impl Drop for Named {
+    fn drop(&mut self) {
+        self.dropped.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn a_detached_cameras_late_frames_never_reach_the_camera_given_its_slot_next() {
+    let (hook, Gate { entered, go }) = gate();
+    let hook: Hook<[Frame]> = Arc::new(hook);
+    let pool = Pool::with_capacity(&config(1, 4, 0), 1, || {
+        Ok(FakeDetector {
+            max_batch: 4,
+            hook: hook.clone(),
+        })
+    })
+    .unwrap();
+    let alive = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let camera = |name: &'static str, dropped: &Arc<AtomicUsize>| {
+        let health = Arc::new(CameraHealth::new(CameraId::new(name)));
+        let analyser = Box::new(Named {
+            name,
+            seen: seen.clone(),
+            dropped: dropped.clone(),
+        });
+        (health, analyser as Box<dyn Analyser>)
+    };
+    let (a_dropped, b_dropped) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (a_health, a) = camera("a", &a_dropped);
+    let a_sink = pool.attach(0, a_health.clone(), a).unwrap();
+    let (_, spare) = camera("spare", &Arc::default());
+    assert!(
+        pool.attach(0, a_health.clone(), spare).is_err(),
+        "a slot in use is not given twice"
+    );
+    assert!(
+        pool.attach(1, a_health.clone(), camera("x", &Arc::default()).1)
+            .is_err()
+    );
+
+    // The worker holds camera a's frame 1; frame 2 waits in the slot.
+    a_sink.push(frame(0, 1, &alive));
+    assert_eq!(entered.recv_timeout(LIMIT).unwrap(), vec![(0, 1)]);
+    a_sink.push(frame(0, 2, &alive));
+    let (detached_tx, detached) = bounded(1);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            pool.detach(0).unwrap();
+            detached_tx.send(()).unwrap();
+        });
+        // Detaching waits for the worker's claim: the analyser is still in use.
+        assert!(detached.recv_timeout(Duration::from_millis(300)).is_err());
+        assert_eq!(a_dropped.load(Ordering::SeqCst), 0);
+        go.send(()).unwrap();
+        detached.recv_timeout(LIMIT).unwrap();
+    });
+    assert_eq!(
+        a_dropped.load(Ordering::SeqCst),
+        1,
+        "analyser dropped at detach"
+    );
+    assert!(
+        wait_until(LIMIT, || alive.load(Ordering::SeqCst) == 0),
+        "the waiting frame 2 was dropped with the camera"
+    );
+    assert!(pool.detach(0).is_err(), "a free slot has nothing to detach");
+
+    // Late frames of camera a, before and after camera b is given the slot, are refused.
+    a_sink.push(frame(0, 3, &alive));
+    let (b_health, b) = camera("b", &b_dropped);
+    let b_sink = pool.attach(0, b_health.clone(), b).unwrap();
+    a_sink.push(frame(0, 4, &alive));
+    assert_eq!(
+        alive.load(Ordering::SeqCst),
+        0,
+        "late frames are dropped at once"
+    );
+    b_sink.push(frame(0, 5, &alive));
+    assert_eq!(entered.recv_timeout(LIMIT).unwrap(), vec![(0, 5)]);
+    go.send(()).unwrap();
+    assert!(wait_until(LIMIT, || b_health
+        .frames_analysed
+        .load(Ordering::SeqCst)
+        == 1));
+    assert_eq!(*seen.lock().unwrap(), vec![("a", 1), ("b", 5)]);
+    assert_eq!(a_health.frames_analysed.load(Ordering::SeqCst), 1);
+    assert_eq!(b_health.frames_dropped.load(Ordering::SeqCst), 0);
+    pool.shutdown();
+    assert_eq!(b_dropped.load(Ordering::SeqCst), 1);
+    assert!(wait_until(LIMIT, || alive.load(Ordering::SeqCst) == 0));
+}

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::alert::{AlertHandle, Handed, QueueStats};
 use crate::store::Store;
-use crate::types::{IncidentEvent, IncidentPhase, RuleKind, Timestamp};
+use crate::types::{CameraId, IncidentEvent, IncidentPhase, RuleKind, Timestamp};
 
 /// How long an opened or closed event waits for room in the router's queue before it is left for replay:
 /// long enough to ride out a burst, short enough that the sink keeps storing incidents.
@@ -107,6 +107,29 @@ impl Forwarder {
             self.behind_since = Some(self.behind_since.map_or(at, |t| t.min(at)));
         }
         self.report();
+    }
+
+    /// Closes the incidents `camera` left open when a reload stopped it (removed, or restarted with new
+    /// settings): the rule state that would close them is gone. Only those opened at or before `stopped`,
+    /// so an incident its restarted analysers opened since is left alone.
+    pub fn close_camera(&mut self, camera: &CameraId, stopped: Timestamp, now: Timestamp) {
+        let open = match self.store.open_incidents() {
+            Ok(open) => open,
+            Err(e) => {
+                tracing::error!(%camera, error = %e, "cannot read the incidents of a stopped camera");
+                return;
+            }
+        };
+        for mut event in open
+            .into_iter()
+            .filter(|e| e.key.camera == *camera && e.kind != RuleKind::CitizenReport)
+            .filter(|e| e.at <= stopped)
+        {
+            event.phase = IncidentPhase::Closed;
+            event.at = now.max(event.at);
+            event.summary = "closed: the camera was stopped by a configuration reload".into();
+            self.record(event);
+        }
     }
 
     /// Replays what spilled, once the router's queue has room. Cheap when nothing spilled.

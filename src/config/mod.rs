@@ -113,6 +113,10 @@ pub struct RuntimeConfig {
     /// The model runs at least this often on a still scene.
     #[serde(default = "default_motion_refresh_seconds")]
     pub motion_refresh_seconds: f32,
+    /// Cameras this process can run at once, counting those a reload adds; fixed at start (the pool's
+    /// slots are allocated once). Default: [`Config::camera_capacity`].
+    #[serde(default)]
+    pub camera_capacity: Option<usize>,
 }
 
 impl Default for RuntimeConfig {
@@ -130,6 +134,7 @@ impl Default for RuntimeConfig {
             motion_gate: default_motion_gate(),
             motion_threshold: default_motion_threshold(),
             motion_refresh_seconds: default_motion_refresh_seconds(),
+            camera_capacity: None,
         }
     }
 }
@@ -171,7 +176,8 @@ pub const DEFAULT_MODEL: &str = "models/nanodet_g_416_coco_int8.toml";
 
 pub use crate::home::installed;
 
-#[derive(Debug, Clone, Deserialize)]
+// PartialEq: a reload restarts a camera whose settings changed (spans are not compared).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CameraConfig {
     pub id: Spanned<String>,
@@ -222,7 +228,7 @@ fn default_stall_seconds() -> f32 {
     8.0
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ZoneConfig {
     pub id: Spanned<String>,
@@ -231,7 +237,7 @@ pub struct ZoneConfig {
 }
 
 /// A counting line: two points in frame fractions and the direction that counts as "in".
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LineConfig {
     pub id: Spanned<String>,
@@ -243,7 +249,7 @@ pub struct LineConfig {
 
 /// One rule on one zone (or line). `kind` picks the rule; the fields it needs are checked for that kind,
 /// and what a kind leaves unset takes a default a district would use (see [`RuleDefaults`]).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleConfig {
     pub kind: Spanned<RuleKind>,
@@ -282,7 +288,7 @@ pub enum CrossingAlert {
 }
 
 /// Hours and weekdays in Asia/Ho_Chi_Minh (UTC+7, no daylight saving).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleConfig {
     /// `"HH:MM-HH:MM"` spans; one that ends before it starts runs over midnight. Default: all day.
@@ -554,6 +560,11 @@ fn expand_env(raw: &str) -> Result<String, String> {
 impl Config {
     /// Reads, parses and validates a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Self::load_with_text(path).map(|(config, _)| config)
+    }
+
+    /// As [`load`](Self::load), with the text it was read from.
+    pub fn load_with_text(path: &Path) -> Result<(Config, String), ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             file: path.display().to_string(),
             source,
@@ -563,7 +574,8 @@ impl Config {
             .ok()
             .and_then(|p| p.parent().map(Path::to_path_buf))
             .unwrap_or_default();
-        Self::parse(&text, &path.display().to_string(), &base)
+        let config = Self::parse(&text, &path.display().to_string(), &base)?;
+        Ok((config, text))
     }
 
     /// Parses and validates configuration text; `file` names it in errors, `base_dir` resolves paths.
@@ -603,6 +615,15 @@ impl Config {
             .map_or_else(|| installed("pipelines"), |p| self.resolve(p))
     }
 
+    /// Cameras the pool has room for: as configured, or twice the configured cameras with at least 64
+    /// spare, so reloads can add cameras without a restart.
+    pub fn camera_capacity(&self) -> usize {
+        let n = self.cameras.len();
+        self.runtime
+            .camera_capacity
+            .unwrap_or_else(|| (2 * n).max(n + 64).min(MAX_CAMERA_CAPACITY).max(n))
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.runtime
             .data_dir
@@ -640,6 +661,8 @@ struct Validator<'a> {
 
 /// Ranges of the numbers a configuration sets; outside them a value would wrap, panic or mean nothing.
 const MAX_WORKERS: usize = 256;
+/// Camera slots: a few hundred bytes each, allocated at start.
+const MAX_CAMERA_CAPACITY: usize = 100_000;
 const MAX_BATCH: usize = 64;
 const MAX_BATCH_WAIT_MS: u64 = 1000;
 const WIDTHS: std::ops::RangeInclusive<u32> = 32..=7680;
@@ -694,6 +717,7 @@ impl Validator<'_> {
 
     fn validate_runtime(&self) -> Result<(), ConfigError> {
         let rt = &self.config.runtime;
+        let cameras = self.config.cameras.len();
         let nice = &rt.ingest_nice;
         if !(0..=19).contains(nice.get_ref()) {
             return self.err(
@@ -738,6 +762,12 @@ impl Validator<'_> {
                         MOTION_REFRESH_SECONDS.end()
                     ),
                     format!("{:?}", rt.motion_refresh_seconds),
+                ),
+                (
+                    "camera_capacity",
+                    (cameras..=MAX_CAMERA_CAPACITY).contains(&self.config.camera_capacity()),
+                    format!("at least the {cameras} cameras configured and at most {MAX_CAMERA_CAPACITY}"),
+                    format!("{}", self.config.camera_capacity()),
                 ),
             ],
         )?;

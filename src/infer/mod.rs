@@ -9,6 +9,7 @@ mod regions;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
+use arc_swap::ArcSwap;
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::value::{Outlet, TensorRef};
@@ -99,6 +100,9 @@ pub fn init_runtime(lib: &Path) -> Result<(), InferError> {
         })
 }
 
+/// Per camera index, the regions its frames are also detected on.
+pub type RegionTable = Arc<ArcSwap<Vec<Regions>>>;
+
 /// One worker's detector: a session plus reusable input and output buffers.
 pub struct Detector {
     manifest: Arc<ModelManifest>,
@@ -108,8 +112,9 @@ pub struct Detector {
     input: Vec<f32>,
     letterboxers: Vec<Letterboxer>,
     params: DecodeParams,
-    /// Per camera index: the regions its frames are also detected on (none by default).
-    regions: Arc<[Regions]>,
+    /// Per camera index: the regions its frames are also detected on (none by default). Shared by the
+    /// workers and replaced whole when cameras are added or changed by a reload.
+    regions: RegionTable,
     /// This call's model inputs: which frame, and which part of it (`None`: the whole frame).
     items: Vec<(usize, Option<Crop>)>,
     /// Per batch slot of the current run: where its image landed.
@@ -172,7 +177,7 @@ impl Detector {
             max_batch,
             input: vec![0.0; max_batch * item],
             letterboxers: (0..max_batch).map(|_| Letterboxer::default()).collect(),
-            regions: Arc::from([]),
+            regions: RegionTable::default(),
             items: Vec::new(),
             placements: Vec::with_capacity(max_batch),
             crops: Vec::new(),
@@ -183,7 +188,12 @@ impl Detector {
     }
 
     /// Detects on these regions too, `regions[i]` for frames of camera i (cameras beyond the list: none).
-    pub fn with_regions(mut self, regions: Arc<[Regions]>) -> Self {
+    pub fn with_regions(self, regions: Arc<[Regions]>) -> Self {
+        self.with_region_table(Arc::new(ArcSwap::from_pointee(regions.to_vec())))
+    }
+
+    /// As [`with_regions`](Self::with_regions), reading a table that may be replaced while it runs.
+    pub fn with_region_table(mut self, regions: RegionTable) -> Self {
         self.regions = regions;
         self
     }
@@ -205,10 +215,12 @@ impl Detector {
         self.items.clear();
         self.whole.clear();
         self.whole.resize(frames.len(), 0);
+        // One table for the whole call, even if a reload replaces it meanwhile.
+        let regions = self.regions.load_full();
         for (i, f) in frames.iter().enumerate() {
             out[i].clear();
             self.items.push((i, None));
-            if let Some(r) = self.regions.get(f.camera).filter(|r| !r.is_empty()) {
+            if let Some(r) = regions.get(f.camera).filter(|r| !r.is_empty()) {
                 self.crops.clear();
                 r.tiles_for(f.width, f.height, in_w, in_h, &mut self.crops);
                 self.items.extend(self.crops.iter().map(|&c| (i, Some(c))));
@@ -222,7 +234,7 @@ impl Detector {
         }
         // Tiles overlap each other and the whole frame: one box per object.
         for (i, f) in frames.iter().enumerate() {
-            if self.regions.get(f.camera).is_some_and(|r| !r.is_empty()) {
+            if regions.get(f.camera).is_some_and(|r| !r.is_empty()) {
                 nms(
                     &mut out[i],
                     self.params.iou_threshold,

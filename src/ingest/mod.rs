@@ -1,6 +1,7 @@
 //! Ingest: one GStreamer pipeline per camera (from a template in `pipelines/`), supervised, handing
 //! sampled RGB frames to the pool; or RTSP sessions on a shared async runtime ([`Receivers`]) handing
-//! encoded units to a decoder pool. Public entry: [`Ingest::start`].
+//! encoded units to a decoder pool. Public entry: [`Ingest::start`]; cameras come and go with
+//! [`Ingest::add`] and [`Ingest::remove`].
 
 mod footage_server;
 mod pipeline;
@@ -9,6 +10,7 @@ mod still;
 mod supervisor;
 mod units;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,7 +24,7 @@ pub use still::decode_still;
 pub use supervisor::Backoff;
 pub use units::{Codec, EncodedUnit, LatestKeyframes, UnitSink};
 
-use crate::config::{Config, SourceUrl};
+use crate::config::{CameraConfig, Config, SourceUrl};
 use crate::health::CameraHealth;
 use crate::pool::FrameSink;
 use crate::types::Clock;
@@ -41,30 +43,37 @@ pub enum IngestError {
 
 /// One camera as ingest sees it.
 pub struct CameraStream {
+    /// The camera's slot in the pool.
+    pub index: usize,
     pub spec: StreamSpec,
     pub stall: Duration,
     pub health: Arc<CameraHealth>,
+    /// Bound to the camera (from `Pool::attach`): frames that outlive its removal are refused.
+    pub sink: FrameSink,
 }
 
 impl CameraStream {
-    /// The streams of a validated configuration, in camera order (the pool's indices).
-    pub fn from_config(config: &Config, health: &[Arc<CameraHealth>]) -> Vec<CameraStream> {
-        config
-            .cameras
-            .iter()
-            .zip(health)
-            .map(|(c, h)| CameraStream {
-                spec: StreamSpec {
-                    source: SourceUrl::parse(c.url.get_ref(), &config.base_dir)
-                        .expect("validated by config"),
-                    fps: c.fps,
-                    width: c.width,
-                    keyframe_only: c.keyframe_only,
-                },
-                stall: Duration::from_secs_f32(c.stall_seconds),
-                health: h.clone(),
-            })
-            .collect()
+    /// `camera` of a validated configuration, in pool slot `index`.
+    pub fn new(
+        config: &Config,
+        camera: &CameraConfig,
+        index: usize,
+        health: Arc<CameraHealth>,
+        sink: FrameSink,
+    ) -> CameraStream {
+        CameraStream {
+            index,
+            spec: StreamSpec {
+                source: SourceUrl::parse(camera.url.get_ref(), &config.base_dir)
+                    .expect("validated by config"),
+                fps: camera.fps,
+                width: camera.width,
+                keyframe_only: camera.keyframe_only,
+            },
+            stall: Duration::from_secs_f32(camera.stall_seconds),
+            health,
+            sink,
+        }
     }
 }
 
@@ -78,9 +87,15 @@ pub struct IngestOptions {
     pub nice: i32,
 }
 
-pub struct Ingest {
+/// A camera's supervisor and the flag that stops it.
+struct Supervised {
     stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
+    thread: JoinHandle<()>,
+}
+
+pub struct Ingest {
+    ctx: Arc<supervisor::Context>,
+    cameras: HashMap<usize, Supervised>,
 }
 
 impl Ingest {
@@ -89,7 +104,6 @@ impl Ingest {
     pub fn start(
         cameras: Vec<CameraStream>,
         opts: IngestOptions,
-        sink: FrameSink,
         clock: Arc<dyn Clock>,
     ) -> Result<Ingest, IngestError> {
         gstreamer::init().map_err(|e| IngestError::Gst(e.to_string()))?;
@@ -98,48 +112,78 @@ impl Ingest {
         for c in &cameras {
             templates.build(&dir, &c.spec, opts.pacing, &c.health)?;
         }
+        let mut ingest = Ingest {
+            ctx: Arc::new(supervisor::Context {
+                templates,
+                dir,
+                pacing: opts.pacing,
+                loop_files: opts.loop_files,
+                backoff: opts.backoff,
+                clock,
+                nice: opts.nice,
+            }),
+            cameras: HashMap::new(),
+        };
+        for c in cameras {
+            ingest.add(c)?;
+        }
+        Ok(ingest)
+    }
+
+    /// Starts supervising one more camera, in its own slot. Its pipeline is built once first, so a
+    /// camera the templates cannot serve is refused here rather than retried for ever.
+    pub fn add(&mut self, camera: CameraStream) -> Result<(), IngestError> {
+        let index = camera.index;
+        if self.cameras.contains_key(&index) {
+            return Err(IngestError::Gst(format!(
+                "camera slot {index} is already supervised"
+            )));
+        }
+        let ctx = &self.ctx;
+        ctx.templates
+            .build(&ctx.dir, &camera.spec, ctx.pacing, &camera.health)?;
         let stop = Arc::new(AtomicBool::new(false));
-        let ctx = Arc::new(supervisor::Context {
-            templates,
-            dir,
-            pacing: opts.pacing,
-            loop_files: opts.loop_files,
-            backoff: opts.backoff,
-            sink,
-            clock,
+        let task = supervisor::CameraTask {
+            index,
+            spec: camera.spec,
+            stall: camera.stall,
+            health: camera.health,
+            sink: camera.sink,
             stop: stop.clone(),
-            nice: opts.nice,
-        });
-        let threads = cameras
-            .into_iter()
-            .enumerate()
-            .map(|(index, c)| {
-                let ctx = ctx.clone();
-                let task = supervisor::CameraTask {
-                    index,
-                    spec: c.spec,
-                    stall: c.stall,
-                    health: c.health,
-                };
-                std::thread::Builder::new()
-                    .name(format!("sw-cam-{index}"))
-                    .stack_size(256 * 1024)
-                    .spawn(move || supervisor::supervise(task, ctx))
-                    .map_err(|e| IngestError::Gst(format!("cannot start a supervisor thread: {e}")))
-            })
-            .collect::<Result<_, _>>()?;
-        Ok(Ingest { stop, threads })
+        };
+        let ctx = ctx.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("sw-cam-{index}"))
+            .stack_size(256 * 1024)
+            .spawn(move || supervisor::supervise(task, ctx))
+            .map_err(|e| IngestError::Gst(format!("cannot start a supervisor thread: {e}")))?;
+        self.cameras.insert(index, Supervised { stop, thread });
+        Ok(())
+    }
+
+    /// Stops the camera in slot `index` and waits for its supervisor (a fraction of a second: it polls its
+    /// flag). Its pipeline is taken down in the background; frames it still hands over are refused by
+    /// the pool once the camera is detached. False if no camera is in that slot.
+    pub fn remove(&mut self, index: usize) -> bool {
+        let Some(camera) = self.cameras.remove(&index) else {
+            return false;
+        };
+        camera.stop.store(true, Ordering::SeqCst);
+        let _ = camera.thread.join();
+        true
     }
 
     /// True once every camera's supervisor has ended (files that do not loop reached their end).
     pub fn finished(&self) -> bool {
-        self.threads.iter().all(JoinHandle::is_finished)
+        self.cameras.values().all(|c| c.thread.is_finished())
     }
 
     pub fn stop(self) {
-        self.stop.store(true, Ordering::SeqCst);
-        for t in self.threads {
-            let _ = t.join();
+        for c in self.cameras.values() {
+            c.stop.store(true, Ordering::SeqCst);
+        }
+        for c in self.cameras.into_values() {
+            let _ = c.thread.join();
         }
     }
 }

@@ -51,6 +51,9 @@ pub struct CameraTask {
     pub spec: StreamSpec,
     pub stall: Duration,
     pub health: Arc<CameraHealth>,
+    pub sink: FrameSink,
+    /// Set to stop this camera (removed by a reload, or ingest stopping).
+    pub stop: Arc<AtomicBool>,
 }
 
 pub struct Context {
@@ -59,9 +62,7 @@ pub struct Context {
     pub pacing: Pacing,
     pub loop_files: bool,
     pub backoff: Backoff,
-    pub sink: FrameSink,
     pub clock: Arc<dyn Clock>,
-    pub stop: Arc<AtomicBool>,
     /// Nice value for ingest threads (0 leaves them at the workers' priority).
     pub nice: i32,
 }
@@ -109,7 +110,7 @@ pub fn supervise(task: CameraTask, ctx: Arc<Context>) {
                 if health.state() != StreamState::Stalled {
                     health.set_state(StreamState::Backoff);
                 }
-                if sleep_unless_stopped(delay, &ctx.stop) {
+                if sleep_unless_stopped(delay, &task.stop) {
                     break;
                 }
             }
@@ -159,7 +160,7 @@ fn run_once(task: &CameraTask, ctx: &Context) -> Outcome {
     FrameTap {
         camera: task.index,
         health: task.health.clone(),
-        sink: ctx.sink.clone(),
+        sink: task.sink.clone(),
         clock: ctx.clock.clone(),
         pacing: ctx.pacing,
         media_epoch: ctx.clock.now(),
@@ -192,7 +193,7 @@ fn watch(
     // The first frame may take a GOP or two and an RTSP handshake: allow more than the stall time.
     let first_frame_grace = task.stall.max(Duration::from_secs(10));
     loop {
-        if ctx.stop.load(Ordering::Relaxed) {
+        if task.stop.load(Ordering::Relaxed) {
             return Outcome::Stopped;
         }
         if let Some(msg) = bus.timed_pop(gst::ClockTime::from_mseconds(100)) {

@@ -7,6 +7,13 @@
 //! claimed, analyses, then releases. Memory is bounded by construction: one frame per camera in slots, one
 //! batch per worker, and a ready queue no longer than the number of cameras.
 //!
+//! Cameras come and go while the pool runs (a configuration reload): the slots are allocated once, to a
+//! fixed capacity, and [`Pool::attach`] / [`Pool::detach`] give a slot to a camera and take it back. Each
+//! slot counts generations (odd: a camera holds it; even: free) and every frame is tagged with the
+//! generation of the camera that pushed it, so a removed camera's late frame is never analysed as the
+//! camera given its slot next. Detaching takes the slot's claim as a worker would, so the analyser and
+//! the waiting frame are dropped only once no worker holds them.
+//!
 //! With a [`MotionGate`], a frame whose scene has not changed since its camera's last inference skips the
 //! model and is analysed with that inference's detections (see [`motion`]).
 //!
@@ -21,6 +28,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use crossbeam::channel::{Receiver, RecvTimeoutError, Sender};
 use crossbeam::queue::ArrayQueue;
 
@@ -28,6 +36,7 @@ use crate::frame::Frame;
 use crate::health::CameraHealth;
 use crate::histogram::Histogram;
 use crate::infer::{Detection, Detector, InferError};
+use crate::types::CameraId;
 
 mod motion;
 
@@ -119,13 +128,42 @@ impl PoolObserver {
     }
 }
 
+/// Why a slot could not be given to, or taken from, a camera.
+#[derive(Debug, thiserror::Error)]
+pub enum SlotError {
+    #[error("camera slot {index} is beyond the pool's capacity of {capacity}")]
+    OutOfRange { index: usize, capacity: usize },
+    #[error("camera slot {0} is already in use")]
+    InUse(usize),
+    #[error("camera slot {0} holds no camera")]
+    Free(usize),
+}
+
 struct Slot {
-    frame: ArrayQueue<Frame>,
+    /// The latest frame, with the generation of the camera that pushed it.
+    frame: ArrayQueue<(u64, Frame)>,
+    /// Up while the camera is queued or claimed by a worker; a free slot's claim is held by the pool.
     scheduled: AtomicBool,
     analyser: ArrayQueue<Box<dyn Analyser>>,
-    health: Arc<CameraHealth>,
+    /// The camera's health; a shared placeholder while the slot is free.
+    health: ArcSwap<CameraHealth>,
+    /// Odd while a camera holds the slot, even while it is free; bumped by every attach and detach.
+    generation: AtomicU64,
     /// The camera's last inference, for motion gating; taken with the claim like the analyser.
     motion: ArrayQueue<MotionState>,
+}
+
+impl Slot {
+    fn free(vacant: &Arc<CameraHealth>) -> Self {
+        Slot {
+            frame: ArrayQueue::new(1),
+            scheduled: AtomicBool::new(true),
+            analyser: ArrayQueue::new(1),
+            health: ArcSwap::new(vacant.clone()),
+            generation: AtomicU64::new(0),
+            motion: ArrayQueue::new(1),
+        }
+    }
 }
 
 struct Shared {
@@ -133,6 +171,8 @@ struct Shared {
     ready_tx: Sender<usize>,
     stats: PoolStats,
     stop: AtomicBool,
+    /// What a free slot's health points at.
+    vacant: Arc<CameraHealth>,
 }
 
 impl Shared {
@@ -157,9 +197,14 @@ impl Shared {
 }
 
 /// Ingest's handle for handing frames to the pool. Cheap to clone.
+///
+/// One from [`Pool::attach`] is bound to that camera's generation: once the camera is detached, its frames
+/// are refused even after another camera is given the slot. One from [`Pool::start`] pushes as whichever
+/// camera holds the frame's slot (for fixed camera sets: benchmarks, evaluation, tests).
 #[derive(Clone)]
 pub struct FrameSink {
     shared: Arc<Shared>,
+    generation: Option<u64>,
 }
 
 impl FrameSink {
@@ -169,25 +214,46 @@ impl FrameSink {
         self.shared.ready_tx.len()
     }
 
+    /// The generation a frame is pushed as, or `None` when its camera no longer holds the slot (a late
+    /// frame of a removed camera, dropped uncounted: it is no present camera's).
+    fn generation(&self, slot: &Slot) -> Option<u64> {
+        let current = slot.generation.load(Ordering::Acquire);
+        let generation = self.generation.unwrap_or(current);
+        (generation == current && generation % 2 == 1).then_some(generation)
+    }
+
     /// Live mode: the newest frame replaces an unanalysed one, which is counted as dropped.
     pub fn push(&self, frame: Frame) {
         let camera = frame.camera;
         let slot = &self.shared.slots[camera];
-        if slot.frame.force_push(frame).is_some() {
-            slot.health.frames_dropped.fetch_add(1, Ordering::Relaxed);
+        let Some(generation) = self.generation(slot) else {
+            return;
+        };
+        if let Some((replaced, _)) = slot.frame.force_push((generation, frame))
+            && replaced == generation
+        {
+            slot.health
+                .load()
+                .frames_dropped
+                .fetch_add(1, Ordering::Relaxed);
         }
         self.shared.schedule(camera);
     }
 
     /// Replay mode for evaluation: waits for the slot instead of dropping, so every frame is analysed.
-    pub fn push_lossless(&self, mut frame: Frame) {
+    pub fn push_lossless(&self, frame: Frame) {
         let camera = frame.camera;
+        let slot = &self.shared.slots[camera];
+        let Some(generation) = self.generation(slot) else {
+            return;
+        };
+        let mut item = (generation, frame);
         loop {
-            match self.shared.slots[camera].frame.push(frame) {
+            match slot.frame.push(item) {
                 Ok(()) => break,
                 Err(back) => {
-                    frame = back;
-                    if self.shared.stop.load(Ordering::Relaxed) {
+                    item = back;
+                    if self.shared.stop.load(Ordering::Relaxed) || self.generation(slot).is_none() {
                         return;
                     }
                     std::thread::sleep(Duration::from_millis(1));
@@ -204,35 +270,41 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// Starts `config.workers` workers, each with its own detector from `make_detector`. Fails if any
-    /// detector cannot be built, so a bad model is a start-up error, not a silent worker death.
+    /// Starts `config.workers` workers, each with its own detector from `make_detector`, with `cameras`
+    /// in slots `0..` and no room for more. Fails if any detector cannot be built, so a bad model is a
+    /// start-up error, not a silent worker death.
     pub fn start<D: BatchDetector>(
         config: &PoolConfig,
         cameras: Vec<(Arc<CameraHealth>, Box<dyn Analyser>)>,
         make_detector: impl Fn() -> Result<D, InferError>,
     ) -> Result<(Pool, FrameSink), InferError> {
-        let (ready_tx, ready_rx) = crossbeam::channel::bounded(cameras.len().max(1));
-        let slots = cameras
-            .into_iter()
-            .map(|(health, analyser)| {
-                let a = ArrayQueue::new(1);
-                let _ = a.push(analyser);
-                let motion = ArrayQueue::new(1);
-                let _ = motion.push(MotionState::default());
-                Slot {
-                    frame: ArrayQueue::new(1),
-                    scheduled: AtomicBool::new(false),
-                    analyser: a,
-                    health,
-                    motion,
-                }
-            })
-            .collect();
+        let pool = Pool::with_capacity(config, cameras.len(), make_detector)?;
+        for (index, (health, analyser)) in cameras.into_iter().enumerate() {
+            pool.attach(index, health, analyser)
+                .expect("a fresh pool has a free slot per camera");
+        }
+        let sink = FrameSink {
+            shared: pool.shared.clone(),
+            generation: None,
+        };
+        Ok((pool, sink))
+    }
+
+    /// Starts the workers with `capacity` free camera slots, for [`Pool::attach`].
+    pub fn with_capacity<D: BatchDetector>(
+        config: &PoolConfig,
+        capacity: usize,
+        make_detector: impl Fn() -> Result<D, InferError>,
+    ) -> Result<Pool, InferError> {
+        // Each camera is queued at most once: the queue never holds more than the slots.
+        let (ready_tx, ready_rx) = crossbeam::channel::bounded(capacity.max(1));
+        let vacant = Arc::new(CameraHealth::new(CameraId::new("")));
         let shared = Arc::new(Shared {
-            slots,
+            slots: (0..capacity).map(|_| Slot::free(&vacant)).collect(),
             ready_tx,
             stats: PoolStats::default(),
             stop: AtomicBool::new(false),
+            vacant,
         });
         let detectors = (0..config.workers.max(1))
             .map(|_| make_detector())
@@ -248,13 +320,70 @@ impl Pool {
                     .expect("spawning a worker thread")
             })
             .collect();
-        Ok((
-            Pool {
-                shared: shared.clone(),
-                workers,
-            },
-            FrameSink { shared },
-        ))
+        Ok(Pool { shared, workers })
+    }
+
+    /// Camera slots, free or not.
+    pub fn capacity(&self) -> usize {
+        self.shared.slots.len()
+    }
+
+    fn slot(&self, index: usize) -> Result<&Slot, SlotError> {
+        self.shared.slots.get(index).ok_or(SlotError::OutOfRange {
+            index,
+            capacity: self.shared.slots.len(),
+        })
+    }
+
+    /// Gives free slot `index` to a camera; its frames go through the returned sink.
+    pub fn attach(
+        &self,
+        index: usize,
+        health: Arc<CameraHealth>,
+        analyser: Box<dyn Analyser>,
+    ) -> Result<FrameSink, SlotError> {
+        let slot = self.slot(index)?;
+        let free = slot.generation.load(Ordering::Acquire);
+        if free % 2 == 1 {
+            return Err(SlotError::InUse(index));
+        }
+        // The pool holds a free slot's claim, so no worker is in the way. A frame left by the previous
+        // camera is not this one's.
+        drop(slot.frame.pop());
+        let _ = slot.analyser.push(analyser);
+        // The previous camera's scene and detections are not this one's.
+        let _ = slot.motion.force_push(MotionState::default());
+        slot.health.store(health);
+        let generation = free + 1;
+        slot.generation.store(generation, Ordering::Release);
+        self.shared.release(index);
+        Ok(FrameSink {
+            shared: self.shared.clone(),
+            generation: Some(generation),
+        })
+    }
+
+    /// Takes slot `index` back from its camera: from now on its frames are refused; once no worker holds
+    /// the camera (waiting, if one does, for its batch), its waiting frame and its analyser are dropped.
+    pub fn detach(&self, index: usize) -> Result<(), SlotError> {
+        let slot = self.slot(index)?;
+        let attached = slot.generation.load(Ordering::Acquire);
+        if attached % 2 == 0 {
+            return Err(SlotError::Free(index));
+        }
+        slot.generation.store(attached + 1, Ordering::Release);
+        // Take the claim as a worker does. A camera queued but not yet claimed is taken by a worker, which
+        // finds its frame stale and releases it; then the claim is ours.
+        while slot.scheduled.swap(true, Ordering::SeqCst) {
+            if self.shared.stop.load(Ordering::Relaxed) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        drop(slot.frame.pop());
+        drop(slot.analyser.pop());
+        slot.health.store(self.shared.vacant.clone());
+        Ok(())
     }
 
     pub fn stats(&self) -> &PoolStats {
@@ -288,10 +417,10 @@ struct Worker<D> {
     ready_rx: Receiver<usize>,
     detector: D,
     batch_wait: Duration,
-    motion: Option<MotionGate>,
     claimed: Vec<usize>,
     frames: Vec<Frame>,
     detections: Vec<Vec<Detection>>,
+    motion: Option<MotionGate>,
     /// Per frame of the batch when gating: its signature and its camera's state, taken from the slot
     /// until the batch is done.
     signatures: Vec<Signature>,
@@ -310,10 +439,10 @@ impl<D: BatchDetector> Worker<D> {
             shared,
             ready_rx,
             batch_wait: config.batch_wait,
-            motion: config.motion,
             claimed: Vec::with_capacity(batch),
             frames: Vec::with_capacity(batch),
             detections: (0..batch).map(|_| Vec::with_capacity(64)).collect(),
+            motion: config.motion,
             signatures: vec![Signature::default(); batch],
             states: Vec::with_capacity(batch),
             detector,
@@ -341,7 +470,11 @@ impl<D: BatchDetector> Worker<D> {
 
     fn process(&mut self) {
         for &camera in &self.claimed {
-            if let Some(f) = self.shared.slots[camera].frame.pop() {
+            let slot = &self.shared.slots[camera];
+            // A frame pushed as its camera was detached is dropped here: the slot may be another's next.
+            if let Some((generation, f)) = slot.frame.pop()
+                && generation == slot.generation.load(Ordering::Acquire)
+            {
                 self.frames.push(f);
             }
         }
@@ -389,8 +522,8 @@ impl<D: BatchDetector> Worker<D> {
                 }
                 Err(payload) => {
                     for frame in &self.frames {
-                        let health = &shared.slots[frame.camera].health;
-                        worker_panicked(health, "detector", &*payload);
+                        let health = shared.slots[frame.camera].health.load();
+                        worker_panicked(&health, "detector", &*payload);
                     }
                 }
             }
@@ -411,6 +544,8 @@ impl<D: BatchDetector> Worker<D> {
 /// Hands one frame and its detections to its camera's analyser and counts it analysed.
 fn analyse(shared: &Shared, frame: &Frame, detections: &[Detection]) {
     let slot = &shared.slots[frame.camera];
+    // Stable while the claim is held: a detach waits for it to change the health.
+    let health = slot.health.load();
     if let Some(mut analyser) = slot.analyser.pop() {
         // The analyser goes back to its slot even after a panic: dropping it would silence the camera
         // for good, while its state is at worst one frame stale.
@@ -418,11 +553,11 @@ fn analyse(shared: &Shared, frame: &Frame, detections: &[Detection]) {
             panic::catch_unwind(AssertUnwindSafe(|| analyser.analyse(frame, detections)));
         let _ = slot.analyser.push(analyser);
         if let Err(payload) = analysed {
-            worker_panicked(&slot.health, "analyser", &*payload);
+            worker_panicked(&health, "analyser", &*payload);
             return;
         }
     }
-    slot.health.frames_analysed.fetch_add(1, Ordering::Relaxed);
+    health.frames_analysed.fetch_add(1, Ordering::Relaxed);
     shared
         .stats
         .latency_ms

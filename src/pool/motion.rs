@@ -154,7 +154,10 @@ impl<D: BatchDetector> Worker<D> {
             sig.compute(&self.frames[i]);
             if state.still(gate, sig, self.frames[i].captured_at) {
                 super::analyse(shared, &self.frames[i], state.detections());
-                slot.health.motion_skipped.fetch_add(1, Ordering::Relaxed);
+                slot.health
+                    .load()
+                    .motion_skipped
+                    .fetch_add(1, Ordering::Relaxed);
                 shared.stats.motion_skipped.fetch_add(1, Ordering::Relaxed);
                 let _ = slot.motion.push(state);
             } else {

@@ -77,6 +77,7 @@ async fn list(caller: Caller, State(state): State<AppState>) -> Result<Json<Came
     let cameras: Vec<CameraJson> = state
         .ctx
         .cameras
+        .load()
         .iter()
         .map(|c| CameraJson::of(c, now))
         .collect();

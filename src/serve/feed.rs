@@ -13,6 +13,7 @@
 //! only the last of those carries the id, so a stream cut between them resumes at the row (repeating, never
 //! missing, an alert's state).
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -30,12 +31,12 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc, watch};
 
 use crate::alert::{self, AlertError, FeedRow};
 use crate::health::StreamState;
-use crate::types::{Clock, Timestamp};
+use crate::types::{CameraId, Clock, Timestamp};
 
 use super::auth::Caller;
 use super::config::Role;
 use super::error::ApiError;
-use super::state::{AppState, CameraInfo, ServeContext};
+use super::state::{AppState, CameraInfo, CameraList, ServeContext};
 
 /// How often the poller looks for new feed rows: the page sees a change within this (plus its rendering).
 pub(crate) const POLL: Duration = Duration::from_millis(250);
@@ -90,14 +91,12 @@ impl Feed {
             streams: Arc::new(Semaphore::new(MAX_STREAMS)),
         }));
         runtime.spawn(poll(feed.clone(), last, stopping.clone()));
-        if !ctx.cameras.is_empty() {
-            runtime.spawn(watch_cameras(
-                ctx.cameras.clone(),
-                ctx.db_path.clone(),
-                ctx.clock.clone(),
-                stopping,
-            ));
-        }
+        runtime.spawn(watch_cameras(
+            ctx.cameras.clone(),
+            ctx.db_path.clone(),
+            ctx.clock.clone(),
+            stopping,
+        ));
         Ok(feed)
     }
 
@@ -422,14 +421,23 @@ pub(crate) fn camera_json(c: &CameraInfo, now: Timestamp) -> serde_json::Value {
     serde_json::to_value(super::cameras::CameraJson::of(c, now)).unwrap_or_default()
 }
 
-/// Appends a `camera` row whenever a camera's state changes (not its counters), once a [`CAMERA_TICK`].
+/// The state of each camera in `cameras`.
+fn states(cameras: &[CameraInfo]) -> HashMap<CameraId, StreamState> {
+    cameras
+        .iter()
+        .map(|c| (c.id.clone(), c.health.state()))
+        .collect()
+}
+
+/// Appends a `camera` row whenever a camera's state changes (not its counters), or a reload adds it, once
+/// a [`CAMERA_TICK`].
 async fn watch_cameras(
-    cameras: Arc<[CameraInfo]>,
+    cameras: CameraList,
     db_path: PathBuf,
     clock: Arc<dyn Clock>,
     mut stopping: watch::Receiver<bool>,
 ) {
-    let mut seen: Vec<StreamState> = cameras.iter().map(|c| c.health.state()).collect();
+    let mut seen = states(&cameras.load());
     let mut store: Option<alert::Store> = None;
     let mut tick = tokio::time::interval(CAMERA_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -439,12 +447,12 @@ async fn watch_cameras(
             _ = tick.tick() => {}
         }
         let now = clock.now();
-        let states: Vec<StreamState> = cameras.iter().map(|c| c.health.state()).collect();
-        let changes: Vec<(String, String)> = cameras
+        let list = cameras.load();
+        let states = states(&list);
+        let changes: Vec<(String, String)> = list
             .iter()
-            .zip(states.iter().zip(&seen))
-            .filter(|(_, (s, was))| s != was)
-            .map(|(c, _)| (c.id.to_string(), camera_json(c, now).to_string()))
+            .filter(|c| seen.get(&c.id) != states.get(&c.id))
+            .map(|c| (c.id.to_string(), camera_json(c, now).to_string()))
             .collect();
         if changes.is_empty() {
             continue;
@@ -538,7 +546,7 @@ mod tests {
         let ctx = ServeContext {
             db_path: db.to_path_buf(),
             snapshots_dir: db.with_file_name("snapshots"),
-            cameras: Arc::from([]),
+            cameras: Default::default(),
             clock: Arc::new(crate::types::SystemClock),
             submit: None,
             stats: Default::default(),

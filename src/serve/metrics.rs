@@ -266,7 +266,7 @@ impl Family {
 
 /// Everything read when scraped: the cameras, the pool, the incident sink and the alert service.
 struct ScrapeTime {
-    cameras: Arc<[CameraInfo]>,
+    cameras: super::CameraList,
     clock: Arc<dyn crate::types::Clock>,
     stats: PipelineStats,
     db_path: std::path::PathBuf,
@@ -457,7 +457,7 @@ impl ScrapeTime {
 
     fn cameras(&self, out: &mut Vec<MetricFamily>) {
         use std::sync::atomic::Ordering::Relaxed;
-        let cams = &*self.cameras;
+        let cams = &*self.cameras.load();
         out.push(
             self.camera_info.values(
                 cams.iter()
@@ -623,7 +623,7 @@ mod tests {
         let ctx = ServeContext {
             db_path: dir.join("streetwatch.db"),
             snapshots_dir: dir.join("snapshots"),
-            cameras: Arc::from([]),
+            cameras: Default::default(),
             clock: Arc::new(SystemClock),
             submit: None,
             stats: PipelineStats::default(),

@@ -32,7 +32,7 @@ pub use cameras::CameraJson;
 pub use config::{MIN_TOKEN_LEN, Role, ServeConfig, TokenConfig};
 pub use error::{ApiError, ServeError};
 pub use reports::{Filed, ReportLimits, Reports};
-pub use state::{AppState, CameraInfo, IncidentSubmit, PipelineStats, ServeContext};
+pub use state::{AppState, CameraInfo, CameraList, IncidentSubmit, PipelineStats, ServeContext};
 
 /// The running server. Stop it before the runtime it was started on.
 pub struct Server {

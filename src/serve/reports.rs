@@ -216,7 +216,13 @@ async fn handle(
             return Err(e.into());
         }
     };
-    let wards: Vec<String> = state.ctx.cameras.iter().map(|c| c.ward.clone()).collect();
+    let wards: Vec<String> = state
+        .ctx
+        .cameras
+        .load()
+        .iter()
+        .map(|c| c.ward.clone())
+        .collect();
     let report = validate(form, &wards)?;
     Ok(file(&state, report, client).await?)
 }

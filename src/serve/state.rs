@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 
+use arc_swap::ArcSwap;
+
 use crate::alert::AlertHandle;
 use crate::app::IncidentCounts;
 use crate::health::CameraHealth;
@@ -21,6 +23,27 @@ pub struct CameraInfo {
     pub health: Arc<CameraHealth>,
 }
 
+/// The cameras the operations centre shows, in configuration order. A reload replaces the list whole;
+/// readers take the list of the moment with [`CameraList::load`]. Cheap to clone (shared).
+#[derive(Clone, Default)]
+pub struct CameraList(Arc<ArcSwap<Vec<CameraInfo>>>);
+
+impl CameraList {
+    pub fn load(&self) -> Arc<Vec<CameraInfo>> {
+        self.0.load_full()
+    }
+
+    pub fn store(&self, cameras: Vec<CameraInfo>) {
+        self.0.store(Arc::new(cameras));
+    }
+}
+
+impl From<Vec<CameraInfo>> for CameraList {
+    fn from(cameras: Vec<CameraInfo>) -> Self {
+        Self(Arc::new(ArcSwap::from_pointee(cameras)))
+    }
+}
+
 /// Hands an incident to the pipeline's incident sink (recorded, then routed like a camera's); fails when the
 /// sink has no room or has stopped.
 pub type IncidentSubmit = Arc<dyn Fn(IncidentEvent) -> Result<(), String> + Send + Sync>;
@@ -32,7 +55,7 @@ pub struct ServeContext {
     pub db_path: PathBuf,
     /// Where snapshots (and citizen report photos) are kept.
     pub snapshots_dir: PathBuf,
-    pub cameras: Arc<[CameraInfo]>,
+    pub cameras: CameraList,
     pub clock: Arc<dyn Clock>,
     /// `None` without an incident sink (no citizen reports then).
     pub submit: Option<IncidentSubmit>,

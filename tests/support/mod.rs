@@ -162,9 +162,17 @@ impl Drop for ChildGuard {
 
 /// `streetwatch serve-footage` in its own process, so a test can kill or freeze the server.
 pub fn serve_footage(port: u16, mounts: &[(&str, &Path)]) -> (ChildGuard, u16) {
+    serve_footage_with(port, mounts, false)
+}
+
+/// As [`serve_footage`]; with `looping`, each stream plays its file over and over, as a live camera.
+pub fn serve_footage_with(port: u16, mounts: &[(&str, &Path)], looping: bool) -> (ChildGuard, u16) {
     use std::io::BufRead;
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_streetwatch"));
     cmd.arg("serve-footage").arg("--port").arg(port.to_string());
+    if looping {
+        cmd.arg("--loop");
+    }
     for (m, f) in mounts {
         cmd.arg(format!("{m}={}", f.display()));
     }
