@@ -2,6 +2,7 @@
 //! sampled RGB frames to the pool; or RTSP sessions on a shared async runtime ([`Receivers`]) handing
 //! encoded units to a decoder pool. Public entry: [`Ingest::start`].
 
+mod camera_server;
 mod footage_server;
 mod pipeline;
 mod receive;
@@ -15,6 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+pub use camera_server::{CameraServer, CameraServerOptions};
 pub use footage_server::{BasicAuth, FootageOptions, FootageServer};
 pub use pipeline::{Pacing, StreamSpec};
 pub use receive::{ReceiveOptions, ReceiveSpec, Receivers};
