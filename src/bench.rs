@@ -11,11 +11,14 @@ use anyhow::Context as _;
 use serde::Serialize;
 
 use crate::app::{Pipeline, RunOptions};
-use crate::config::Config;
+use crate::config::{Config, SourceUrl};
 use crate::health::{CameraHealth, StreamState};
-use crate::ingest::{FootageServer, Pacing};
+use crate::ingest::{
+    EncodedUnit, FootageServer, LatestKeyframes, Pacing, ReceiveOptions, ReceiveSpec, Receivers,
+    UnitSink,
+};
 use crate::pool::PoolStats;
-use crate::types::SystemClock;
+use crate::types::{CameraId, SystemClock};
 
 pub use ceilings::Ceilings;
 
@@ -404,20 +407,66 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     Ok(report)
 }
 
-/// Receive alone: every camera's stream received and kept as encoded units; nothing decoded or analysed.
-fn ingest_only(_opts: &BenchOptions, _config: &Config) -> anyhow::Result<BenchReport> {
-    // TODO(lead, issue 10): wire the retina receivers (s10-receive) here, then measure as `pipeline` does:
-    //   let health = one Arc<CameraHealth> per camera of `config`;
-    //   let before = sample_proc(); let started = Instant::now();
-    //   let receivers = Receivers::start(specs /* ReceiveSpec per camera: url, analysis_url, stall, health */,
-    //       Arc::new(Discard) /* a UnitSink that drops every unit */, Arc::new(LatestKeyframes::new(n)),
-    //       ReceiveOptions::default())?;
-    //   let window = measure(&health, None, opts, started, before);
-    //   receivers.stop();
-    //   Ok(report(opts, &window, None, None, None, "ingest-only"))
-    anyhow::bail!(
-        "--ingest-only needs the RTSP receiver of issue 10 (`Receivers`), which is not wired into this build yet"
-    )
+/// Receive alone: every camera's RTSP session up and its units counted; nothing decoded or analysed. The
+/// main streams' keyframes are kept for snapshots as in a running district, so their memory counts.
+fn ingest_only(opts: &BenchOptions, config: &Config) -> anyhow::Result<BenchReport> {
+    let health: Vec<Arc<CameraHealth>> = config
+        .cameras
+        .iter()
+        .map(|c| Arc::new(CameraHealth::new(CameraId::new(c.id.get_ref()))))
+        .collect();
+    let source = |u: &str| SourceUrl::parse(u, &config.base_dir).map_err(anyhow::Error::msg);
+    let specs = config
+        .cameras
+        .iter()
+        .zip(&health)
+        .enumerate()
+        .map(|(index, (c, h))| {
+            Ok(ReceiveSpec {
+                index,
+                url: source(c.url.get_ref())?,
+                analysis_url: c
+                    .analysis_url
+                    .as_ref()
+                    .map(|u| source(u.get_ref()))
+                    .transpose()?,
+                stall: Duration::from_secs_f32(c.stall_seconds),
+                health: h.clone(),
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let before = sample_proc();
+    let started = Instant::now();
+    let receivers = Receivers::start(
+        specs,
+        Arc::new(Discard),
+        Arc::new(LatestKeyframes::new(health.len())),
+        ReceiveOptions::default(),
+    )?;
+    let window = measure(&health, None, opts, started, before);
+    let restarts: u64 = health
+        .iter()
+        .map(|h| h.restarts.load(Ordering::Relaxed))
+        .sum();
+    receivers.stop();
+    let report = report(opts, &window, None, None, "ingest-only");
+    if !opts.json || std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        eprintln!(
+            "streetwatch bench --ingest-only: {} cameras × {} s, RTSP/TCP, receive only (no decoding, no inference), {} cores",
+            report.cameras,
+            report.seconds,
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+        );
+    }
+    print_table(opts, &report, 0.0, restarts, 0);
+    Ok(report)
+}
+
+/// Where ingest-only units go: nowhere (receiving is what is measured).
+struct Discard;
+
+impl UnitSink for Discard {
+    fn push(&self, _unit: EncodedUnit) {}
 }
 
 fn pipeline(
@@ -620,8 +669,13 @@ fn print_table(opts: &BenchOptions, report: &BenchReport, batch: f64, restarts: 
         (
             "RSS per stream",
             format!(
-                "{:.2} MB (process growth since before the pipeline, over N: includes worker sessions{})",
+                "{:.2} MB (process growth since before start, over N{}{})",
                 report.rss_mb_per_stream,
+                if report.mode == "ingest-only" {
+                    ""
+                } else {
+                    ": includes worker sessions"
+                },
                 if opts.source == BenchSource::Rtsp {
                     " and the in-process server"
                 } else {
@@ -648,8 +702,19 @@ fn print_table(opts: &BenchOptions, report: &BenchReport, batch: f64, restarts: 
             ),
         ));
     }
+    // Receiving alone: what decoding and analysis would report is not there.
+    let receive_only = [
+        "open",
+        "units received/s",
+        "CPU",
+        "RSS per stream",
+        "threads per stream",
+        "stream restarts",
+    ];
     for (k, v) in lines {
-        println!("  {k:<24} {v}");
+        if report.mode != "ingest-only" || receive_only.contains(&k) {
+            println!("  {k:<24} {v}");
+        }
     }
 }
 
