@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 use streetwatch::app::{ConfigFile, Pipeline, RunOptions};
 use streetwatch::bench::{self, BenchOptions, BenchSource};
 use streetwatch::config::{Config, installed};
-use streetwatch::ingest::{FootageOptions, FootageServer};
+use streetwatch::ingest::{CameraServer, CameraServerOptions, FootageOptions, FootageServer};
 use streetwatch::secret::Secret;
 use streetwatch::serve::{Role, TokenConfig};
 use streetwatch::types::SystemClock;
@@ -62,9 +62,24 @@ enum Command {
         #[arg(long, default_value = "rtsp", value_parser = ["rtsp", "file"])]
         source: String,
         /// Read every virtual camera from this RTSP URL instead (e.g. `streetwatch serve-footage` in another
-        /// process, or a real camera), so only the client's cost is measured.
+        /// process, or a real camera), so only the client's cost is measured. `{n}` in it is the camera's
+        /// number: `rtsp://127.0.0.1:8554/cam/{n}` reads N distinct paths.
         #[arg(long, conflicts_with = "source")]
         url: Option<String>,
+        /// One RTSP URL per camera, a line each (`#` comments and blank lines skipped); repeated in turn
+        /// when --cameras is larger.
+        #[arg(long, conflicts_with_all = ["source", "url"])]
+        urls: Option<PathBuf>,
+        /// Each camera's sub-stream, analysed instead of its main stream; `{n}` as in --url.
+        #[arg(long)]
+        analysis_url: Option<String>,
+        /// Receive only: no decoding, no inference (per-camera threads, RSS and CPU of ingest).
+        #[arg(long)]
+        ingest_only: bool,
+        /// Also measure, in the same run, the inference ceiling (frames/s on every core, no ingest) and
+        /// the ingest ceiling (keyframes/s decoded and scaled on every core, no inference).
+        #[arg(long, conflicts_with = "ingest_only")]
+        ceilings: bool,
         /// Analysed frames per second per camera.
         #[arg(long, default_value_t = 0.5)]
         fps: f32,
@@ -123,8 +138,21 @@ enum Command {
         #[arg(long = "loop")]
         looping: bool,
         /// MOUNT=FILE, served at rtsp://127.0.0.1:PORT/MOUNT.
-        #[arg(required = true)]
+        #[arg(required_unless_present = "cameras")]
         mounts: Vec<String>,
+        /// Serve a district of stand-in cameras instead: rtsp://127.0.0.1:PORT/cam/N (main stream) and
+        /// /cam/N/sub (sub-stream) for N in 0..CAMERAS, live and looping; cameras share a few feeders.
+        #[arg(long, conflicts_with_all = ["mounts", "looping"])]
+        cameras: Option<usize>,
+        /// The cameras' main stream (default: the 720p25 2 Mbps bench clip).
+        #[arg(long, requires = "cameras")]
+        main: Option<PathBuf>,
+        /// The cameras' sub-stream (default: the bench clip's 640×360 sub-stream).
+        #[arg(long, requires = "cameras")]
+        sub: Option<PathBuf>,
+        /// Groups of cameras whose streams start apart, spread over the 2 s GOP.
+        #[arg(long, default_value_t = 8, requires = "cameras")]
+        phases: usize,
     },
 }
 
@@ -188,6 +216,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             footage,
             source,
             url,
+            urls,
+            analysis_url,
+            ingest_only,
+            ceilings,
             fps,
             full_decode,
             workers,
@@ -200,13 +232,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let opts = BenchOptions {
                 cameras,
                 seconds,
-                footage: footage
-                    .unwrap_or_else(|| installed("fixtures/footage/bench_720p25_2mbps.mp4")),
-                source: match (url, source.as_str()) {
-                    (Some(u), _) => BenchSource::Url(u),
-                    (None, "file") => BenchSource::File,
+                footage: footage.unwrap_or_else(|| installed(bench::MAIN_CLIP)),
+                source: match (url, urls, source.as_str()) {
+                    (Some(u), _, _) => BenchSource::Url(u),
+                    (None, Some(f), _) => BenchSource::from_file(&f)?,
+                    (None, None, "file") => BenchSource::File,
                     _ => BenchSource::Rtsp,
                 },
+                analysis_url,
+                ingest_only,
+                ceilings,
                 fps,
                 keyframe_only: !full_decode,
                 workers,
@@ -235,8 +270,32 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => eval(json, no_motion_gate, scenarios),
         Command::ServeFootage {
             port,
+            cameras: Some(cameras),
+            main,
+            sub,
+            phases,
+            ..
+        } => {
+            let server = CameraServer::start(&CameraServerOptions {
+                cameras,
+                main: main.unwrap_or_else(|| installed(bench::MAIN_CLIP)),
+                sub: Some(sub.unwrap_or_else(|| installed(bench::SUB_CLIP))),
+                phases,
+                gop: Duration::from_secs(2),
+                port,
+            })?;
+            // `{n}` is the camera number, as `bench --url` takes it.
+            println!("{}", server.url(0).replace("/cam/0", "/cam/{n}"));
+            println!("{}", server.url(0).replace("/cam/0", "/cam/{n}/sub"));
+            println!("ready");
+            wait_for_signal(None, || {});
+            Ok(())
+        }
+        Command::ServeFootage {
+            port,
             looping,
             mounts,
+            ..
         } => {
             let mounts = mounts
                 .iter()

@@ -100,72 +100,51 @@ impl FootageServer {
             }
         }
         let mounts = mounts.to_vec();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let thread = std::thread::Builder::new()
-            .name("sw-rtsp-server".into())
-            .spawn(move || {
-                let ctx = glib::MainContext::new();
-                let main_loop = glib::MainLoop::new(Some(&ctx), false);
-                let server = rtsp::RTSPServer::new();
-                server.set_address("127.0.0.1");
-                server.set_service(&port.to_string());
-                let points = server.mount_points().expect("a new server has mount points");
-                if let Some(a) = &auth {
-                    let gate = rtsp::RTSPAuth::new();
-                    let token = rtsp::RTSPToken::builder()
-                        .field(rtsp::RTSP_TOKEN_MEDIA_FACTORY_ROLE, VIEWER_ROLE)
-                        .build();
-                    gate.add_basic(
-                        rtsp::RTSPAuth::make_basic(&a.user, &a.password).as_str(),
-                        &token,
+        let (port, main_loop, thread) = serve(port, move |server| {
+            let points = server
+                .mount_points()
+                .expect("a new server has mount points");
+            if let Some(a) = &auth {
+                let gate = rtsp::RTSPAuth::new();
+                let token = rtsp::RTSPToken::builder()
+                    .field(rtsp::RTSP_TOKEN_MEDIA_FACTORY_ROLE, VIEWER_ROLE)
+                    .build();
+                gate.add_basic(
+                    rtsp::RTSPAuth::make_basic(&a.user, &a.password).as_str(),
+                    &token,
+                );
+                server.set_auth(Some(&gate));
+            }
+            for (mount, file) in &mounts {
+                let factory = rtsp::RTSPMediaFactory::new();
+                if looping {
+                    factory.set_launch(
+                        "( appsrc name=src format=time ! h264parse ! rtph264pay name=pay0 pt=96 config-interval=-1 )",
                     );
-                    server.set_auth(Some(&gate));
+                    let file = file.clone();
+                    factory.connect_media_configure(move |_, media| {
+                        if let Err(e) = feed_looping(media, &file) {
+                            tracing::error!(file = %file.display(), error = %e, "footage server: cannot play the file");
+                        }
+                    });
+                } else {
+                    factory.set_launch(&format!(
+                        "( {} ! rtph264pay name=pay0 pt=96 config-interval=-1 )",
+                        reader_launch(file)
+                    ));
                 }
-                for (mount, file) in &mounts {
-                    let factory = rtsp::RTSPMediaFactory::new();
-                    if looping {
-                        factory.set_launch(
-                            "( appsrc name=src format=time ! h264parse ! rtph264pay name=pay0 pt=96 config-interval=-1 )",
-                        );
-                        let file = file.clone();
-                        factory.connect_media_configure(move |_, media| {
-                            if let Err(e) = feed_looping(media, &file) {
-                                tracing::error!(file = %file.display(), error = %e, "footage server: cannot play the file");
-                            }
-                        });
-                    } else {
-                        factory.set_launch(&format!(
-                            "( {} ! rtph264pay name=pay0 pt=96 config-interval=-1 )",
-                            reader_launch(file)
-                        ));
-                    }
-                    factory.set_shared(false);
-                    if auth.is_some() {
-                        factory.add_role_from_structure(
-                            &gst::Structure::builder(VIEWER_ROLE)
-                                .field(rtsp::RTSP_PERM_MEDIA_FACTORY_ACCESS, true)
-                                .field(rtsp::RTSP_PERM_MEDIA_FACTORY_CONSTRUCT, true)
-                                .build(),
-                        );
-                    }
-                    points.add_factory(&format!("/{}", mount.trim_start_matches('/')), factory);
+                factory.set_shared(false);
+                if auth.is_some() {
+                    factory.add_role_from_structure(
+                        &gst::Structure::builder(VIEWER_ROLE)
+                            .field(rtsp::RTSP_PERM_MEDIA_FACTORY_ACCESS, true)
+                            .field(rtsp::RTSP_PERM_MEDIA_FACTORY_CONSTRUCT, true)
+                            .build(),
+                    );
                 }
-                match server.attach(Some(&ctx)) {
-                    // The source lives in this thread's private context and goes with it.
-                    Ok(_source) => {
-                        let _ = tx.send(Ok((server.bound_port() as u16, main_loop.clone())));
-                        main_loop.run();
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(format!("cannot listen on 127.0.0.1:{port}: {e}")));
-                    }
-                }
-            })
-            .map_err(|e| IngestError::Gst(e.to_string()))?;
-        let (port, main_loop) = rx
-            .recv()
-            .map_err(|_| IngestError::Footage("the RTSP server thread died".into()))?
-            .map_err(IngestError::Footage)?;
+                points.add_factory(&format!("/{}", mount.trim_start_matches('/')), factory);
+            }
+        })?;
         Ok(Self {
             port,
             main_loop,
@@ -184,6 +163,41 @@ impl FootageServer {
             mount.trim_start_matches('/')
         )
     }
+}
+
+/// Runs an RTSP server on 127.0.0.1:`port` (0: any free port) in a thread of its own, with its own main
+/// context; `setup` mounts what it serves. Returns the bound port, the loop to quit and the thread.
+pub(super) fn serve(
+    port: u16,
+    setup: impl FnOnce(&rtsp::RTSPServer) + Send + 'static,
+) -> Result<(u16, glib::MainLoop, JoinHandle<()>), IngestError> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let thread = std::thread::Builder::new()
+        .name("sw-rtsp-server".into())
+        .spawn(move || {
+            let ctx = glib::MainContext::new();
+            let main_loop = glib::MainLoop::new(Some(&ctx), false);
+            let server = rtsp::RTSPServer::new();
+            server.set_address("127.0.0.1");
+            server.set_service(&port.to_string());
+            setup(&server);
+            match server.attach(Some(&ctx)) {
+                // The source lives in this thread's private context and goes with it.
+                Ok(_source) => {
+                    let _ = tx.send(Ok((server.bound_port() as u16, main_loop.clone())));
+                    main_loop.run();
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(format!("cannot listen on 127.0.0.1:{port}: {e}")));
+                }
+            }
+        })
+        .map_err(|e| IngestError::Gst(e.to_string()))?;
+    let (port, main_loop) = rx
+        .recv()
+        .map_err(|_| IngestError::Footage("the RTSP server thread died".into()))?
+        .map_err(IngestError::Footage)?;
+    Ok((port, main_loop, thread))
 }
 
 /// The elements that read `file`'s H.264 video, in order, ready to be linked on.

@@ -3,6 +3,7 @@
 //! encoded units to a decoder pool. Public entry: [`Ingest::start`]; cameras come and go with
 //! [`Ingest::add`] and [`Ingest::remove`].
 
+mod camera_server;
 mod footage_server;
 mod pipeline;
 mod receive;
@@ -17,6 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+pub use camera_server::{CameraServer, CameraServerOptions};
 pub use footage_server::{BasicAuth, FootageOptions, FootageServer};
 pub use pipeline::{Pacing, StreamSpec};
 pub use receive::{ReceiveOptions, ReceiveSpec, Receivers};
