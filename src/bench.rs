@@ -486,7 +486,13 @@ fn pipeline(
         Arc::new(SystemClock),
     )?;
     let stats = pipeline.stats();
-    let window = measure(pipeline.camera_health(), Some(stats), opts, started, before);
+    let window = measure(
+        &pipeline.camera_health(),
+        Some(stats),
+        opts,
+        started,
+        before,
+    );
     let quantiles = (
         [
             stats.inference_ms.quantile_ms(0.5),

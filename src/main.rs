@@ -288,7 +288,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", server.url(0).replace("/cam/0", "/cam/{n}"));
             println!("{}", server.url(0).replace("/cam/0", "/cam/{n}/sub"));
             println!("ready");
-            wait_for_signal(None, || {});
+            wait_for_signal(None, false, |_| {});
             Ok(())
         }
         Command::ServeFootage {
