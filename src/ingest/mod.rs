@@ -1,6 +1,7 @@
 //! Ingest: one GStreamer pipeline per camera (from a template in `pipelines/`), supervised, handing
 //! sampled RGB frames to the pool. Public entry: [`Ingest::start`].
 
+mod decode;
 mod footage_server;
 mod pipeline;
 mod supervisor;
@@ -12,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+pub use decode::{DecodeOptions, DecodeSpec, DecodeStats, DecoderPool};
 pub use footage_server::{BasicAuth, FootageOptions, FootageServer};
 pub use pipeline::{Pacing, StreamSpec};
 pub use supervisor::Backoff;
@@ -30,6 +32,8 @@ pub enum IngestError {
     Template { path: PathBuf, message: String },
     #[error("footage server: {0}")]
     Footage(String),
+    #[error("camera slot {index} is beyond the capacity of {capacity} cameras")]
+    Capacity { index: usize, capacity: usize },
 }
 
 /// One camera as ingest sees it.
