@@ -399,3 +399,25 @@ fn delta_units_and_unknown_cameras_are_ignored_and_a_removed_camera_gets_nothing
     );
     rig.stop();
 }
+
+#[test]
+fn a_keyframe_that_gives_no_picture_is_counted_and_the_decoder_carries_on() {
+    let units = keyframes(&footage("bikes.mp4"), Codec::H264);
+    let rig = Rig::start(1, 1.0, 160, 1, Duration::ZERO);
+    // Not H.264 at all: the parser finds no picture in it.
+    rig.push(0, Codec::H264, &Bytes::from(vec![0x5a; 4096]), 0);
+    assert!(
+        wait_until(LIMIT, || rig
+            .decoders
+            .stats()
+            .failures
+            .load(Ordering::Relaxed)
+            == 1),
+        "the failed keyframe is counted"
+    );
+    // The same decoder thread decodes the camera's next keyframe.
+    rig.push(0, Codec::H264, &units[0], 1000);
+    assert_eq!(rig.next_frame().captured_ms, 1000);
+    assert_eq!(decoded(&rig.health[0]), 1);
+    rig.stop();
+}
