@@ -9,7 +9,9 @@
 //! (codec, analysis width) per thread serves every camera, whatever its resolution.
 //!
 //! Due times are in the units' own timeline (`captured_at`: the clock at arrival for live cameras, media
-//! time for files run flat out), so the rate a camera is analysed at follows its footage, not the wall.
+//! time for files run flat out), so the rate a camera is analysed at follows its footage, not the wall,
+//! and the pool needs no clock of its own. The push path takes no lock; waking a parked decoder (one
+//! `Unparker::unpark` per admitted keyframe at most) is the only system call it can make.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -153,21 +155,33 @@ impl Shared {
                 continue; // another decoder took it
             };
             let t = unit.captured_at.0;
-            let due = cam.next_due.load(Ordering::Acquire);
-            if t < due {
-                // Admitted against a due time another decoder has since moved on: not due after all.
+            let mut due = cam.next_due.load(Ordering::Acquire);
+            let taken = loop {
+                if t < due {
+                    break false;
+                }
+                // Moved on before the decode, so keyframes arriving during it are judged by the new due
+                // time. One period per decoded keyframe bounds the rate to `fps`. At least half a period
+                // after this keyframe: no burst after an outage or at start (the due time never trails
+                // the stream), yet a stream whose GOP equals the period keeps every keyframe when they
+                // arrive up to a quarter period early or late.
+                let next = due
+                    .saturating_add(cam.period_ms)
+                    .max(t.saturating_add(cam.period_ms / 2));
+                // Another decoder may have taken a keyframe of this camera meanwhile: judged again.
+                match cam
+                    .next_due
+                    .compare_exchange(due, next, Ordering::AcqRel, Ordering::Acquire)
+                {
+                    Ok(_) => break true,
+                    Err(now) => due = now,
+                }
+            };
+            if !taken {
+                // Admitted against a due time that has since moved on: not due after all.
                 cam.health.decode_skipped.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            // Moved on before the decode, so keyframes arriving during it are judged by the new due time.
-            // One period per decoded keyframe bounds the rate to `fps`. At least half a period after this
-            // keyframe: no burst after an outage or at start (the due time never trails the stream), yet a
-            // stream whose GOP equals the period keeps every keyframe when they arrive up to a quarter
-            // period early or late.
-            let next = due
-                .saturating_add(cam.period_ms)
-                .max(t.saturating_add(cam.period_ms / 2));
-            cam.next_due.store(next, Ordering::Release);
             return Some((cam, unit));
         }
     }
