@@ -10,8 +10,8 @@
 //!
 //! Due times are in the units' own timeline (`captured_at`: the clock at arrival for live cameras, media
 //! time for files run flat out), so the rate a camera is analysed at follows its footage, not the wall,
-//! and the pool needs no clock of its own. The push path takes no lock; waking a parked decoder (one
-//! `Unparker::unpark` per admitted keyframe at most) is the only system call it can make.
+//! and the pool needs no clock of its own. The push path is lock-free and allocates nothing, except that
+//! an admitted keyframe wakes a parked decoder (crossbeam's `Unparker`, which locks only to wake).
 
 use std::collections::HashMap;
 use std::sync::Arc;
