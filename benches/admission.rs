@@ -54,6 +54,7 @@ fn push(c: &mut Criterion) {
         workers: 1,
         max_batch: 1,
         batch_wait: Duration::ZERO,
+        motion: None,
     };
     let cameras = health
         .iter()

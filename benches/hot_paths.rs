@@ -153,6 +153,7 @@ fn slot_handoff(c: &mut Criterion) {
         workers: 1,
         max_batch: 4,
         batch_wait: Duration::from_millis(1),
+        motion: None,
     };
     let (pool, sink) = Pool::start(&cfg, cameras, || Detector::new(m.clone(), 4, 0.35)).unwrap();
     let pixels = vec![0u8; 32 * 32 * 3];

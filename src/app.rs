@@ -2,6 +2,7 @@
 //! ingest → pool (infer) → analyse → incident sink (store, snapshots, log).
 
 mod forward;
+mod snapshot;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,13 +14,14 @@ use anyhow::Context as _;
 use crossbeam::channel::Receiver;
 
 pub use forward::{Forwarder, IncidentCounts, SPILL_AFTER};
+pub use snapshot::render_incident_snapshot;
 
 use crate::alert::{self, AlertHandle, AlertService};
-use crate::analyse::{AnalysisEvent, CameraAnalyser, render_snapshot};
+use crate::analyse::{AnalysisEvent, CameraAnalyser};
 use crate::config::{CameraConfig, Config, RegionsConfig};
 use crate::health::{CameraHealth, HealthSnapshot, StreamState};
 use crate::infer::{self, BBox, Detector, ModelManifest, Regions};
-use crate::ingest::{Backoff, CameraStream, Ingest, IngestOptions, Pacing};
+use crate::ingest::{Backoff, CameraStream, Ingest, IngestOptions, LatestKeyframes, Pacing};
 use crate::pool::{Analyser, Pool, PoolConfig, PoolStats};
 use crate::retention::{Policy, RetentionTask};
 use crate::serve::{CameraInfo, PipelineStats, ServeContext, Server};
@@ -155,6 +157,7 @@ impl Pipeline {
             workers: worker_count(config),
             max_batch: config.runtime.max_batch,
             batch_wait: Duration::from_millis(config.runtime.batch_wait_ms),
+            motion: config.runtime.motion_gate(),
         };
         let threshold = config.runtime.score_threshold;
         let regions: Arc<[Regions]> = config.cameras.iter().map(camera_regions).collect();
@@ -223,11 +226,25 @@ impl Pipeline {
             None => None,
         };
         let forwarder = Forwarder::new(store, alerts, dropped_updates).counting_opened(opened);
+        // Filled by the receivers with each camera's main-stream keyframes; read for snapshots.
+        let keyframes = Arc::new(LatestKeyframes::new(config.cameras.len()));
         let sink = std::thread::Builder::new()
             .name("sw-incidents".into())
             .spawn({
                 let clock = clock.clone();
-                move || incident_sink(events_rx, forwarder, snapshots, pending_close, clock)
+                let keyframes = keyframes.clone();
+                move || {
+                    incident_sink(
+                        events_rx,
+                        forwarder,
+                        IncidentSnapshots {
+                            dir: snapshots,
+                            keyframes,
+                        },
+                        pending_close,
+                        clock,
+                    )
+                }
             })?;
         let ingest = Ingest::start(
             CameraStream::from_config(config, &health),
@@ -433,12 +450,18 @@ fn watch_camera_health(
     (thread, stop_tx)
 }
 
+/// Where the incident sink writes snapshots, and the keyframes it draws them on.
+struct IncidentSnapshots {
+    dir: PathBuf,
+    keyframes: Arc<LatestKeyframes>,
+}
+
 /// Writes snapshots and incident rows, logs each lifecycle event and hands it to the alert router.
-/// Runs off the frame path.
+/// Runs off the frame path: a snapshot's full-resolution decode happens here.
 fn incident_sink(
     events: Receiver<AnalysisEvent>,
     mut forwarder: Forwarder,
-    snapshots: PathBuf,
+    snapshots: IncidentSnapshots,
     mut pending_close: Vec<(std::time::Instant, IncidentEvent)>,
     clock: Arc<dyn Clock>,
 ) {
@@ -461,8 +484,10 @@ fn incident_sink(
             Err(crossbeam::channel::RecvTimeoutError::Disconnected) => break,
         };
         if let Some(req) = snapshot {
-            let path = snapshots.join(crate::retention::snapshot_name(&event.key));
-            match render_snapshot(req)
+            let path = snapshots
+                .dir
+                .join(crate::retention::snapshot_name(&event.key));
+            match render_incident_snapshot(req, &snapshots.keyframes, &event.key, event.at)
                 .map_err(anyhow::Error::from)
                 .and_then(|jpeg| Ok(std::fs::write(&path, jpeg)?))
             {

@@ -105,6 +105,10 @@ enum Command {
         /// Print one JSON object instead of the table.
         #[arg(long)]
         json: bool,
+        /// Run the model on every frame, as with `[runtime] motion_gate = false` (the gate's effect on
+        /// the figures is the difference from a run without this flag).
+        #[arg(long)]
+        no_motion_gate: bool,
         /// Scenario files (default: every fixtures/scenarios/*.toml).
         scenarios: Vec<PathBuf>,
     },
@@ -223,7 +227,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Eval { json, scenarios } => eval(json, scenarios),
+        Command::Eval {
+            json,
+            no_motion_gate,
+            scenarios,
+        } => eval(json, no_motion_gate, scenarios),
         Command::ServeFootage {
             port,
             looping,
@@ -257,7 +265,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn eval(json: bool, mut scenarios: Vec<PathBuf>) -> anyhow::Result<()> {
+fn eval(json: bool, no_motion_gate: bool, mut scenarios: Vec<PathBuf>) -> anyhow::Result<()> {
     if scenarios.is_empty() {
         let dir = installed("fixtures/scenarios");
         for entry in
@@ -271,7 +279,10 @@ fn eval(json: bool, mut scenarios: Vec<PathBuf>) -> anyhow::Result<()> {
         scenarios.sort();
         anyhow::ensure!(!scenarios.is_empty(), "no scenarios in {}", dir.display());
     }
-    let report = streetwatch::eval::run(&scenarios)?;
+    let options = streetwatch::eval::EvalOptions {
+        motion_gate: !no_motion_gate,
+    };
+    let report = streetwatch::eval::run(&scenarios, options)?;
     if json {
         println!("{}", report.json());
     } else {

@@ -216,6 +216,7 @@ fn assert_rejected_at_start_up(path: &Path, what: &[&str]) {
         workers: 1,
         max_batch: 4,
         batch_wait: Duration::ZERO,
+        motion: None,
     };
     match Pool::start(&config, Vec::new(), || {
         Detector::new(manifest.clone(), 4, 0.35)

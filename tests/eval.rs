@@ -40,6 +40,11 @@ fn committed_scenarios_meet_their_minimums_and_print_one_json_object() {
         })
         .count();
     assert_eq!(json["scenarios"], files, "{json}");
+    // Replays gate motion as a district does, and say how many frames skipped the model.
+    assert_eq!(json["motion_gate"], true, "{json}");
+    let analysed = json["frames_analysed"].as_u64().unwrap();
+    let skipped = json["motion_skipped"].as_u64().unwrap();
+    assert!(analysed > 0 && skipped <= analysed, "{json}");
     let rules = json["rules"].as_object().expect("`rules` is an object");
     // The rule kinds the committed scenario files configure.
     let mut kinds: Vec<&str> = rules.keys().map(String::as_str).collect();

@@ -92,6 +92,8 @@ impl Rig {
             workers: 1,
             max_batch: 1,
             batch_wait: Duration::ZERO,
+            // Every frame reaches the (throttled) detector.
+            motion: None,
         };
         let (pool, frames) = Pool::start(
             &config,

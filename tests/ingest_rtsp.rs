@@ -479,6 +479,7 @@ fn shutdown_does_not_wait_for_a_camera_pipeline_still_tearing_down() {
         workers: 1,
         max_batch: 1,
         batch_wait: Duration::from_millis(1),
+        motion: None,
     };
     let (pool, sink) = Pool::start(&config, vec![(health, Box::new(Holds(tx)))], || {
         Detector::new(manifest.clone(), 1, 0.35)

@@ -1,5 +1,6 @@
 //! The worker pool's logic with fake detectors behind its `BatchDetector` seam: latest frame wins, one
-//! claim per camera, batches across cameras, bounded memory, and a panic in a batch contained.
+//! claim per camera, batches across cameras, bounded memory, a panic in a batch contained, and motion
+//! gating (a still scene skips the model and reuses its detections).
 //!
 //! Frames carry a GStreamer buffer (as ingest's do) whose memory counts itself alive until the pool lets
 //! go of the frame, so "frames alive" is measured by drops, not inferred from the pool's own counters.
@@ -14,7 +15,7 @@ use crossbeam::channel::{Receiver, Sender, bounded};
 use streetwatch::frame::{Frame, Pixels};
 use streetwatch::health::CameraHealth;
 use streetwatch::infer::{Detection, InferError};
-use streetwatch::pool::{Analyser, BatchDetector, FrameSink, Pool, PoolConfig};
+use streetwatch::pool::{Analyser, BatchDetector, FrameSink, MotionGate, Pool, PoolConfig};
 use streetwatch::types::{CameraId, Timestamp};
 
 use support::wait_until;
@@ -180,6 +181,7 @@ fn config(workers: usize, max_batch: usize, batch_wait_ms: u64) -> PoolConfig {
         workers,
         max_batch,
         batch_wait: Duration::from_millis(batch_wait_ms),
+        motion: None,
     }
 }
 
@@ -486,4 +488,139 @@ fn an_analyser_panic_is_counted_for_its_camera_and_its_analyser_carries_on() {
     assert_eq!(h.health[1].worker_panics.load(Ordering::SeqCst), 0);
     assert_eq!((h.analysed(0), h.analysed(1)), (1, 2));
     h.pool.shutdown();
+}
+
+/// Marks each detection with the capture time of the frame the model ran on, so an analyser can tell a
+/// fresh inference from a reused one; records the frames it ran on.
+struct Stamping {
+    ran_on: Arc<Mutex<Vec<i64>>>,
+}
+
+impl BatchDetector for Stamping {
+    fn max_batch(&self) -> usize {
+        4
+    }
+    fn detect(
+        &mut self,
+        frames: &[Frame],
+        out: &mut [Vec<Detection>],
+    ) -> Result<usize, InferError> {
+        for (f, o) in frames.iter().zip(out.iter_mut()) {
+            self.ran_on.lock().unwrap().push(f.captured_at.0);
+            o.clear();
+            o.push(Detection {
+                class: 0,
+                score: f.captured_at.0 as f32,
+                bbox: streetwatch::infer::BBox {
+                    x1: 0.4,
+                    y1: 0.4,
+                    x2: 0.6,
+                    y2: 0.9,
+                },
+            });
+        }
+        Ok(frames.len())
+    }
+}
+
+/// Records (frame time, the time stamped on its detections).
+struct StampReader(Arc<Mutex<Vec<(i64, i64)>>>);
+
+impl Analyser for StampReader {
+    fn analyse(&mut self, frame: &Frame, detections: &[Detection]) {
+        let stamp = detections.first().map_or(-1, |d| d.score as i64);
+        self.0.lock().unwrap().push((frame.captured_at.0, stamp));
+    }
+}
+
+/// A 320×180 street: a grey road with a dark figure 12×30 px whose left edge is at `figure_x`.
+fn street(ms: i64, figure_x: u32, noise: u8) -> Frame {
+    let img = image::RgbImage::from_fn(320, 180, |x, y| {
+        if (figure_x..figure_x + 12).contains(&x) && (100..130).contains(&y) {
+            image::Rgb([40, 35, 30])
+        } else {
+            // The sensor's noise: a level or two that differs from frame to frame.
+            let n = ((x * 7 + y * 13 + ms as u32) % 3) as u8 * noise;
+            image::Rgb([120 + n, 118 + n, 110 + n])
+        }
+    });
+    Frame::from_rgb_image(0, Timestamp(ms), img)
+}
+
+/// Feeds `frames` one at a time (each analysed before the next, so none is replaced) to one camera;
+/// returns the frame times the model ran on, (frame, detections' time) per analysed frame, and the
+/// camera's motion_skipped.
+fn gated(motion: Option<MotionGate>, frames: Vec<Frame>) -> (Vec<i64>, Vec<(i64, i64)>, u64) {
+    let ran_on = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let health = Arc::new(CameraHealth::new(CameraId::new("still")));
+    let config = PoolConfig {
+        motion,
+        ..config(1, 4, 0)
+    };
+    let (pool, sink) = Pool::start(
+        &config,
+        vec![(
+            health.clone(),
+            Box::new(StampReader(seen.clone())) as Box<dyn Analyser>,
+        )],
+        || {
+            Ok(Stamping {
+                ran_on: ran_on.clone(),
+            })
+        },
+    )
+    .unwrap();
+    for (i, f) in frames.into_iter().enumerate() {
+        sink.push(f);
+        assert!(wait_until(LIMIT, || health
+            .frames_analysed
+            .load(Ordering::SeqCst)
+            == i as u64 + 1));
+    }
+    let skipped = health.motion_skipped.load(Ordering::SeqCst);
+    assert_eq!(pool.stats().motion_skipped.load(Ordering::SeqCst), skipped);
+    pool.shutdown();
+    let ran_on = ran_on.lock().unwrap().clone();
+    let seen = seen.lock().unwrap().clone();
+    (ran_on, seen, skipped)
+}
+
+#[test]
+fn a_still_scene_skips_the_model_and_its_analyser_gets_the_last_detections() {
+    let gate = MotionGate {
+        threshold: 12,
+        refresh_ms: 10_000,
+    };
+    let frames = || {
+        vec![
+            street(0, 100, 1),      // the first frame: the model runs
+            street(500, 100, 1),    // the same scene, other noise: skipped
+            street(1_000, 100, 1),  // skipped
+            street(1_500, 140, 1),  // the figure walked 40 px: the model runs
+            street(2_000, 140, 1),  // skipped, with the detections of 1 500
+            street(11_400, 140, 1), // still, but 9.9 s since the model ran: skipped
+            street(11_500, 140, 1), // 10 s since the model ran: the refresh runs it
+        ]
+    };
+    let (ran_on, seen, skipped) = gated(Some(gate), frames());
+    assert_eq!(ran_on, vec![0, 1_500, 11_500]);
+    assert_eq!(
+        seen,
+        vec![
+            (0, 0),
+            (500, 0),
+            (1_000, 0),
+            (1_500, 1_500),
+            (2_000, 1_500),
+            (11_400, 1_500),
+            (11_500, 11_500)
+        ]
+    );
+    assert_eq!(skipped, 4);
+    // Without the gate every frame goes through the model.
+    let (ran_on, seen, skipped) = gated(None, frames());
+    assert_eq!(ran_on, vec![0, 500, 1_000, 1_500, 2_000, 11_400, 11_500]);
+    assert!(seen.iter().all(|(t, stamp)| t == stamp));
+    assert_eq!(skipped, 0);
 }

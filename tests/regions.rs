@@ -219,6 +219,7 @@ fn a_cameras_regions_reach_its_detector_through_the_pipeline() {
 [runtime]
 data_dir = {data:?}
 workers = 1
+motion_gate = false   # every frame through the model, to count its inputs
 [[cameras]]
 id = "walkway"
 url = "fixtures/footage/vtest_h264.mp4"

@@ -182,7 +182,8 @@ fn a_tiny_scene_encodes_like_a_camera_with_its_truth() {
     );
 
     // It is a scenario `streetwatch eval` reads and replays: its camera, rules and truth load as written.
-    let report = streetwatch::eval::run(std::slice::from_ref(&g.scenario)).unwrap();
+    let report =
+        streetwatch::eval::run(std::slice::from_ref(&g.scenario), Default::default()).unwrap();
     let json = report.json();
     assert_eq!(json["scenarios"], 1, "{json}");
     assert!(json["rules"]["loitering"].is_object(), "{json}");

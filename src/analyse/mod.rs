@@ -213,6 +213,7 @@ impl CameraAnalyser {
                 (_, None) => (Vec::new(), true),
             };
             SnapshotRequest {
+                camera: frame.camera,
                 image: frame.to_rgb_image(),
                 boxes: self
                     .tracker

@@ -6,6 +6,9 @@ use image::{Rgb, RgbImage};
 use crate::infer::BBox;
 
 pub struct SnapshotRequest {
+    /// The camera's index in the running configuration: its keyframe gives the full-resolution picture.
+    pub camera: usize,
+    /// The analysed frame: the picture drawn on when no full-resolution keyframe replaces it.
     pub image: RgbImage,
     pub boxes: Vec<SnapshotBox>,
     /// The zone's polygon, or a line's two points.
@@ -26,10 +29,14 @@ const RED: Rgb<u8> = Rgb([230, 40, 40]);
 const GREY: Rgb<u8> = Rgb([170, 170, 170]);
 const ZONE: Rgb<u8> = Rgb([255, 200, 0]);
 
-/// Draws and encodes; quality 85 keeps a 416-wide snapshot near 30 kB.
+/// Draws and encodes. Boxes and outlines are in frame fractions, so they land in the same place at any
+/// resolution; strokes and digits grow with the width to read the same. Quality 80 keeps a 416-wide
+/// snapshot near 25 kB and a 1280×720 one near 100–150 kB.
 pub fn render(req: SnapshotRequest) -> Result<Vec<u8>, image::ImageError> {
     let mut img = req.image;
     let (w, h) = (img.width() as f32, img.height() as f32);
+    let scale = ((w / 416.0).round() as i32).max(1);
+    let thickness = 2 * scale;
     let px = |(x, y): (f32, f32)| (x * (w - 1.0), y * (h - 1.0));
     let n = req.outline.len();
     let edges = if req.outline_closed {
@@ -40,7 +47,7 @@ pub fn render(req: SnapshotRequest) -> Result<Vec<u8>, image::ImageError> {
     for i in 0..edges {
         let a = px(req.outline[i]);
         let b = px(req.outline[(i + 1) % n]);
-        line(&mut img, a, b, ZONE, 2);
+        line(&mut img, a, b, ZONE, thickness);
     }
     for SnapshotBox {
         bbox: b,
@@ -57,14 +64,14 @@ pub fn render(req: SnapshotRequest) -> Result<Vec<u8>, image::ImageError> {
             ((x2, y2), (x1, y2)),
             ((x1, y2), (x1, y1)),
         ] {
-            line(&mut img, p, q, c, 2);
+            line(&mut img, p, q, c, thickness);
         }
         if let Some(id) = track {
-            digits(&mut img, *id, x1 as i32, y1 as i32 - 12, c);
+            digits(&mut img, *id, x1 as i32, y1 as i32 - 12 * scale, c, scale);
         }
     }
     let mut out = Vec::with_capacity(48 * 1024);
-    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 85).encode_image(&img)?;
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 80).encode_image(&img)?;
     Ok(out)
 }
 
@@ -82,16 +89,17 @@ const GLYPHS: [[u8; 5]; 10] = [
     [7, 5, 7, 1, 7],
 ];
 
-/// Writes `n` at (x, y) in digits 2 pixels per glyph pixel, on a black backing so it reads on any scene.
-fn digits(img: &mut RgbImage, n: u64, x: i32, y: i32, c: Rgb<u8>) {
+/// Writes `n` at (x, y) in digits 2 × `size` pixels per glyph pixel, on a black backing so it reads on
+/// any scene.
+fn digits(img: &mut RgbImage, n: u64, x: i32, y: i32, c: Rgb<u8>, size: i32) {
     let text = n.to_string();
-    let (scale, advance) = (2, 8);
+    let (scale, advance) = (2 * size, 8 * size);
     let y = y.max(0);
     for (k, ch) in text.bytes().enumerate() {
         let glyph = GLYPHS[(ch - b'0') as usize];
         let gx = x + k as i32 * advance;
-        for dy in -1..11 {
-            for dx in -1..7 {
+        for dy in -size..11 * size {
+            for dx in -size..7 * size {
                 put(img, gx + dx, y + dy, Rgb([0, 0, 0]));
             }
         }
@@ -141,6 +149,7 @@ mod tests {
     #[test]
     fn draws_box_and_zone_and_encodes_jpeg() {
         let req = SnapshotRequest {
+            camera: 0,
             image: RgbImage::new(100, 50),
             boxes: vec![SnapshotBox {
                 bbox: BBox {

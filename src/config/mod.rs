@@ -103,6 +103,16 @@ pub struct RuntimeConfig {
     /// ([`crate::infer::default_runtime_path`]).
     #[serde(default)]
     pub onnxruntime: Option<PathBuf>,
+    /// Skip the model on a frame whose scene has not changed since the camera's last inference, reusing
+    /// that inference's detections (see `pool::MotionGate`).
+    #[serde(default = "default_motion_gate")]
+    pub motion_gate: bool,
+    /// Luma levels (0–255) any cell of the 32×18 grid must move by for the scene to count as changed.
+    #[serde(default = "default_motion_threshold")]
+    pub motion_threshold: u8,
+    /// The model runs at least this often on a still scene.
+    #[serde(default = "default_motion_refresh_seconds")]
+    pub motion_refresh_seconds: f32,
 }
 
 impl Default for RuntimeConfig {
@@ -117,12 +127,34 @@ impl Default for RuntimeConfig {
             pipelines: None,
             ingest_nice: default_ingest_nice(),
             onnxruntime: None,
+            motion_gate: default_motion_gate(),
+            motion_threshold: default_motion_threshold(),
+            motion_refresh_seconds: default_motion_refresh_seconds(),
         }
     }
 }
 
 fn default_ingest_nice() -> Spanned<i32> {
     Spanned::new(0..0, 19)
+}
+impl RuntimeConfig {
+    /// The pool's motion gate, `None` when it is off.
+    pub fn motion_gate(&self) -> Option<crate::pool::MotionGate> {
+        self.motion_gate.then(|| crate::pool::MotionGate {
+            threshold: self.motion_threshold,
+            refresh_ms: (self.motion_refresh_seconds * 1000.0).round() as i64,
+        })
+    }
+}
+
+fn default_motion_gate() -> bool {
+    true
+}
+fn default_motion_threshold() -> u8 {
+    crate::pool::MotionGate::default().threshold
+}
+fn default_motion_refresh_seconds() -> f32 {
+    crate::pool::MotionGate::default().refresh_ms as f32 / 1000.0
 }
 fn default_max_batch() -> usize {
     4
@@ -152,6 +184,10 @@ pub struct CameraConfig {
     /// `rtsp://[user:pass@]host[:port]/path` or a footage file path (`file:///…` or a plain path).
     /// `${VAR}` is replaced from the environment, so passwords need not live in the file.
     pub url: Spanned<SecretUrl>,
+    /// The camera's sub-stream (e.g. 640×360), analysed instead of `url`, which then serves only the
+    /// full-resolution snapshots. Same form and `${VAR}` expansion as `url`; RTSP when `url` is.
+    #[serde(default)]
+    pub analysis_url: Option<Spanned<SecretUrl>>,
     /// Frames per second handed to analysis.
     #[serde(default = "default_fps")]
     pub fps: f32,
@@ -608,6 +644,8 @@ const MAX_BATCH: usize = 64;
 const MAX_BATCH_WAIT_MS: u64 = 1000;
 const WIDTHS: std::ops::RangeInclusive<u32> = 32..=7680;
 const STALL_SECONDS: std::ops::RangeInclusive<f32> = 1.0..=3600.0;
+/// Under a second would refresh on every frame at usual rates; over an hour a wrong skip lasts too long.
+const MOTION_REFRESH_SECONDS: std::ops::RangeInclusive<f32> = 1.0..=3600.0;
 /// A rule's waits: up to 30 days.
 const RULE_SECONDS: std::ops::RangeInclusive<f32> = 0.0..=2_592_000.0;
 
@@ -691,6 +729,16 @@ impl Validator<'_> {
                     "within 0–1".into(),
                     format!("{:?}", rt.score_threshold),
                 ),
+                (
+                    "motion_refresh_seconds",
+                    MOTION_REFRESH_SECONDS.contains(&rt.motion_refresh_seconds),
+                    format!(
+                        "{}–{} s",
+                        MOTION_REFRESH_SECONDS.start(),
+                        MOTION_REFRESH_SECONDS.end()
+                    ),
+                    format!("{:?}", rt.motion_refresh_seconds),
+                ),
             ],
         )?;
         Ok(())
@@ -752,8 +800,24 @@ impl Validator<'_> {
                     format!("duplicate camera id `{id}`"),
                 );
             }
-            if let Err(message) = SourceUrl::parse(cam.url.get_ref(), &self.config.base_dir) {
-                return self.err(cam.url.span(), at("url"), message);
+            let url = match SourceUrl::parse(cam.url.get_ref(), &self.config.base_dir) {
+                Ok(url) => url,
+                Err(message) => return self.err(cam.url.span(), at("url"), message),
+            };
+            if let Some(analysis) = &cam.analysis_url {
+                match SourceUrl::parse(analysis.get_ref(), &self.config.base_dir) {
+                    Err(message) => return self.err(analysis.span(), at("analysis_url"), message),
+                    // A sub-stream comes from the same camera: a file beside a live stream would
+                    // analyse another scene than the snapshots show.
+                    Ok(SourceUrl::File(_)) if matches!(url, SourceUrl::Rtsp { .. }) => {
+                        return self.err(
+                            analysis.span(),
+                            at("analysis_url"),
+                            "must be an rtsp:// URL when `url` is one".into(),
+                        );
+                    }
+                    Ok(_) => {}
+                }
             }
             // The watchdog's timer takes stall_seconds: negative or NaN seconds panic as a Duration.
             self.in_ranges(
@@ -1296,6 +1360,85 @@ min_seconds = 10
             m.starts_with("test.toml:9:8: cameras[0].rules[0].kind: `citizen_report` incidents come from citizens' reports"),
             "{m}"
         );
+    }
+
+    #[test]
+    fn analysis_url_is_expanded_redacted_and_located_like_url() {
+        // SAFETY: tests in this module do not read this variable concurrently.
+        unsafe { std::env::set_var("SW_TEST_SUB_PASS", "s3cret") };
+        let with =
+            |line: &str| CAMERA.replace("[[cameras.zones]]", &format!("{line}\n[[cameras.zones]]"));
+        let c = parse(&with(
+            r#"analysis_url = "rtsp://admin:${SW_TEST_SUB_PASS}@10.1.2.3:554/stream2""#,
+        ))
+        .unwrap();
+        let raw = c.cameras[0].analysis_url.as_ref().unwrap();
+        assert!(!format!("{:?}", c.cameras[0]).contains("s3cret"));
+        let SourceUrl::Rtsp { password, .. } =
+            SourceUrl::parse(raw.get_ref(), &c.base_dir).unwrap()
+        else {
+            panic!("not rtsp")
+        };
+        assert_eq!(password.as_deref(), Some("s3cret"));
+        // Line 5 of CAMERA (which starts with a newline), at the value.
+        let m = message(&with(r#"analysis_url = "rtsp://${SW_UNSET_SUB_X}@h/s""#));
+        assert!(
+            m.starts_with("test.toml:5:16: cameras[0].analysis_url:")
+                && m.contains("SW_UNSET_SUB_X"),
+            "{m}"
+        );
+        let m = message(&with(r#"analysis_url = "http://h/s""#));
+        assert!(
+            m.starts_with("test.toml:5:16: cameras[0].analysis_url: unsupported scheme"),
+            "{m}"
+        );
+        // A live camera's sub-stream cannot be a file.
+        let m = message(&with(r#"analysis_url = "sub.mp4""#));
+        assert!(
+            m.starts_with(
+                "test.toml:5:16: cameras[0].analysis_url: must be an rtsp:// URL when `url` is one"
+            ),
+            "{m}"
+        );
+        // Footage may be analysed from a smaller copy of itself.
+        let files = with(r#"analysis_url = "sub.mp4""#)
+            .replace("rtsp://admin:s3cret@10.1.2.3:554/stream1", "main.mp4");
+        assert!(parse(&files).unwrap().cameras[0].analysis_url.is_some());
+        assert!(parse(CAMERA).unwrap().cameras[0].analysis_url.is_none());
+    }
+
+    #[test]
+    fn motion_gate_is_on_by_default_and_its_refresh_is_ranged() {
+        let c = parse(CAMERA).unwrap();
+        assert_eq!(
+            c.runtime.motion_gate(),
+            Some(crate::pool::MotionGate {
+                threshold: 12,
+                refresh_ms: 10_000
+            })
+        );
+        let c = parse(&format!(
+            "[runtime]\nmotion_threshold = 20\nmotion_refresh_seconds = 2.5\n{CAMERA}"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.runtime.motion_gate(),
+            Some(crate::pool::MotionGate {
+                threshold: 20,
+                refresh_ms: 2_500
+            })
+        );
+        let c = parse(&format!("[runtime]\nmotion_gate = false\n{CAMERA}")).unwrap();
+        assert_eq!(c.runtime.motion_gate(), None);
+        let m = message(&format!(
+            "[runtime]\nmotion_refresh_seconds = 0.1\n{CAMERA}"
+        ));
+        assert!(
+            m.contains("runtime.motion_refresh_seconds: must be 1–3600 s, found 0.1"),
+            "{m}"
+        );
+        let m = message(&format!("[runtime]\nmotion_threshold = 300\n{CAMERA}"));
+        assert!(m.starts_with("test.toml:2:20:"), "{m}");
     }
 
     #[test]

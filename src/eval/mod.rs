@@ -25,15 +25,28 @@ pub enum EvalError {
     Replay { scenario: String, message: String },
 }
 
+/// How scenarios are replayed.
+#[derive(Debug, Clone, Copy)]
+pub struct EvalOptions {
+    /// Skip the model on still scenes as a running district does (`[runtime] motion_gate`).
+    pub motion_gate: bool,
+}
+
+impl Default for EvalOptions {
+    fn default() -> Self {
+        Self { motion_gate: true }
+    }
+}
+
 /// Loads every scenario (all must be valid before anything runs), replays them two at a time and
 /// matches their incidents against the truths.
-pub fn run(paths: &[PathBuf]) -> Result<Report, EvalError> {
+pub fn run(paths: &[PathBuf], options: EvalOptions) -> Result<Report, EvalError> {
     let scenarios = paths
         .iter()
         .map(|p| Scenario::load(p))
         .collect::<Result<Vec<_>, _>>()?;
     let next = AtomicUsize::new(0);
-    type Replayed = Option<Result<Vec<metrics::Detected>, EvalError>>;
+    type Replayed = Option<Result<replay::Replayed, EvalError>>;
     let results: Mutex<Vec<Replayed>> = Mutex::new((0..scenarios.len()).map(|_| None).collect());
     // Two at a time: each replay is one decoder thread and one single-threaded inference worker.
     let threads = std::thread::available_parallelism()
@@ -46,7 +59,7 @@ pub fn run(paths: &[PathBuf]) -> Result<Report, EvalError> {
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(s) = scenarios.get(i) else { break };
-                    let got = replay::replay(s).map_err(|e| EvalError::Replay {
+                    let got = replay::replay(s, options).map_err(|e| EvalError::Replay {
                         scenario: s.path.display().to_string(),
                         message: format!("{e:#}"),
                     });
@@ -57,8 +70,15 @@ pub fn run(paths: &[PathBuf]) -> Result<Report, EvalError> {
     });
     let detected = results.into_inner().expect("not poisoned");
     let mut out = Vec::with_capacity(scenarios.len());
+    let mut frames = Frames {
+        motion_gate: options.motion_gate,
+        ..Frames::default()
+    };
     for (scenario, got) in scenarios.into_iter().zip(detected) {
-        let incidents = got.expect("every scenario was replayed")?;
+        let replayed = got.expect("every scenario was replayed")?;
+        frames.analysed += replayed.frames_analysed;
+        frames.motion_skipped += replayed.motion_skipped;
+        let incidents = replayed.incidents;
         let rules = scenario
             .rules
             .iter()
@@ -85,12 +105,34 @@ pub fn run(paths: &[PathBuf]) -> Result<Report, EvalError> {
             .collect();
         out.push(ScenarioResult { scenario, rules });
     }
-    Ok(Report { scenarios: out })
+    Ok(Report {
+        scenarios: out,
+        frames,
+    })
 }
 
 /// What eval measured, per scenario and rule; aggregated per rule kind for the table and the JSON.
 pub struct Report {
     scenarios: Vec<ScenarioResult>,
+    frames: Frames,
+}
+
+/// Frames analysed over all scenarios, and how many of them skipped the model (still scenes).
+#[derive(Default)]
+struct Frames {
+    motion_gate: bool,
+    analysed: u64,
+    motion_skipped: u64,
+}
+
+impl Frames {
+    fn skipped_share(&self) -> f64 {
+        if self.analysed == 0 {
+            0.0
+        } else {
+            self.motion_skipped as f64 / self.analysed as f64
+        }
+    }
 }
 
 struct ScenarioResult {
@@ -134,7 +176,13 @@ impl Report {
                 )
             })
             .collect();
-        serde_json::json!({ "rules": rules, "scenarios": self.scenarios.len() })
+        serde_json::json!({
+            "rules": rules,
+            "scenarios": self.scenarios.len(),
+            "motion_gate": self.frames.motion_gate,
+            "frames_analysed": self.frames.analysed,
+            "motion_skipped": self.frames.motion_skipped,
+        })
     }
 
     /// Each rule that fell below its scenario's `min_recall` or `min_precision`, in words.
@@ -195,6 +243,15 @@ impl fmt::Display for Report {
             f,
             "streetwatch eval: {n} scenario{}, replayed on their footage's own timestamps",
             if n == 1 { "" } else { "s" }
+        )?;
+        let fr = &self.frames;
+        writeln!(
+            f,
+            "motion gate {}: {} of {} analysed frames skipped the model ({:.1} %)",
+            if fr.motion_gate { "on" } else { "off" },
+            fr.motion_skipped,
+            fr.analysed,
+            100.0 * fr.skipped_share()
         )?;
         writeln!(f)?;
         writeln!(

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
+use super::EvalOptions;
 use super::metrics::Detected;
 use super::scenario::Scenario;
 use crate::app::{Pipeline, RunOptions};
@@ -22,14 +23,22 @@ use crate::types::ManualClock;
 /// Longest a replay may take; the committed clips take seconds, a stuck pipeline must not hang CI.
 const REPLAY_LIMIT: Duration = Duration::from_secs(1800);
 
-/// The scenario's incidents, times in media seconds.
-pub fn replay(s: &Scenario) -> anyhow::Result<Vec<Detected>> {
+/// A replayed scenario: its incidents, times in media seconds, and its frames.
+pub struct Replayed {
+    pub incidents: Vec<Detected>,
+    pub frames_analysed: u64,
+    /// Of `frames_analysed`, those analysed with the previous detections (a still scene).
+    pub motion_skipped: u64,
+}
+
+pub fn replay(s: &Scenario, options: EvalOptions) -> anyhow::Result<Replayed> {
     let data = tempfile::tempdir().context("creating a temporary data folder")?;
     let config = Config {
         runtime: RuntimeConfig {
             data_dir: Some(data.path().to_path_buf()),
             workers: 1,
             max_batch: 1,
+            motion_gate: options.motion_gate,
             ..RuntimeConfig::default()
         },
         alert: None,
@@ -75,7 +84,7 @@ pub fn replay(s: &Scenario) -> anyhow::Result<Vec<Detected>> {
         // The footage has ended and every frame that reached the pool has been analysed.
         if pipeline.finished() && h.frames_analysed >= h.frames_received {
             break if h.frames_analysed > 0 {
-                Ok(())
+                Ok((h.frames_analysed, h.motion_skipped))
             } else {
                 Err(anyhow::anyhow!("no frame of the footage was analysed"))
             };
@@ -90,15 +99,19 @@ pub fn replay(s: &Scenario) -> anyhow::Result<Vec<Detected>> {
     };
     let db = pipeline.db_path.clone();
     pipeline.shutdown();
-    outcome?;
+    let (frames_analysed, motion_skipped) = outcome?;
     let secs = |t: i64| (t - s.starts_at.0) as f64 / 1000.0;
     let rows = Store::open(&db)?.incidents()?;
-    Ok(rows
-        .into_iter()
-        .map(|r| Detected {
-            rule: r.rule,
-            opened: secs(r.opened_at),
-            closed: r.closed_at.map(secs),
-        })
-        .collect())
+    Ok(Replayed {
+        incidents: rows
+            .into_iter()
+            .map(|r| Detected {
+                rule: r.rule,
+                opened: secs(r.opened_at),
+                closed: r.closed_at.map(secs),
+            })
+            .collect(),
+        frames_analysed,
+        motion_skipped,
+    })
 }

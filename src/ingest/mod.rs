@@ -1,9 +1,12 @@
 //! Ingest: one GStreamer pipeline per camera (from a template in `pipelines/`), supervised, handing
-//! sampled RGB frames to the pool. Public entry: [`Ingest::start`].
+//! sampled RGB frames to the pool; or RTSP sessions on a shared async runtime ([`Receivers`]) handing
+//! encoded units to a decoder pool. Public entry: [`Ingest::start`].
 
 mod decode;
 mod footage_server;
 mod pipeline;
+mod receive;
+mod still;
 mod supervisor;
 mod units;
 
@@ -16,6 +19,8 @@ use std::time::Duration;
 pub use decode::{DecodeOptions, DecodeSpec, DecodeStats, DecoderPool};
 pub use footage_server::{BasicAuth, FootageOptions, FootageServer};
 pub use pipeline::{Pacing, StreamSpec};
+pub use receive::{ReceiveOptions, ReceiveSpec, Receivers};
+pub use still::decode_still;
 pub use supervisor::Backoff;
 pub use units::{Codec, EncodedUnit, LatestKeyframes, UnitSink};
 
@@ -32,6 +37,8 @@ pub enum IngestError {
     Template { path: PathBuf, message: String },
     #[error("footage server: {0}")]
     Footage(String),
+    #[error("RTSP receiver: {0}")]
+    Receive(String),
     #[error("camera slot {index} is beyond the capacity of {capacity} cameras")]
     Capacity { index: usize, capacity: usize },
 }

@@ -263,16 +263,22 @@ fn rtsp_refusal(err: &gst::glib::Error, source: &SourceUrl) -> Option<&'static s
     if !err.matches(gst::ResourceError::NotAuthorized) {
         return None;
     }
-    Some(if user.is_some() {
+    Some(auth_refused(user.is_some()))
+}
+
+/// The operator's words for a 401 that survived a retry with our credentials (if the URL has any): the
+/// same from every receiver, so the page and the logs read alike whichever one a camera uses.
+pub(super) fn auth_refused(has_user: bool) -> &'static str {
+    if has_user {
         "authentication failed (401): the camera refused the user name and password in the URL"
     } else {
         "authentication failed (401): the camera requires a user name and password; the URL has none"
-    })
+    }
 }
 
 /// Belt and braces: even though credentials are never put into the pipeline's location, scrub them from
 /// any message that might echo them.
-fn redact(msg: &str, source: &SourceUrl) -> String {
+pub(super) fn redact(msg: &str, source: &SourceUrl) -> String {
     match source {
         SourceUrl::Rtsp {
             password: Some(p), ..

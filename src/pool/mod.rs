@@ -7,6 +7,9 @@
 //! claimed, analyses, then releases. Memory is bounded by construction: one frame per camera in slots, one
 //! batch per worker, and a ready queue no longer than the number of cameras.
 //!
+//! With a [`MotionGate`], a frame whose scene has not changed since its camera's last inference skips the
+//! model and is analysed with that inference's detections (see [`motion`]).
+//!
 //! A panic while a batch is processed (in the detector or an analyser) is caught in the worker: the frames
 //! it cost are counted per camera in [`CameraHealth::worker_panics`] and logged, every claim is released as
 //! usual, and the worker takes the next batch. A worker never dies with cameras claimed.
@@ -25,6 +28,11 @@ use crate::frame::Frame;
 use crate::health::CameraHealth;
 use crate::histogram::Histogram;
 use crate::infer::{Detection, Detector, InferError};
+
+mod motion;
+
+pub use motion::MotionGate;
+use motion::{MotionState, Signature};
 
 /// What a camera does with its detections. Owned by one worker at a time.
 pub trait Analyser: Send {
@@ -61,6 +69,8 @@ pub struct PoolConfig {
     pub max_batch: usize,
     /// Once a worker holds one frame, how long it waits for more to fill a batch.
     pub batch_wait: Duration,
+    /// Skip the model on still scenes; `None` runs it on every frame.
+    pub motion: Option<MotionGate>,
 }
 
 /// Throughput and latency, shared lock-free between workers and readers.
@@ -76,6 +86,9 @@ pub struct PoolStats {
     pub model_inputs: AtomicU64,
     /// Inference time summed over batches, in microseconds: with `frames_analysed`, the cost per frame.
     pub inference_us: AtomicU64,
+    /// Frames analysed with their camera's previous detections because the scene had not changed; not
+    /// in `frames_analysed`, which counts the frames the model ran on.
+    pub motion_skipped: AtomicU64,
 }
 
 impl PoolStats {
@@ -111,6 +124,8 @@ struct Slot {
     scheduled: AtomicBool,
     analyser: ArrayQueue<Box<dyn Analyser>>,
     health: Arc<CameraHealth>,
+    /// The camera's last inference, for motion gating; taken with the claim like the analyser.
+    motion: ArrayQueue<MotionState>,
 }
 
 struct Shared {
@@ -202,11 +217,14 @@ impl Pool {
             .map(|(health, analyser)| {
                 let a = ArrayQueue::new(1);
                 let _ = a.push(analyser);
+                let motion = ArrayQueue::new(1);
+                let _ = motion.push(MotionState::default());
                 Slot {
                     frame: ArrayQueue::new(1),
                     scheduled: AtomicBool::new(false),
                     analyser: a,
                     health,
+                    motion,
                 }
             })
             .collect();
@@ -270,9 +288,14 @@ struct Worker<D> {
     ready_rx: Receiver<usize>,
     detector: D,
     batch_wait: Duration,
+    motion: Option<MotionGate>,
     claimed: Vec<usize>,
     frames: Vec<Frame>,
     detections: Vec<Vec<Detection>>,
+    /// Per frame of the batch when gating: its signature and its camera's state, taken from the slot
+    /// until the batch is done.
+    signatures: Vec<Signature>,
+    states: Vec<MotionState>,
 }
 
 impl<D: BatchDetector> Worker<D> {
@@ -287,9 +310,12 @@ impl<D: BatchDetector> Worker<D> {
             shared,
             ready_rx,
             batch_wait: config.batch_wait,
+            motion: config.motion,
             claimed: Vec::with_capacity(batch),
             frames: Vec::with_capacity(batch),
             detections: (0..batch).map(|_| Vec::with_capacity(64)).collect(),
+            signatures: vec![Signature::default(); batch],
+            states: Vec::with_capacity(batch),
             detector,
         }
     }
@@ -314,12 +340,15 @@ impl<D: BatchDetector> Worker<D> {
     }
 
     fn process(&mut self) {
-        let shared = &*self.shared;
         for &camera in &self.claimed {
-            if let Some(f) = shared.slots[camera].frame.pop() {
+            if let Some(f) = self.shared.slots[camera].frame.pop() {
                 self.frames.push(f);
             }
         }
+        if let Some(gate) = self.motion {
+            self.gate(&gate);
+        }
+        let shared = &*self.shared;
         if !self.frames.is_empty() {
             let started = Instant::now();
             let n = self.frames.len();
@@ -344,24 +373,11 @@ impl<D: BatchDetector> Worker<D> {
                         .model_inputs
                         .fetch_add(inputs as u64, Ordering::Relaxed);
                     stats.frames_analysed.fetch_add(n as u64, Ordering::Release);
-                    for (frame, dets) in self.frames.iter().zip(&self.detections) {
-                        let slot = &shared.slots[frame.camera];
-                        if let Some(mut analyser) = slot.analyser.pop() {
-                            // The analyser goes back to its slot even after a panic: dropping it would
-                            // silence the camera for good, while its state is at worst one frame stale.
-                            let analysed = panic::catch_unwind(AssertUnwindSafe(|| {
-                                analyser.analyse(frame, dets)
-                            }));
-                            let _ = slot.analyser.push(analyser);
-                            if let Err(payload) = analysed {
-                                worker_panicked(&slot.health, "analyser", &*payload);
-                                continue;
-                            }
+                    for (i, (frame, dets)) in self.frames.iter().zip(&self.detections).enumerate() {
+                        if let Some(state) = self.states.get_mut(i) {
+                            state.inferred(&self.signatures[i], frame.captured_at, dets);
                         }
-                        slot.health.frames_analysed.fetch_add(1, Ordering::Relaxed);
-                        stats
-                            .latency_ms
-                            .record_ms(frame.received.elapsed().as_secs_f64() * 1e3);
+                        analyse(shared, frame, dets);
                     }
                 }
                 Ok(Err(e)) => {
@@ -379,13 +395,38 @@ impl<D: BatchDetector> Worker<D> {
                 }
             }
         }
-        // Frames go back to GStreamer's buffer pool here, before the claims are released.
+        // Motion states go back to their slots (unchanged if the inference failed), and frames to
+        // GStreamer's buffer pool, before the claims are released.
+        for (frame, state) in self.frames.iter().zip(self.states.drain(..)) {
+            let _ = shared.slots[frame.camera].motion.push(state);
+        }
         self.frames.clear();
         for &camera in &self.claimed {
             shared.release(camera);
         }
         self.claimed.clear();
     }
+}
+
+/// Hands one frame and its detections to its camera's analyser and counts it analysed.
+fn analyse(shared: &Shared, frame: &Frame, detections: &[Detection]) {
+    let slot = &shared.slots[frame.camera];
+    if let Some(mut analyser) = slot.analyser.pop() {
+        // The analyser goes back to its slot even after a panic: dropping it would silence the camera
+        // for good, while its state is at worst one frame stale.
+        let analysed =
+            panic::catch_unwind(AssertUnwindSafe(|| analyser.analyse(frame, detections)));
+        let _ = slot.analyser.push(analyser);
+        if let Err(payload) = analysed {
+            worker_panicked(&slot.health, "analyser", &*payload);
+            return;
+        }
+    }
+    slot.health.frames_analysed.fetch_add(1, Ordering::Relaxed);
+    shared
+        .stats
+        .latency_ms
+        .record_ms(frame.received.elapsed().as_secs_f64() * 1e3);
 }
 
 /// Counts a contained panic against the camera whose frame it cost, and says so in the log.

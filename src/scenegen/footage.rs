@@ -157,7 +157,10 @@ pub fn median(frames: &[RgbImage]) -> RgbImage {
     let (w, h) = frames[0].dimensions();
     let mut out = RgbImage::new(w, h);
     let mut column = vec![0u8; frames.len()];
-    for (i, px) in out.as_mut().iter_mut().enumerate() {
+    // Through the image's `Deref` to its samples: `as_mut()` is ambiguous once retina's dependencies
+    // bring more `AsMut` impls into the build.
+    let samples: &mut [u8] = &mut out;
+    for (i, px) in samples.iter_mut().enumerate() {
         for (c, f) in column.iter_mut().zip(frames) {
             *c = f.as_raw()[i];
         }
