@@ -4,6 +4,7 @@
 //! [`Ingest::add`] and [`Ingest::remove`].
 
 mod camera_server;
+mod decode;
 mod footage_server;
 mod pipeline;
 mod receive;
@@ -19,6 +20,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 pub use camera_server::{CameraServer, CameraServerOptions};
+pub use decode::{DecodeOptions, DecodeSpec, DecodeStats, DecoderPool};
 pub use footage_server::{BasicAuth, FootageOptions, FootageServer};
 pub use pipeline::{Pacing, StreamSpec};
 pub use receive::{ReceiveOptions, ReceiveSpec, Receivers};
@@ -41,6 +43,8 @@ pub enum IngestError {
     Footage(String),
     #[error("RTSP receiver: {0}")]
     Receive(String),
+    #[error("camera slot {index} is beyond the capacity of {capacity} cameras")]
+    Capacity { index: usize, capacity: usize },
 }
 
 /// One camera as ingest sees it.

@@ -13,6 +13,8 @@ use gstreamer_video as gst_video;
 
 use streetwatch::infer::{self, ModelManifest};
 
+pub mod keyframes;
+
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
