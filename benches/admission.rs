@@ -69,10 +69,11 @@ fn push(c: &mut Criterion) {
             fps: 0.5,
             width: 416,
             health: h.clone(),
+            sink: frames.clone(),
         })
         .collect();
     let opts = DecodeOptions::new(1, Pacing::Realtime);
-    let (decoders, sink) = DecoderPool::start(specs, CAMERAS, opts, frames).unwrap();
+    let (decoders, sink) = DecoderPool::start(specs, CAMERAS, opts, pool.observer()).unwrap();
     // A 30 kB unit, a 720p keyframe's size. Each camera's first keyframe is taken (it is not H.264, so
     // it gives no picture), which sets the camera's next due time 1 s ahead.
     let data = Bytes::from(vec![0x5a; 30_000]);

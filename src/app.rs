@@ -152,6 +152,8 @@ impl Pipeline {
                     .with_region_table(regions.clone()),
             )
         })?;
+        // Filled by the receivers with each camera's main-stream keyframes; read for snapshots.
+        let keyframes = Arc::new(LatestKeyframes::new(pool.capacity()));
         let mut ingest = Ingest::start(
             Vec::new(),
             IngestOptions {
@@ -160,6 +162,11 @@ impl Pipeline {
                 loop_files: opts.loop_files,
                 backoff: opts.backoff,
                 nice: *config.runtime.ingest_nice.get_ref(),
+                capacity: pool.capacity(),
+                pool: pool.observer(),
+                decode_room: pool_config.workers * pool_config.max_batch,
+                decoders: 0,
+                keyframes: keyframes.clone(),
             },
             clock.clone(),
         )?;
@@ -234,8 +241,6 @@ impl Pipeline {
             None => None,
         };
         let forwarder = Forwarder::new(store, alerts, dropped_updates).counting_opened(opened);
-        // Filled by the receivers with each camera's main-stream keyframes; read for snapshots.
-        let keyframes = Arc::new(LatestKeyframes::new(pool.capacity()));
         let sink = std::thread::Builder::new()
             .name("sw-incidents".into())
             .spawn({

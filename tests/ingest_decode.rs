@@ -119,6 +119,7 @@ impl Rig {
                 fps,
                 width,
                 health: h.clone(),
+                sink: frames.clone(),
             })
             .collect();
         let opts = DecodeOptions {
@@ -128,7 +129,7 @@ impl Rig {
             pacing: Pacing::Realtime,
             timeout: Duration::from_secs(10),
         };
-        let (decoders, sink) = DecoderPool::start(specs, cameras, opts, frames).unwrap();
+        let (decoders, sink) = DecoderPool::start(specs, cameras, opts, pool.observer()).unwrap();
         Rig {
             decoders,
             sink,

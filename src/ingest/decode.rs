@@ -31,10 +31,10 @@ use super::units::{Codec, EncodedUnit, UnitSink};
 use super::{IngestError, Pacing};
 use crate::frame::{Frame, Pixels};
 use crate::health::CameraHealth;
-use crate::pool::FrameSink;
+use crate::pool::{FrameSink, PoolObserver};
 
 /// One camera as the decoder pool sees it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct DecodeSpec {
     /// The camera's slot, below the pool's capacity (the same index as the worker pool's).
     pub index: usize,
@@ -43,6 +43,8 @@ pub struct DecodeSpec {
     /// Width of the analysed picture; the height keeps the aspect ratio.
     pub width: u32,
     pub health: Arc<CameraHealth>,
+    /// Bound to the camera (from `Pool::attach`): a picture that outlives its removal is refused.
+    pub sink: FrameSink,
 }
 
 #[derive(Debug, Clone)]
@@ -87,6 +89,7 @@ struct Camera {
     period_ms: i64,
     width: u32,
     health: Arc<CameraHealth>,
+    sink: FrameSink,
     /// Timeline milliseconds from which the camera's next keyframe is due.
     next_due: AtomicI64,
     pending: ArrayQueue<EncodedUnit>,
@@ -98,6 +101,7 @@ impl Camera {
             period_ms: (1000.0 / spec.fps.max(0.001)).round() as i64,
             width: spec.width,
             health: spec.health,
+            sink: spec.sink,
             // Due since ever: a new camera's first keyframe is taken before those of cameras served already.
             next_due: AtomicI64::new(i64::MIN),
             pending: ArrayQueue::new(1),
@@ -110,7 +114,8 @@ struct Shared {
     /// Per decoder thread: parked (or about to park) with nothing to take.
     idle: Box<[AtomicBool]>,
     unparkers: Box<[Unparker]>,
-    frames: FrameSink,
+    /// The worker pool's ready queue, read to hold decoding back while it is full.
+    queue: PoolObserver,
     room: usize,
     pacing: Pacing,
     timeout: Duration,
@@ -240,12 +245,13 @@ pub struct DecoderPool {
 
 impl DecoderPool {
     /// Starts `opts.decoders` decoder threads for cameras in slots `0..capacity`; returns the pool and the
-    /// sink receivers hand their units to. Decoded frames go to `frames`.
+    /// sink receivers hand their units to. Decoded frames go to each camera's own sink; `queue` is the
+    /// worker pool they feed.
     pub fn start(
         cameras: Vec<DecodeSpec>,
         capacity: usize,
         opts: DecodeOptions,
-        frames: FrameSink,
+        queue: PoolObserver,
     ) -> Result<(DecoderPool, Arc<dyn UnitSink>), IngestError> {
         gst::init().map_err(|e| IngestError::Gst(e.to_string()))?;
         let decoders = opts.decoders.max(1);
@@ -254,7 +260,7 @@ impl DecoderPool {
             cameras: (0..capacity).map(|_| ArcSwapOption::empty()).collect(),
             idle: (0..decoders).map(|_| AtomicBool::new(false)).collect(),
             unparkers: parkers.iter().map(|p| p.unparker().clone()).collect(),
-            frames,
+            queue,
             room: opts.room.max(1),
             pacing: opts.pacing,
             timeout: opts.timeout,
@@ -342,7 +348,7 @@ impl Decoder {
     fn run(mut self) {
         let shared = self.shared.clone();
         while !shared.stop.load(Ordering::Relaxed) {
-            if shared.frames.waiting() >= shared.room {
+            if shared.queue.queue_depth() >= shared.room {
                 self.parker.park_timeout(ROOM_POLL);
                 continue;
             }
@@ -402,8 +408,8 @@ impl Decoder {
         }
         cam.health.frame_received(unit.captured_at);
         match shared.pacing {
-            Pacing::Unthrottled { lossless: true } => shared.frames.push_lossless(frame),
-            _ => shared.frames.push(frame),
+            Pacing::Unthrottled { lossless: true } => cam.sink.push_lossless(frame),
+            _ => cam.sink.push(frame),
         }
     }
 }

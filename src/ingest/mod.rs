@@ -30,7 +30,7 @@ pub use units::{Codec, EncodedUnit, LatestKeyframes, UnitSink};
 
 use crate::config::{CameraConfig, Config, SourceUrl};
 use crate::health::CameraHealth;
-use crate::pool::FrameSink;
+use crate::pool::{FrameSink, PoolObserver};
 use crate::types::Clock;
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +53,8 @@ pub struct CameraStream {
     pub index: usize,
     pub spec: StreamSpec,
     pub stall: Duration,
+    /// The camera's sub-stream, analysed instead of the main one (which then only gives snapshots).
+    pub analysis_url: Option<SourceUrl>,
     pub health: Arc<CameraHealth>,
     /// Bound to the camera (from `Pool::attach`): frames that outlive its removal are refused.
     pub sink: FrameSink,
@@ -77,13 +79,16 @@ impl CameraStream {
                 keyframe_only: camera.keyframe_only,
             },
             stall: Duration::from_secs_f32(camera.stall_seconds),
+            analysis_url: camera.analysis_url.as_ref().map(|u| {
+                SourceUrl::parse(u.get_ref(), &config.base_dir).expect("validated by config")
+            }),
             health,
             sink,
         }
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct IngestOptions {
     pub pipelines: PathBuf,
     pub pacing: Pacing,
@@ -91,6 +96,16 @@ pub struct IngestOptions {
     pub backoff: Backoff,
     /// Nice value for the camera threads: above 0 gives inference priority when the machine is overloaded.
     pub nice: i32,
+    /// Camera slots (the worker pool's capacity): indices are below it.
+    pub capacity: usize,
+    /// The worker pool the decoders feed, and how many cameras may wait in its queue before they hold
+    /// back (what the workers take in one round).
+    pub pool: PoolObserver,
+    pub decode_room: usize,
+    /// Shared decoder threads (0: one per core).
+    pub decoders: usize,
+    /// Each camera's latest main-stream keyframe, kept for full-resolution snapshots.
+    pub keyframes: Arc<LatestKeyframes>,
 }
 
 /// A camera's supervisor and the flag that stops it.
@@ -99,9 +114,27 @@ struct Supervised {
     thread: JoinHandle<()>,
 }
 
+/// How a camera is received: RTSP cameras analysed on keyframes go through the async client and the
+/// shared decoders; files, and cameras that decode every frame, through a GStreamer pipeline of their own.
+fn receives_encoded(spec: &StreamSpec) -> bool {
+    spec.keyframe_only && matches!(spec.source, SourceUrl::Rtsp { .. })
+}
+
+/// The RTSP sessions and the shared decoders they feed, started with the first camera that needs them.
+struct Encoded {
+    receivers: Receivers,
+    decoders: DecoderPool,
+}
+
 pub struct Ingest {
     ctx: Arc<supervisor::Context>,
+    opts: IngestOptions,
+    clock: Arc<dyn Clock>,
+    /// Cameras on a pipeline of their own.
     cameras: HashMap<usize, Supervised>,
+    encoded: Option<Encoded>,
+    /// Cameras on the RTSP client and shared decoders.
+    encoded_cameras: std::collections::HashSet<usize>,
 }
 
 impl Ingest {
@@ -115,7 +148,7 @@ impl Ingest {
         gstreamer::init().map_err(|e| IngestError::Gst(e.to_string()))?;
         let dir = opts.pipelines.clone();
         let templates = pipeline::Templates::load(&dir)?;
-        for c in &cameras {
+        for c in cameras.iter().filter(|c| !receives_encoded(&c.spec)) {
             templates.build(&dir, &c.spec, opts.pacing, &c.health)?;
         }
         let mut ingest = Ingest {
@@ -124,11 +157,15 @@ impl Ingest {
                 dir,
                 pacing: opts.pacing,
                 loop_files: opts.loop_files,
-                backoff: opts.backoff,
-                clock,
+                backoff: opts.backoff.clone(),
+                clock: clock.clone(),
                 nice: opts.nice,
             }),
+            opts,
+            clock,
             cameras: HashMap::new(),
+            encoded: None,
+            encoded_cameras: Default::default(),
         };
         for c in cameras {
             ingest.add(c)?;
@@ -140,10 +177,13 @@ impl Ingest {
     /// camera the templates cannot serve is refused here rather than retried for ever.
     pub fn add(&mut self, camera: CameraStream) -> Result<(), IngestError> {
         let index = camera.index;
-        if self.cameras.contains_key(&index) {
+        if self.cameras.contains_key(&index) || self.encoded_cameras.contains(&index) {
             return Err(IngestError::Gst(format!(
                 "camera slot {index} is already supervised"
             )));
+        }
+        if receives_encoded(&camera.spec) {
+            return self.add_encoded(camera);
         }
         let ctx = &self.ctx;
         ctx.templates
@@ -171,6 +211,13 @@ impl Ingest {
     /// flag). Its pipeline is taken down in the background; frames it still hands over are refused by
     /// the pool once the camera is detached. False if no camera is in that slot.
     pub fn remove(&mut self, index: usize) -> bool {
+        if self.encoded_cameras.remove(&index) {
+            if let Some(e) = &mut self.encoded {
+                e.receivers.remove(index);
+                e.decoders.remove(index);
+            }
+            return true;
+        }
         let Some(camera) = self.cameras.remove(&index) else {
             return false;
         };
@@ -181,10 +228,74 @@ impl Ingest {
 
     /// True once every camera's supervisor has ended (files that do not loop reached their end).
     pub fn finished(&self) -> bool {
-        self.cameras.values().all(|c| c.thread.is_finished())
+        self.encoded_cameras.is_empty() && self.cameras.values().all(|c| c.thread.is_finished())
+    }
+
+    /// Receives `camera` with the async RTSP client and decodes its keyframes on the shared decoders.
+    fn add_encoded(&mut self, camera: CameraStream) -> Result<(), IngestError> {
+        if self.encoded.is_none() {
+            self.encoded = Some(self.start_encoded()?);
+        }
+        let encoded = self.encoded.as_mut().expect("started above");
+        let index = camera.index;
+        encoded.decoders.add(DecodeSpec {
+            index,
+            fps: camera.spec.fps,
+            width: camera.spec.width,
+            health: camera.health.clone(),
+            sink: camera.sink,
+        })?;
+        let received = encoded.receivers.add(ReceiveSpec {
+            index,
+            url: camera.spec.source,
+            analysis_url: camera.analysis_url,
+            stall: camera.stall,
+            health: camera.health,
+        });
+        if let Err(e) = received {
+            encoded.decoders.remove(index);
+            return Err(e);
+        }
+        self.encoded_cameras.insert(index);
+        Ok(())
+    }
+
+    fn start_encoded(&self) -> Result<Encoded, IngestError> {
+        let opts = &self.opts;
+        let mut decode = DecodeOptions::new(opts.decode_room, opts.pacing);
+        if opts.decoders > 0 {
+            decode.decoders = opts.decoders;
+        }
+        let (decoders, units) =
+            DecoderPool::start(Vec::new(), opts.capacity, decode, opts.pool.clone())?;
+        let receivers = Receivers::start(
+            Vec::new(),
+            units,
+            opts.keyframes.clone(),
+            ReceiveOptions {
+                backoff: opts.backoff.clone(),
+                clock: self.clock.clone(),
+                ..ReceiveOptions::default()
+            },
+        );
+        match receivers {
+            Ok(receivers) => Ok(Encoded {
+                receivers,
+                decoders,
+            }),
+            Err(e) => {
+                decoders.stop();
+                Err(e)
+            }
+        }
     }
 
     pub fn stop(self) {
+        // Sessions first, so no unit reaches a decoder that is stopping.
+        if let Some(e) = self.encoded {
+            e.receivers.stop();
+            e.decoders.stop();
+        }
         for c in self.cameras.values() {
             c.stop.store(true, Ordering::SeqCst);
         }

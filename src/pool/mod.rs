@@ -208,12 +208,6 @@ pub struct FrameSink {
 }
 
 impl FrameSink {
-    /// Cameras whose frame waits for a worker. Ingest decodes a keyframe only while this is below what the
-    /// workers take in one round, so under overload pictures are never decoded just to be replaced.
-    pub fn waiting(&self) -> usize {
-        self.shared.ready_tx.len()
-    }
-
     /// The generation a frame is pushed as, or `None` when its camera no longer holds the slot (a late
     /// frame of a removed camera, dropped uncounted: it is no present camera's).
     fn generation(&self, slot: &Slot) -> Option<u64> {
