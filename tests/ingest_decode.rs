@@ -12,39 +12,17 @@ use bytes::Bytes;
 use crossbeam::channel::{Receiver, Sender, unbounded};
 use streetwatch::frame::Frame;
 use streetwatch::health::CameraHealth;
-use streetwatch::infer::{Detection, InferError};
+use streetwatch::infer::Detection;
 use streetwatch::ingest::{
     Codec, DecodeOptions, DecodeSpec, DecoderPool, EncodedUnit, Pacing, UnitSink,
 };
-use streetwatch::pool::{Analyser, BatchDetector, Pool, PoolConfig};
+use streetwatch::pool::{Analyser, Pool, PoolConfig};
 use streetwatch::types::{CameraId, Timestamp};
 
 use support::keyframes::{decoded_alone, keyframes};
-use support::{footage, wait_until};
+use support::{SlowDetector, footage, wait_until};
 
 const LIMIT: Duration = Duration::from_secs(60);
-
-/// Finds nothing, after `delay` per batch: a pool throttled to a known rate.
-struct SlowDetector {
-    delay: Duration,
-}
-
-impl BatchDetector for SlowDetector {
-    fn max_batch(&self) -> usize {
-        1
-    }
-    fn detect(
-        &mut self,
-        frames: &[Frame],
-        out: &mut [Vec<Detection>],
-    ) -> Result<usize, InferError> {
-        std::thread::sleep(self.delay);
-        for o in &mut out[..frames.len()] {
-            o.clear();
-        }
-        Ok(frames.len())
-    }
-}
 
 /// What an analysed frame looked like.
 struct Seen {
@@ -107,6 +85,7 @@ impl Rig {
             || {
                 Ok(SlowDetector {
                     delay: detect_delay,
+                    batch: 1,
                 })
             },
         )

@@ -11,36 +11,18 @@ use std::time::{Duration, Instant};
 use streetwatch::config::SourceUrl;
 use streetwatch::frame::Frame;
 use streetwatch::health::{CameraHealth, StreamState};
-use streetwatch::infer::{Detection, InferError};
+use streetwatch::infer::Detection;
 use streetwatch::ingest::{
     Backoff, CameraStream, Ingest, IngestOptions, LatestKeyframes, Pacing, StreamSpec,
 };
-use streetwatch::pool::{Analyser, BatchDetector, Pool, PoolConfig};
+use streetwatch::pool::{Analyser, Pool, PoolConfig};
 use streetwatch::types::{CameraId, SystemClock};
-use support::wait_until;
+use support::{SlowDetector, wait_until};
 
 const CAMERAS: usize = 300;
 /// Analysed frames per second per camera, as a district runs them.
 const FPS: f32 = 0.5;
 const WINDOW: Duration = Duration::from_secs(90);
-
-struct NoDetections;
-
-impl BatchDetector for NoDetections {
-    fn max_batch(&self) -> usize {
-        8
-    }
-    fn detect(
-        &mut self,
-        frames: &[Frame],
-        out: &mut [Vec<Detection>],
-    ) -> Result<usize, InferError> {
-        for o in out.iter_mut() {
-            o.clear();
-        }
-        Ok(frames.len())
-    }
-}
 
 struct Discard;
 
@@ -85,7 +67,13 @@ fn three_hundred_cameras_stream_share_analysis_evenly_and_hold_memory_flat() {
         batch_wait: Duration::from_millis(20),
         motion: None,
     };
-    let pool = Pool::with_capacity(&config, CAMERAS, || Ok(NoDetections)).unwrap();
+    let pool = Pool::with_capacity(&config, CAMERAS, || {
+        Ok(SlowDetector {
+            delay: Duration::ZERO,
+            batch: 8,
+        })
+    })
+    .unwrap();
     let health: Vec<Arc<CameraHealth>> = (0..CAMERAS)
         .map(|i| Arc::new(CameraHealth::new(CameraId::new(&format!("cam-{i:03}")))))
         .collect();

@@ -11,7 +11,9 @@ use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 use gstreamer_video as gst_video;
 
-use streetwatch::infer::{self, ModelManifest};
+use streetwatch::frame::Frame;
+use streetwatch::infer::{self, Detection, InferError, ModelManifest};
+use streetwatch::pool::BatchDetector;
 
 pub mod keyframes;
 
@@ -215,4 +217,28 @@ pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(50));
     }
     cond()
+}
+
+/// A model that finds nothing, taking `delay` per batch of up to `batch` frames: a pool throttled to a known
+/// rate, or (no delay) one that only ingest limits.
+pub struct SlowDetector {
+    pub delay: Duration,
+    pub batch: usize,
+}
+
+impl BatchDetector for SlowDetector {
+    fn max_batch(&self) -> usize {
+        self.batch
+    }
+    fn detect(
+        &mut self,
+        frames: &[Frame],
+        out: &mut [Vec<Detection>],
+    ) -> Result<usize, InferError> {
+        std::thread::sleep(self.delay);
+        for o in &mut out[..frames.len()] {
+            o.clear();
+        }
+        Ok(frames.len())
+    }
 }
