@@ -166,7 +166,9 @@ fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("STREETWATCH_LOG")
-                .unwrap_or_else(|_| default_level.into()),
+                // The RTSP client logs each session's start at info: 1,100 lines at every start of a
+                // district, and the URLs' query strings with them. Its warnings still show.
+                .unwrap_or_else(|_| format!("{default_level},retina=warn").into()),
         )
         .with_writer(std::io::stderr)
         // Colour for a person at a terminal; plain text for a file, a pipe or a journal, and for anyone
