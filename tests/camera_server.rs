@@ -9,12 +9,12 @@ use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 use streetwatch::ingest::{CameraServer, CameraServerOptions};
 
-/// What a client saw of one stream: picture size and the presentation times of its keyframes.
+/// What a client saw of one stream: picture size and which pictures (by arrival order) were keyframes.
 struct Seen {
     width: i32,
     height: i32,
     pictures: usize,
-    keyframes: Vec<gst::ClockTime>,
+    keyframes: Vec<usize>,
     /// The client gave up with an error (e.g. the server has no such path).
     failed: bool,
 }
@@ -55,7 +55,7 @@ fn watch(url: &str, pictures: usize) -> Seen {
         seen.height = caps.get("height").unwrap();
         let b = s.buffer().unwrap();
         if !b.flags().contains(gst::BufferFlags::DELTA_UNIT) {
-            seen.keyframes.push(b.pts().unwrap());
+            seen.keyframes.push(seen.pictures);
         }
         seen.pictures += 1;
     }
@@ -91,14 +91,15 @@ fn every_camera_has_a_main_and_a_sub_stream() {
     ] {
         assert_eq!(seen.pictures, 150, "{what}: pictures");
         assert_eq!((seen.width, seen.height), size, "{what}: size");
-        // A camera-like stream: a keyframe every 1–2 s. Times are the server's arrival stamps (a live
-        // source), so they carry its scheduling jitter on a loaded machine: a margin of 0.5 s.
+        // A camera-like stream: a keyframe every 1–2 s, i.e. every 25–50 pictures at 25 fps. Counted in
+        // pictures, not in the server's arrival stamps, which carry its scheduling jitter on a loaded
+        // machine (2.66 s apart once on a CI runner for a 2 s GOP).
         assert!(seen.keyframes.len() >= 2, "{what}: {:?}", seen.keyframes);
         for w in seen.keyframes.windows(2) {
-            let gap = (w[1] - w[0]).mseconds();
+            let gap = w[1] - w[0];
             assert!(
-                (500..=2500).contains(&gap),
-                "{what}: keyframes {gap} ms apart"
+                (25..=50).contains(&gap),
+                "{what}: keyframes {gap} pictures apart"
             );
         }
     }
