@@ -426,10 +426,7 @@ struct Pipeline {
 
 impl Pipeline {
     fn build((codec, width): (Codec, u32)) -> Result<Self, String> {
-        let (caps, parse, dec) = match codec {
-            Codec::H264 => ("video/x-h264", "h264parse", "avdec_h264"),
-            Codec::H265 => ("video/x-h265", "h265parse", "avdec_h265"),
-        };
+        let (caps, parse, dec) = codec.gst_elements();
         // Seekable: a flushing seek readies the pipeline for the next keyframe (see `decode`). One
         // decoder thread: frame threads would hold pictures back.
         let desc = format!(

@@ -12,7 +12,7 @@ use gstreamer_app as gst_app;
 use gstreamer_video as gst_video;
 use image::RgbImage;
 
-use super::{Codec, EncodedUnit, IngestError};
+use super::{EncodedUnit, IngestError};
 
 /// A keyframe decodes in milliseconds; this bounds a decoder that never answers.
 const DECODE_LIMIT: Duration = Duration::from_secs(5);
@@ -25,10 +25,7 @@ pub fn decode_still(unit: &EncodedUnit) -> Result<RgbImage, IngestError> {
         ));
     }
     gst::init().map_err(|e| IngestError::Gst(e.to_string()))?;
-    let (caps, parse, decode) = match unit.codec {
-        Codec::H264 => ("video/x-h264", "h264parse", "avdec_h264"),
-        Codec::H265 => ("video/x-h265", "h265parse", "avdec_h265"),
-    };
+    let (caps, parse, decode) = unit.codec.gst_elements();
     // One decoder thread: the picture is rare and off the frame path, and must not take every core.
     let desc = format!(
         "appsrc name=src format=time caps={caps},stream-format=byte-stream,alignment=au ! {parse} ! \

@@ -19,6 +19,16 @@ pub enum Codec {
     H265,
 }
 
+impl Codec {
+    /// The GStreamer caps name, parser and decoder of the codec, for every decoder built on units.
+    pub(crate) fn gst_elements(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Codec::H264 => ("video/x-h264", "h264parse", "avdec_h264"),
+            Codec::H265 => ("video/x-h265", "h265parse", "avdec_h265"),
+        }
+    }
+}
+
 /// One encoded picture (an access unit) as an Annex B byte stream. A keyframe carries its parameter sets
 /// (SPS and PPS, and VPS for H.265) in front, so it decodes on its own through any decoder of its codec.
 #[derive(Debug, Clone)]
