@@ -18,6 +18,7 @@ APT_PACKAGES=(
   kannel kannel-extras python3-aiosmtpd openssl
   chromium chromium-driver
   prometheus  # promtool and a real server for tests/metrics.rs
+  nats-server  # JetStream between nodes and routers (tests/cluster*.rs)
 )
 
 if ! command -v cargo >/dev/null 2>&1; then

@@ -7,6 +7,7 @@ pub mod alert;
 pub mod analyse;
 pub mod app;
 pub mod bench;
+pub mod cluster;
 pub mod config;
 pub mod eval;
 pub mod frame;

@@ -19,6 +19,7 @@ pub use regions::RegionsConfig;
 pub use retention::RetentionConfig;
 
 use crate::alert::AlertConfig;
+use crate::cluster::ClusterConfig;
 use crate::secret::SecretUrl;
 use crate::serve::ServeConfig;
 use crate::types::{RuleKind, Severity};
@@ -66,6 +67,10 @@ pub struct Config {
     /// The operations-centre page, API and metrics; without it nothing listens.
     #[serde(default)]
     pub serve: Option<ServeConfig>,
+    /// NATS JetStream between analysis nodes and routers (`streetwatch node`, `streetwatch router`);
+    /// `run` ignores it.
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
     #[serde(default)]
     pub cameras: Vec<CameraConfig>,
     /// Where the file was read from; relative paths inside it resolve against its folder.
@@ -806,6 +811,11 @@ impl Validator<'_> {
         {
             return self.err_at(format!("serve.{key}"), message);
         }
+        if let Some(cluster) = &self.config.cluster
+            && let Err((key, message)) = cluster.check()
+        {
+            return self.err_at(format!("cluster.{key}"), message);
+        }
         self.validate_runtime()?;
         let mut ids = HashSet::new();
         let mut labels: Option<Vec<String>> = None;
@@ -1207,6 +1217,7 @@ pub fn validate_camera(
         alert: None,
         retention: RetentionConfig::default(),
         serve: None,
+        cluster: None,
         cameras: vec![camera.clone()],
         base_dir: base_dir.to_path_buf(),
     };

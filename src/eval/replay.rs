@@ -44,6 +44,7 @@ pub fn replay(s: &Scenario, options: EvalOptions) -> anyhow::Result<Replayed> {
         alert: None,
         retention: Default::default(),
         serve: None,
+        cluster: None,
         cameras: vec![s.camera.clone()],
         base_dir: s.base_dir.clone(),
     };
