@@ -122,7 +122,7 @@ for n in counts:
             continue
         r = json.load(open(path))
         cams = r["cameras"]
-        share = r.get("share_of_ceiling")
+        share, combined = r.get("share_of_ceiling"), r.get("share_of_combined")
         rows.append([
             str(cams), {"opencv": "python cv2", "pyav": "python pyav-keyframes"}.get(who, who),
             f'{r["frames_analysed_per_s"]:.1f}', f'{r["cameras_meeting_target"]}/{cams}',
@@ -131,9 +131,10 @@ for n in counts:
             f'{r["latency_ms_p50"] or 0:.0f} / {r["latency_ms_p99"] or 0:.0f}',
             f'{r["server_cpu_percent_run"]:.0f}',
             "-" if share is None else f"{100 * share:.0f} %",
+            "-" if combined is None else f"{100 * combined:.0f} %",
         ])
 head = ["cameras", "contender", "analysed/s", "meeting target", "CPU %", "CPU %/camera", "RSS MB/camera",
-        "threads/camera", "latency p50 / p99 ms", "server CPU %", "of min(ceilings)"]
+        "threads/camera", "latency p50 / p99 ms", "server CPU %", "of min(ceilings)", "of combined ceiling"]
 print("| " + " | ".join(head) + " |")
 print("|" + "---|" * len(head))
 for r in rows:

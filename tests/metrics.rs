@@ -261,8 +261,8 @@ group_wait = "0s"
 #[test]
 fn series_stay_bounded_for_1100_cameras() {
     const CAMERAS: usize = 1100;
-    // Per camera: info, 5 frame/restart counters, 5 one-hot states, last frame age.
-    const PER_CAMERA: usize = 1 + 5 + 5 + 1;
+    // Per camera: info, 4 frame counters, 2 skip counters, restarts, 5 one-hot states, last frame age.
+    const PER_CAMERA: usize = 1 + 4 + 2 + 1 + 5 + 1;
     let now = SystemClock.now();
     let cameras: Vec<CameraInfo> = (0..CAMERAS)
         .map(|i| {

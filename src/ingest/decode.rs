@@ -414,7 +414,7 @@ impl Decoder {
     }
 }
 
-/// `appsrc ! h26Xparse ! avdec_h26X ! videoconvert ! videoscale ! appsink`, fed one keyframe at a time.
+/// `appsrc ! h26Xparse ! avdec_h26X ! videoscale ! videoconvert ! appsink`, fed one keyframe at a time.
 struct Pipeline {
     pipeline: gst::Pipeline,
     src: gst_app::AppSrc,
@@ -428,10 +428,11 @@ impl Pipeline {
     fn build((codec, width): (Codec, u32)) -> Result<Self, String> {
         let (caps, parse, dec) = codec.gst_elements();
         // Seekable: a flushing seek readies the pipeline for the next keyframe (see `decode`). One
-        // decoder thread: frame threads would hold pictures back.
+        // decoder thread: frame threads would hold pictures back. Scale before converting: RGB conversion of
+        // the full 720p picture cost ~6 ms a frame here, of the scaled one under 1 ms.
         let desc = format!(
             "appsrc name=src stream-type=seekable format=time caps=\"{caps},stream-format=byte-stream,alignment=au\" \
-             ! {parse} ! {dec} max-threads=1 ! videoconvert ! videoscale \
+             ! {parse} ! {dec} max-threads=1 ! videoscale ! videoconvert \
              ! video/x-raw,format=RGB,width={width},pixel-aspect-ratio=1/1 \
              ! appsink name=sink max-buffers=1 sync=false"
         );

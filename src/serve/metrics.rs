@@ -277,6 +277,8 @@ struct ScrapeTime {
     frames_received: Family,
     frames_analysed: Family,
     frames_dropped: Family,
+    decode_skipped: Family,
+    motion_skipped: Family,
     restarts: Family,
     camera_state: Family,
     last_frame_age: Family,
@@ -331,6 +333,18 @@ impl ScrapeTime {
             frames_dropped: Family::new(
                 "streetwatch_camera_frames_dropped_total",
                 "Frames of the camera replaced by a newer one before a worker took them (the pool was busy).",
+                COUNTER,
+                cam,
+            )?,
+            decode_skipped: Family::new(
+                "streetwatch_camera_decode_skipped_total",
+                "Keyframes of the camera dropped still encoded: not due yet, or analysis had no room.",
+                COUNTER,
+                cam,
+            )?,
+            motion_skipped: Family::new(
+                "streetwatch_camera_motion_skipped_total",
+                "Analysed frames of the camera whose scene had not changed: detections reused, no inference.",
                 COUNTER,
                 cam,
             )?,
@@ -430,13 +444,15 @@ impl ScrapeTime {
         })
     }
 
-    fn families(&self) -> [&Family; 20] {
+    fn families(&self) -> [&Family; 22] {
         [
             &self.camera_info,
             &self.frames_decoded,
             &self.frames_received,
             &self.frames_analysed,
             &self.frames_dropped,
+            &self.decode_skipped,
+            &self.motion_skipped,
             &self.restarts,
             &self.camera_state,
             &self.last_frame_age,
@@ -478,6 +494,12 @@ impl ScrapeTime {
         }));
         out.push(counter(&self.frames_dropped, |c| {
             c.health.frames_dropped.load(Relaxed)
+        }));
+        out.push(counter(&self.decode_skipped, |c| {
+            c.health.decode_skipped.load(Relaxed)
+        }));
+        out.push(counter(&self.motion_skipped, |c| {
+            c.health.motion_skipped.load(Relaxed)
         }));
         out.push(counter(&self.restarts, |c| c.health.restarts.load(Relaxed)));
         out.push(self.camera_state.values(cams.iter().flat_map(|c| {

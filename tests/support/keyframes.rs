@@ -45,7 +45,7 @@ pub fn decoded_alone(path: &Path, codec: Codec, width: u32) -> Vec<(u32, u32, Ve
     let (parse, _, dec) = parser(codec);
     let desc = format!(
         "filesrc location={} ! qtdemux ! {parse} ! identity drop-buffer-flags=delta-unit \
-         ! {dec} max-threads=1 ! videoconvert ! videoscale \
+         ! {dec} max-threads=1 ! videoscale ! videoconvert \
          ! video/x-raw,format=RGB,width={width},pixel-aspect-ratio=1/1 ! appsink name=sink sync=false",
         path.display()
     );

@@ -102,7 +102,7 @@ severity = "warning"
 pub fn decode_frames(file: &Path, fps: u32, width: u32) -> Vec<(i64, image::RgbImage)> {
     let desc = format!(
         "filesrc location={} ! qtdemux ! h264parse ! avdec_h264 ! videorate drop-only=true ! video/x-raw,framerate={fps}/1 \
-         ! videoconvert ! videoscale ! video/x-raw,format=RGB,width={width},pixel-aspect-ratio=1/1 ! appsink name=sink sync=false",
+         ! videoscale ! videoconvert ! video/x-raw,format=RGB,width={width},pixel-aspect-ratio=1/1 ! appsink name=sink sync=false",
         file.display()
     );
     let (pipeline, sink) = play_to_appsink(&desc);
