@@ -16,11 +16,11 @@ use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use crossbeam::channel::Receiver;
 
-pub use forward::{Forwarder, IncidentCounts, SPILL_AFTER};
+pub use forward::{Forwarder, IncidentCounts, IncidentOutlet, SPILL_AFTER};
 pub use reload::{ConfigFile, Reloaded};
 pub use snapshot::render_incident_snapshot;
 
-use crate::alert::{self, AlertHandle, AlertService};
+use crate::alert::{self, AlertService};
 use crate::analyse::AnalysisEvent;
 use crate::config::{CameraConfig, Config, RegionsConfig};
 use crate::health::{CameraHealth, HealthSnapshot, StreamState};
@@ -60,6 +60,22 @@ impl Default for RunOptions {
             camera_down_after: Duration::from_secs(30),
         }
     }
+}
+
+/// Where a pipeline hands its incident events.
+pub enum Outlet {
+    /// The alert router in this process, started from the configuration's `[alert]` (without one,
+    /// incidents are stored and logged, nobody is notified): `run` and `demo`.
+    Embedded,
+    /// An outlet of the caller's (a JetStream publisher: `node`), whose runtime the operations-centre
+    /// server shares. At start, every incident changed within `replay` is handed on again, opens and
+    /// closes: what the previous run stored but may not have handed on, which the outlet drops if it
+    /// has it already.
+    Given {
+        outlet: Arc<dyn IncidentOutlet>,
+        runtime: tokio::runtime::Handle,
+        replay: Duration,
+    },
 }
 
 /// A running pipeline.
@@ -126,6 +142,16 @@ impl Pipeline {
         opts: RunOptions,
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<Pipeline> {
+        Self::start_with(config, opts, clock, Outlet::Embedded)
+    }
+
+    /// As [`start`](Self::start), handing incident events to `outlet`.
+    pub fn start_with(
+        config: &Config,
+        opts: RunOptions,
+        clock: Arc<dyn Clock>,
+        outlet: Outlet,
+    ) -> anyhow::Result<Pipeline> {
         let data_dir = config.data_dir();
         std::fs::create_dir_all(data_dir.join("snapshots"))
             .with_context(|| format!("creating {}", data_dir.display()))?;
@@ -184,21 +210,44 @@ impl Pipeline {
             pool.shutdown();
             anyhow::bail!("camera {camera}: {error}");
         }
-        let alerts = match &config.alert {
-            Some(a) => Some(Arc::new(AlertService::start(
-                a.clone(),
-                &db_path,
-                clock.clone(),
-            )?)),
-            None => {
-                tracing::warn!(
-                    "no [alert] table: incidents are stored and logged, nobody is notified"
-                );
-                None
-            }
+        let (alerts, given) = match outlet {
+            Outlet::Embedded => match &config.alert {
+                Some(a) => (
+                    Some(Arc::new(AlertService::start(
+                        a.clone(),
+                        &db_path,
+                        clock.clone(),
+                    )?)),
+                    None,
+                ),
+                None => {
+                    tracing::warn!(
+                        "no [alert] table: incidents are stored and logged, nobody is notified"
+                    );
+                    (None, None)
+                }
+            },
+            Outlet::Given {
+                outlet,
+                runtime,
+                replay,
+            } => (None, Some((outlet, runtime, replay))),
         };
-        let left_open = match &alerts {
-            Some(a) => hand_over_left_state(&store, a, &db_path)?,
+        let outlet: Option<Arc<dyn IncidentOutlet>> = match (&alerts, &given) {
+            (Some(a), _) => Some(a.clone()),
+            (None, Some((o, _, _))) => Some(o.clone()),
+            (None, None) => None,
+        };
+        let left_open = match &outlet {
+            Some(o) => {
+                // The embedded router's own tables say which alerts still fire; a remote one's closes
+                // come with the start-up replay (`Outlet::Given`).
+                let firing = match &alerts {
+                    Some(_) => alert::Store::open(&db_path)?.firing_keys()?,
+                    None => Vec::new(),
+                };
+                hand_over_left_state(&store, o.as_ref(), &firing)?
+            }
             None => Vec::new(),
         };
         let close_at = std::time::Instant::now() + opts.restart_close_grace;
@@ -209,9 +258,9 @@ impl Pipeline {
             .filter(|e| e.kind != crate::types::RuleKind::CitizenReport)
             .map(|e| (close_at, e))
             .collect();
-        let watcher = alerts
+        let watcher = outlet
             .as_ref()
-            .map(|a| watch_camera_health(cameras.list.clone(), a.clone(), opts.camera_down_after));
+            .map(|o| watch_camera_health(cameras.list.clone(), o.clone(), opts.camera_down_after));
         let snapshots = data_dir.join("snapshots");
         let retention = RetentionTask::start(
             Policy::from(&config.retention),
@@ -224,7 +273,10 @@ impl Pipeline {
         let server = match &config.serve {
             Some(serve) => Some(start_server(
                 serve,
-                alerts.as_deref(),
+                alerts
+                    .as_ref()
+                    .map(|a| a.runtime())
+                    .or_else(|| given.as_ref().map(|(_, rt, _)| rt.clone())),
                 ServeContext {
                     db_path: db_path.clone(),
                     snapshots_dir: snapshots.clone(),
@@ -240,7 +292,12 @@ impl Pipeline {
             )?),
             None => None,
         };
-        let forwarder = Forwarder::new(store, alerts, dropped_updates).counting_opened(opened);
+        let mut forwarder = Forwarder::new(store, outlet, dropped_updates).counting_opened(opened);
+        if let Some((_, _, replay)) = &given {
+            let replay_ms = i64::try_from(replay.as_millis()).unwrap_or(i64::MAX);
+            forwarder.behind_from(Timestamp(clock.now().0.saturating_sub(replay_ms)));
+        }
+        drop(alerts);
         let sink = std::thread::Builder::new()
             .name("sw-incidents".into())
             .spawn({
@@ -288,6 +345,13 @@ impl Pipeline {
         list.iter().map(|c| c.health.clone()).collect()
     }
 
+    /// Runs exactly `config`'s cameras (see [`reload`](self::reload)), leaving the other sections as they
+    /// started: how a node follows the cameras it holds leases for. `config` must name no more cameras
+    /// than the pool has room for (`runtime.camera_capacity` at start).
+    pub fn set_cameras(&mut self, config: &Config) -> Reloaded {
+        self.apply_cameras(config)
+    }
+
     /// Brings the running cameras to `config`'s: see [`ConfigFile::reload`], which checks the file first.
     fn apply_cameras(&mut self, config: &Config) -> Reloaded {
         let now = self.clock.now();
@@ -328,14 +392,15 @@ impl Pipeline {
     }
 }
 
-/// Starts the operations-centre server on the alert service's runtime, or on one of its own without alerts.
+/// Starts the operations-centre server on `runtime` (the alert service's or the outlet's), or on one of
+/// its own without.
 fn start_server(
     serve: &crate::serve::ServeConfig,
-    alerts: Option<&AlertHandle>,
+    runtime: Option<tokio::runtime::Handle>,
     ctx: ServeContext,
 ) -> anyhow::Result<(Server, Option<tokio::runtime::Runtime>)> {
-    let (handle, own) = match alerts {
-        Some(a) => (a.runtime(), None),
+    let (handle, own) = match runtime {
+        Some(rt) => (rt, None),
         None => {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -395,11 +460,11 @@ fn incident_submit(
 ///   new incident within the rule's `min_seconds`. Returns them.
 fn hand_over_left_state(
     store: &Store,
-    alerts: &AlertHandle,
-    db_path: &std::path::Path,
+    alerts: &dyn IncidentOutlet,
+    firing: &[String],
 ) -> anyhow::Result<Vec<IncidentEvent>> {
-    for key in alert::Store::open(db_path)?.firing_keys()? {
-        if let Some(close) = store.closing_event(&key)? {
+    for key in firing {
+        if let Some(close) = store.closing_event(key)? {
             tracing::warn!(incident = %key, "incident closed before the previous run stopped, its alert still firing: close handed to the router");
             alerts.submit(close);
         }
@@ -416,7 +481,7 @@ fn hand_over_left_state(
 /// change. Follows the cameras a reload adds and removes.
 fn watch_camera_health(
     cameras: CameraList,
-    alerts: Arc<AlertHandle>,
+    alerts: Arc<dyn IncidentOutlet>,
     down_after: Duration,
 ) -> (JoinHandle<()>, crossbeam::channel::Sender<()>) {
     let (stop_tx, stop_rx) = crossbeam::channel::bounded::<()>(0);

@@ -47,6 +47,22 @@ enum Command {
         #[arg(long)]
         seconds: Option<u64>,
     },
+    /// Run as one analysis node of a cluster (needs `[cluster]`): the cameras of the file it holds leases
+    /// for, its incident events published to NATS JetStream for the routers. Several nodes can share one
+    /// file; each needs its own name and data folder. `[alert]` is ignored (routers notify).
+    Node {
+        #[arg(long)]
+        config: PathBuf,
+        /// This node's name, unique in the cluster (default: the host name).
+        #[arg(long)]
+        name: Option<String>,
+        /// Its database and snapshots (default: the file's data folder, then the node's name).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Stop after this many seconds (default: run until Ctrl-C or SIGTERM).
+        #[arg(long)]
+        seconds: Option<u64>,
+    },
     /// Check a configuration file (and its model) without starting anything.
     CheckConfig { file: PathBuf },
     /// Benchmark N virtual cameras from recorded footage through the real pipeline.
@@ -199,6 +215,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             serve_until_stopped(pipeline, seconds, Some(&file))
         }
+        Command::Node {
+            config,
+            name,
+            data_dir,
+            seconds,
+        } => node(&config, name, data_dir, seconds),
         Command::CheckConfig { file } => {
             let config = Config::load(&file)?;
             let manifest = streetwatch::app::load_model(&config)?;
@@ -413,6 +435,122 @@ fn demo(seconds: Option<u64>) -> anyhow::Result<()> {
         println!("operator token: {operator}");
     }
     serve_until_stopped(pipeline, seconds, None)
+}
+
+/// `streetwatch node`: the pipeline runs the cameras this node holds leases for, and follows them as
+/// leases are taken, handed over and lost; a clean stop deletes its leases so others take over at once.
+fn node(
+    path: &Path,
+    name: Option<String>,
+    data_dir: Option<PathBuf>,
+    seconds: Option<u64>,
+) -> anyhow::Result<()> {
+    use streetwatch::app::Outlet;
+    use streetwatch::cluster::{Bus, Publisher, leases, placement};
+
+    let (mut config, _) = ConfigFile::load(path)?;
+    let Some(cluster) = config.cluster.clone() else {
+        anyhow::bail!(
+            "{}: no [cluster] table: `streetwatch node` needs one (nats = \"nats://host:4222\")",
+            path.display()
+        );
+    };
+    let name = match name {
+        Some(n) => n,
+        None => host_name()?,
+    };
+    anyhow::ensure!(!name.trim().is_empty(), "a node's name cannot be empty");
+    if config.alert.take().is_some() {
+        tracing::info!("[alert] ignored: a node publishes incidents to NATS, routers notify");
+    }
+    config.runtime.data_dir = Some(data_dir.unwrap_or_else(|| config.data_dir().join(&name)));
+    // Room for every camera of the file: this node may come to hold them all.
+    config.runtime.camera_capacity = Some(config.camera_capacity());
+    let all = std::mem::take(&mut config.cameras);
+    let costs = all
+        .iter()
+        .map(|c| (c.id.get_ref().clone(), placement::camera_cost(c)))
+        .collect();
+    let clock: Arc<dyn streetwatch::types::Clock> = Arc::new(SystemClock);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("sw-nats")
+        .enable_all()
+        .build()
+        .context("starting the NATS runtime")?;
+    let (bus, resources) = rt.block_on(async {
+        let bus = Bus::connect(&cluster, &name).await?;
+        let resources = bus.ensure().await?;
+        Ok::<_, streetwatch::cluster::ClusterError>((bus, resources))
+    })?;
+    let publisher = Arc::new(Publisher::new(bus.clone(), &resources, rt.handle().clone()));
+    let mut pipeline = Pipeline::start_with(
+        &config,
+        RunOptions::default(),
+        clock.clone(),
+        Outlet::Given {
+            outlet: publisher.clone(),
+            runtime: rt.handle().clone(),
+            // Well within the stream's duplicate window, so what is replayed twice is dropped.
+            replay: streetwatch::cluster::DUPLICATE_WINDOW / 2,
+        },
+    )?;
+    if let Some(addr) = pipeline.server_addr() {
+        println!("streetwatch: page at http://{addr}/");
+    }
+    println!(
+        "streetwatch node {name}: {} cameras in the file, NATS at {}",
+        all.len(),
+        cluster.nats.redacted()
+    );
+    let (held_tx, mut held_rx) = tokio::sync::watch::channel(Default::default());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let lease_loop = rt.spawn(leases::run(
+        bus,
+        resources,
+        leases::LeaseConfig {
+            me: name,
+            started_at: clock.now(),
+            capacity: cluster.capacity.unwrap_or_else(placement::default_capacity),
+            cameras: costs,
+        },
+        clock,
+        held_tx,
+        stop_rx,
+    ));
+    wait_for_signal(seconds.map(Duration::from_secs), false, |_| {
+        if !held_rx.has_changed().unwrap_or(false) {
+            return;
+        }
+        let held = held_rx.borrow_and_update().clone();
+        config.cameras = all
+            .iter()
+            .filter(|c| held.contains(c.id.get_ref()))
+            .cloned()
+            .collect();
+        let done = pipeline.set_cameras(&config);
+        tracing::info!(added = ?done.added, removed = ?done.removed, failed = ?done.failed, running = config.cameras.len(), "cameras follow the leases");
+    });
+    // Leases first, so the other nodes start these cameras while this one stops.
+    let _ = stop_tx.send(true);
+    let _ = rt.block_on(lease_loop);
+    pipeline.shutdown();
+    tracing::info!(published = publisher.published(), "node stopped");
+    Ok(())
+}
+
+/// The machine's host name.
+fn host_name() -> anyhow::Result<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname writes at most that many bytes.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    anyhow::ensure!(
+        rc == 0,
+        "cannot read the host name ({}): pass --name",
+        std::io::Error::last_os_error()
+    );
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    Ok(String::from_utf8_lossy(&buf[..end]).into_owned())
 }
 
 /// A bearer token of 32 hex digits (128 bits) from the operating system's random source.

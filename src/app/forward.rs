@@ -12,9 +12,43 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::alert::{AlertHandle, Handed, QueueStats};
+use crate::alert::{self, AlertHandle, Handed, QueueStats};
 use crate::store::Store;
 use crate::types::{CameraId, IncidentEvent, IncidentPhase, RuleKind, Timestamp};
+
+/// Where the incident sink hands events on: the alert router in this process (`run`), or a JetStream
+/// stream read by routers elsewhere (`node`). Both may refuse an event for a while (a full queue, NATS
+/// away); the [`Forwarder`] keeps what they refused in the incidents table and replays it.
+pub trait IncidentOutlet: Send + Sync {
+    /// Hands `event` on, waiting at most `wait` for an `opened` or `closed` one (an `updated` one is not
+    /// waited for: it is dropped and counted when it cannot go at once).
+    fn offer(&self, event: IncidentEvent, wait: Duration) -> Handed;
+    /// Hands `event` on, waiting as long as the outlet allows: for an event that is not in the table.
+    fn submit(&self, event: IncidentEvent);
+    /// True when a replay of spilled events is likely to go through.
+    fn has_room(&self) -> bool;
+    fn queue_stats(&self) -> QueueStats;
+    /// A camera went down or came back (see `app::watch_camera_health`).
+    fn camera_health(&self, camera: &CameraId, health: alert::CameraHealth);
+}
+
+impl IncidentOutlet for AlertHandle {
+    fn offer(&self, event: IncidentEvent, wait: Duration) -> Handed {
+        AlertHandle::offer(self, event, wait)
+    }
+    fn submit(&self, event: IncidentEvent) {
+        AlertHandle::submit(self, event)
+    }
+    fn has_room(&self) -> bool {
+        AlertHandle::has_room(self)
+    }
+    fn queue_stats(&self) -> QueueStats {
+        AlertHandle::queue_stats(self)
+    }
+    fn camera_health(&self, camera: &CameraId, health: alert::CameraHealth) {
+        AlertHandle::camera_health(self, camera, health)
+    }
+}
 
 /// How long an opened or closed event waits for room in the router's queue before it is left for replay:
 /// long enough to ride out a burst, short enough that the sink keeps storing incidents.
@@ -49,7 +83,7 @@ impl IncidentCounts {
 pub struct Forwarder {
     store: Store,
     opened: Arc<IncidentCounts>,
-    alerts: Option<Arc<AlertHandle>>,
+    alerts: Option<Arc<dyn IncidentOutlet>>,
     /// `updated` events the analysers dropped before the sink (their queue was full).
     upstream_drops: Arc<AtomicU64>,
     /// Changes since this time may not have reached the router: replay from here.
@@ -61,7 +95,7 @@ pub struct Forwarder {
 impl Forwarder {
     pub fn new(
         store: Store,
-        alerts: Option<Arc<AlertHandle>>,
+        alerts: Option<Arc<dyn IncidentOutlet>>,
         upstream_drops: Arc<AtomicU64>,
     ) -> Self {
         Self {
@@ -143,13 +177,18 @@ impl Forwarder {
         self.behind_since.is_some()
     }
 
-    /// Hands over everything still behind, waiting for room, and stops the router.
+    /// Replays, once the outlet has room, every incident changed since `since` (the outlet drops what it
+    /// already has): what a previous run may have stored without handing on.
+    pub fn behind_from(&mut self, since: Timestamp) {
+        self.behind_since = Some(self.behind_since.map_or(since, |t| t.min(since)));
+    }
+
+    /// Hands over everything still behind, waiting for room, and lets the outlet go: the last holder
+    /// of the embedded router stops it (its `Drop`).
     pub fn finish(mut self) {
         self.replay(true);
         self.report();
-        if let Some(a) = self.alerts.take().and_then(Arc::into_inner) {
-            a.shutdown();
-        }
+        drop(self.alerts.take());
     }
 
     fn replay(&mut self, wait: bool) {

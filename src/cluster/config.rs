@@ -16,6 +16,9 @@ pub struct ClusterConfig {
     /// A node that stops renewing its leases loses its cameras after this many seconds; it renews every
     /// third of it. Failover takes at most this plus a camera's start.
     pub lease_seconds: u64,
+    /// The camera cost a node run with this file can carry, in model runs per second (see
+    /// `cluster::placement`); nodes share cameras in proportion to it. Default: 25 per core.
+    pub capacity: Option<f64>,
 }
 
 impl Default for ClusterConfig {
@@ -24,6 +27,7 @@ impl Default for ClusterConfig {
             nats: SecretUrl::new("nats://127.0.0.1:4222"),
             prefix: "streetwatch".into(),
             lease_seconds: 6,
+            capacity: None,
         }
     }
 }
@@ -68,6 +72,14 @@ impl ClusterConfig {
                 format!("must be 3–300, found {}", self.lease_seconds),
             ));
         }
+        if let Some(c) = self.capacity
+            && !(c.is_finite() && c > 0.0)
+        {
+            return Err((
+                "capacity".into(),
+                format!("must be a positive number, found {c}"),
+            ));
+        }
         Ok(())
     }
 }
@@ -87,5 +99,6 @@ mod tests {
         assert_eq!(bad(|c| c.nats = SecretUrl::new("http://x:4222")), "nats");
         assert_eq!(bad(|c| c.prefix = "a.b".into()), "prefix");
         assert_eq!(bad(|c| c.lease_seconds = 1), "lease_seconds");
+        assert_eq!(bad(|c| c.capacity = Some(0.0)), "capacity");
     }
 }

@@ -14,12 +14,16 @@
 //! or heartbeat by rewriting it well within that time, and a process that dies lets its keys expire.
 
 mod config;
+pub mod leases;
+pub mod placement;
+mod publish;
 
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv, object_store, stream};
 
 pub use config::ClusterConfig;
+pub use publish::Publisher;
 
 use crate::health::HealthSnapshot;
 use crate::types::{IncidentEvent, Timestamp};
