@@ -566,3 +566,66 @@ fn a_stopped_camera_is_deleted_only_by_the_node_that_wrote_it_last() {
     });
     assert!(keys.is_empty(), "{keys:?}");
 }
+
+/// nats-server restarts (SIGKILL, same store): the publisher's puts and the follower's watch carry on
+/// by themselves, and a change made after the restart reaches the router's camera.
+#[test]
+fn the_router_follows_again_after_nats_restarts() {
+    let mut nats = NatsServer::start();
+    let cluster = cluster(&nats);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let connect = |name: &str| {
+        runtime.block_on(async {
+            let bus = Bus::connect(&cluster, name).await.unwrap();
+            bus.ensure().await.unwrap()
+        })
+    };
+    let camera = |id: &str| CameraInfo {
+        id: CameraId::new(id),
+        name: id.into(),
+        ward: "Bến Nghé".into(),
+        health: Arc::new(CameraHealth::new(CameraId::new(id))),
+    };
+    let on_node = camera("d1.cam");
+    on_node.health.set_state(StreamState::Streaming);
+    let publisher = HealthPublisher::start(
+        &connect("node-a"),
+        "node-a",
+        vec![on_node.clone()].into(),
+        cluster.lease_ttl(),
+        Arc::new(SystemClock),
+        runtime.handle(),
+    );
+    let on_router = camera("d1.cam");
+    let follower = HealthFollower::start(
+        &connect("router"),
+        vec![on_router.clone()].into(),
+        None,
+        FollowOptions {
+            lease_ttl: cluster.lease_ttl(),
+            camera_down_after: DOWN_AFTER,
+        },
+        Arc::new(SystemClock),
+        runtime.handle(),
+    );
+    let shows = |state: StreamState| (on_router.health.state() == state).then_some(());
+    wait_for(
+        "the camera streaming on the router",
+        Duration::from_secs(30),
+        || shows(StreamState::Streaming),
+    );
+
+    nats.restart(Duration::from_millis(200));
+    on_node.health.set_state(StreamState::Backoff);
+    let restarted = Instant::now();
+    wait_for(
+        "the change after the restart",
+        Duration::from_secs(60),
+        || shows(StreamState::Backoff),
+    );
+    eprintln!("followed again {:?} after the restart", restarted.elapsed());
+    runtime.block_on(async {
+        follower.stop().await;
+        publisher.stop().await;
+    });
+}
