@@ -284,6 +284,7 @@ impl Pipeline {
                     clock: clock.clone(),
                     submit: Some(incident_submit(report_tx.clone())),
                     stats: PipelineStats {
+                        cluster: None,
                         pool: Some(pool.observer()),
                         incidents: Some(opened.clone()),
                         alerts: alerts.as_ref().map(Arc::downgrade),
@@ -338,6 +339,11 @@ impl Pipeline {
         let now = self.clock.now();
         let list = self.cameras.list.load();
         list.iter().map(|c| c.health.snapshot(now)).collect()
+    }
+
+    /// The running cameras, the list serve shows (a reload changes it): a node publishes their health.
+    pub fn cameras(&self) -> CameraList {
+        self.cameras.list.clone()
     }
 
     pub fn camera_health(&self) -> Vec<Arc<CameraHealth>> {

@@ -133,6 +133,36 @@ impl CameraHealth {
             .clone()
     }
 
+    /// Makes this camera's health that of a camera another process runs (a node, seen by a router):
+    /// `state`, the counters and error of `remote`, and its last frame at `last_frame`.
+    pub fn mirror(
+        &self,
+        remote: &HealthSnapshot,
+        state: StreamState,
+        last_frame: Option<Timestamp>,
+    ) {
+        self.set_state(state);
+        for (mine, theirs) in [
+            (&self.units_received, remote.units_received),
+            (&self.decode_skipped, remote.decode_skipped),
+            (&self.motion_skipped, remote.motion_skipped),
+            (&self.frames_decoded, remote.frames_decoded),
+            (&self.frames_received, remote.frames_received),
+            (&self.frames_analysed, remote.frames_analysed),
+            (&self.frames_dropped, remote.frames_dropped),
+            (&self.restarts, remote.restarts),
+            (&self.worker_panics, remote.worker_panics),
+        ] {
+            mine.store(theirs, Ordering::Relaxed);
+        }
+        self.last_frame_ms
+            .store(last_frame.map_or(0, |t| t.0), Ordering::Relaxed);
+        let mut error = self.last_error.lock().unwrap_or_else(|p| p.into_inner());
+        if *error != remote.last_error {
+            error.clone_from(&remote.last_error);
+        }
+    }
+
     pub fn snapshot(&self, now: Timestamp) -> HealthSnapshot {
         HealthSnapshot {
             camera: self.camera.clone(),

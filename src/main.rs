@@ -446,6 +446,7 @@ fn node(
     seconds: Option<u64>,
 ) -> anyhow::Result<()> {
     use streetwatch::app::Outlet;
+    use streetwatch::cluster::health::HealthPublisher;
     use streetwatch::cluster::{Bus, Publisher, leases, placement};
 
     let (mut config, _) = ConfigFile::load(path)?;
@@ -503,6 +504,14 @@ fn node(
         all.len(),
         cluster.nats.redacted()
     );
+    let health = HealthPublisher::start(
+        &resources,
+        &name,
+        pipeline.cameras(),
+        bus.lease_ttl,
+        clock.clone(),
+        rt.handle(),
+    );
     let (held_tx, mut held_rx) = tokio::sync::watch::channel(Default::default());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let lease_loop = rt.spawn(leases::run(
@@ -518,7 +527,15 @@ fn node(
         held_tx,
         stop_rx,
     ));
-    wait_for_signal(seconds.map(Duration::from_secs), false, |_| {
+    // SIGHUP must not end a node (its default action): the camera list and costs are the leases' input,
+    // fixed at start, so a changed file takes a restart, during which the other nodes carry the cameras.
+    wait_for_signal(seconds.map(Duration::from_secs), true, |wake| {
+        if matches!(wake, Wake::Hangup) {
+            tracing::warn!(
+                "SIGHUP: a node reads its file at start only; restart it to apply changes (the other nodes take its cameras meanwhile)"
+            );
+            return;
+        }
         if !held_rx.has_changed().unwrap_or(false) {
             return;
         }
@@ -534,6 +551,8 @@ fn node(
     // Leases first, so the other nodes start these cameras while this one stops.
     let _ = stop_tx.send(true);
     let _ = rt.block_on(lease_loop);
+    // Then the health records this node still wrote last (a camera another node already runs keeps its).
+    rt.block_on(health.stop());
     pipeline.shutdown();
     tracing::info!(published = publisher.published(), "node stopped");
     Ok(())

@@ -20,6 +20,13 @@ impl CameraId {
     }
 }
 
+/// Maps keyed by camera are looked up by the id's text (its hash and order are the text's).
+impl std::borrow::Borrow<str> for CameraId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for CameraId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

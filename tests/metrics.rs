@@ -9,7 +9,6 @@ mod support;
 mod util;
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,47 +20,11 @@ use streetwatch::config::Config;
 use streetwatch::health::{CameraHealth, StreamState};
 use streetwatch::serve::{CameraInfo, PipelineStats, ServeConfig, ServeContext, Server};
 use streetwatch::types::{CameraId, Clock, SystemClock, Timestamp};
+use support::{promtool, samples};
 
 const TOKEN: &str = "metrics-test-token-7f3a9c2e51";
 const HOOK_SECRET: &str = "hook-secret-0123456789abcdef";
 const CAMERA_PASSWORD: &str = "camPassw0rd9";
-
-/// `promtool check metrics` on `body`: its exit code and what it said.
-fn promtool(body: &str) -> (i32, String) {
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian package prometheus; scripts/setup.sh installs it)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(body.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
-/// Sample lines (`name{labels} value`) of an exposition, keyed by `name{labels}`.
-fn samples(body: &str) -> BTreeMap<String, f64> {
-    body.lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .map(|l| {
-            let (series, value) = l.rsplit_once(' ').unwrap();
-            (series.to_string(), value.parse().unwrap())
-        })
-        .collect()
-}
 
 fn scrape(port: u16) -> String {
     let (status, body) = http_get(port, "/metrics").expect("GET /metrics");

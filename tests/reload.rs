@@ -274,9 +274,14 @@ fn churn_leaves_threads_fds_and_memory_where_they_settled() {
     let _alone = ALONE.lock().unwrap_or_else(|p| p.into_inner());
     // 10 cameras through 10 server drops (100 camera flaps), and 20 reloads that add two cameras and
     // 20 that remove them: scaled from the 1,000 flaps to fit a loaded 2-core machine.
+    // `CHURN_SERVER_FLAPS=100` runs the full 1,000 camera flaps (and 200 reload cycles) on purpose.
     const CAMERAS: usize = 10;
-    const SERVER_FLAPS: usize = 10;
-    const RELOADS: usize = 20;
+    let server_flaps: usize = std::env::var("CHURN_SERVER_FLAPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n: &usize| n >= 2)
+        .unwrap_or(10);
+    let reloads = server_flaps * 2;
     let clip = clip();
     let names: Vec<String> = (0..CAMERAS)
         .map(|i| format!("c{i}"))
@@ -371,8 +376,8 @@ fn churn_leaves_threads_fds_and_memory_where_they_settled() {
         usage()
     };
     let churn = |server: &mut Option<ChildGuard>, pipeline: &mut Pipeline| {
-        for i in 0..RELOADS / 2 {
-            if i < SERVER_FLAPS / 2 {
+        for i in 0..reloads / 2 {
+            if i < server_flaps / 2 {
                 flap(server, pipeline);
             }
             cycle(pipeline);
@@ -394,8 +399,8 @@ fn churn_leaves_threads_fds_and_memory_where_they_settled() {
     // decoder pools then), which is no leak; a leak per flap or per reload grows in both halves alike.
     assert!(
         wait_until(LIMIT, || counts_near(usage(), settled)),
-        "after {} camera flaps and {RELOADS} reload cycles: {:?}, settled {settled:?}",
-        CAMERAS * SERVER_FLAPS,
+        "after {} camera flaps and {reloads} reload cycles: {:?}, settled {settled:?}",
+        CAMERAS * server_flaps,
         usage()
     );
     assert!(

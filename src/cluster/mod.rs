@@ -14,6 +14,7 @@
 //! or heartbeat by rewriting it well within that time, and a process that dies lets its keys expire.
 
 mod config;
+pub mod health;
 pub mod leases;
 pub mod placement;
 mod publish;

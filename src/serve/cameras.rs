@@ -1,5 +1,6 @@
 //! `GET /api/cameras`: every configured camera with its live health, read from the supervisors' atomics
-//! (no database), so the camera wall of 1,100 cameras costs one pass over memory.
+//! (no database), so the camera wall of 1,100 cameras costs one pass over memory. On a router, each
+//! camera also names the node running it, and the list comes with the nodes (live or lost).
 
 use std::collections::BTreeMap;
 
@@ -8,6 +9,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 
+use crate::cluster::health::{ClusterSnapshot, NodeView};
 use crate::health::StreamState;
 use crate::secret::redact_urls_in;
 use crate::types::Timestamp;
@@ -36,6 +38,14 @@ pub struct CameraJson {
     pub restarts: u64,
     /// The last stream failure, with any URL's credentials replaced by `***`.
     pub last_error: Option<String>,
+    /// On a router: the node that runs the camera (or ran it last); absent in one process.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// On a router: how its health reaches the router — `live`, `node_lost` (its node stopped its
+    /// heartbeat), `stale` (its node stopped reporting it) or `none` (no node runs it); absent in one
+    /// process.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub report: Option<&'static str>,
 }
 
 impl CameraJson {
@@ -52,7 +62,19 @@ impl CameraJson {
             frames_dropped: h.frames_dropped,
             restarts: h.restarts,
             last_error: h.last_error.as_deref().map(redact_urls_in),
+            node: None,
+            report: None,
         }
+    }
+
+    /// With the node running the camera, as the router's view of the cluster has it.
+    pub fn placed(mut self, cluster: Option<&ClusterSnapshot>) -> Self {
+        if let Some(cluster) = cluster {
+            let placement = cluster.cameras.get(self.id.as_str());
+            self.node = placement.and_then(|p| p.node.clone());
+            self.report = Some(placement.map_or("none", |p| p.report.as_str()));
+        }
+        self
     }
 }
 
@@ -61,6 +83,9 @@ struct CameraList {
     cameras: Vec<CameraJson>,
     /// Cameras per state; every state is present, zero or not.
     counts: BTreeMap<&'static str, usize>,
+    /// On a router: every node heard of, by name; absent in one process.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nodes: Option<Vec<NodeView>>,
 }
 
 const STATES: [StreamState; 5] = [
@@ -74,17 +99,22 @@ const STATES: [StreamState; 5] = [
 async fn list(caller: Caller, State(state): State<AppState>) -> Result<Json<CameraList>, ApiError> {
     caller.require(Role::Viewer, "see cameras")?;
     let now = state.ctx.clock.now();
+    let cluster = state.ctx.stats.cluster.as_ref().map(|v| v.load());
     let cameras: Vec<CameraJson> = state
         .ctx
         .cameras
         .load()
         .iter()
-        .map(|c| CameraJson::of(c, now))
+        .map(|c| CameraJson::of(c, now).placed(cluster.as_deref()))
         .collect();
     let mut counts: BTreeMap<&'static str, usize> =
         STATES.iter().map(|s| (s.as_str(), 0)).collect();
     for c in &cameras {
         *counts.entry(c.state).or_default() += 1;
     }
-    Ok(Json(CameraList { cameras, counts }))
+    Ok(Json(CameraList {
+        cameras,
+        counts,
+        nodes: cluster.map(|c| c.nodes.clone()),
+    }))
 }

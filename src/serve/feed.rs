@@ -37,6 +37,7 @@ use super::auth::Caller;
 use super::config::Role;
 use super::error::ApiError;
 use super::state::{AppState, CameraInfo, CameraList, ServeContext};
+use crate::cluster::health::{ClusterSnapshot, ClusterView, Placement};
 
 /// How often the poller looks for new feed rows: the page sees a change within this (plus its rendering).
 pub(crate) const POLL: Duration = Duration::from_millis(250);
@@ -93,6 +94,7 @@ impl Feed {
         runtime.spawn(poll(feed.clone(), last, stopping.clone()));
         runtime.spawn(watch_cameras(
             ctx.cameras.clone(),
+            ctx.stats.cluster.clone(),
             ctx.db_path.clone(),
             ctx.clock.clone(),
             stopping,
@@ -417,27 +419,39 @@ pub(crate) fn frame(out: &mut String, id: Option<i64>, event: &str, data: &str) 
 }
 
 /// A camera as the operations centre sees it: the `/api/cameras` camera JSON.
-pub(crate) fn camera_json(c: &CameraInfo, now: Timestamp) -> serde_json::Value {
-    serde_json::to_value(super::cameras::CameraJson::of(c, now)).unwrap_or_default()
+pub(crate) fn camera_json(
+    c: &CameraInfo,
+    now: Timestamp,
+    cluster: Option<&ClusterSnapshot>,
+) -> serde_json::Value {
+    serde_json::to_value(super::cameras::CameraJson::of(c, now).placed(cluster)).unwrap_or_default()
 }
 
-/// The state of each camera in `cameras`.
-fn states(cameras: &[CameraInfo]) -> HashMap<CameraId, StreamState> {
+/// The state of each camera in `cameras`, and on a router where it runs.
+fn states(
+    cameras: &[CameraInfo],
+    cluster: Option<&ClusterSnapshot>,
+) -> HashMap<CameraId, (StreamState, Option<Placement>)> {
     cameras
         .iter()
-        .map(|c| (c.id.clone(), c.health.state()))
+        .map(|c| {
+            let placed = cluster.and_then(|s| s.cameras.get(&c.id).cloned());
+            (c.id.clone(), (c.health.state(), placed))
+        })
         .collect()
 }
 
-/// Appends a `camera` row whenever a camera's state changes (not its counters), or a reload adds it, once
-/// a [`CAMERA_TICK`].
+/// Appends a `camera` row whenever a camera's state changes (not its counters) or it moves to another
+/// node, or a reload adds it, once a [`CAMERA_TICK`].
 async fn watch_cameras(
     cameras: CameraList,
+    cluster: Option<ClusterView>,
     db_path: PathBuf,
     clock: Arc<dyn Clock>,
     mut stopping: watch::Receiver<bool>,
 ) {
-    let mut seen = states(&cameras.load());
+    let snapshot = || cluster.as_ref().map(|v| v.load());
+    let mut seen = states(&cameras.load(), snapshot().as_deref());
     let mut store: Option<alert::Store> = None;
     let mut tick = tokio::time::interval(CAMERA_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -448,11 +462,15 @@ async fn watch_cameras(
         }
         let now = clock.now();
         let list = cameras.load();
-        let states = states(&list);
+        let placed = snapshot();
+        let states = states(&list, placed.as_deref());
         let changes: Vec<(String, String)> = list
             .iter()
             .filter(|c| seen.get(&c.id) != states.get(&c.id))
-            .map(|c| (c.id.to_string(), camera_json(c, now).to_string()))
+            .map(|c| {
+                let json = camera_json(c, now, placed.as_deref());
+                (c.id.to_string(), json.to_string())
+            })
             .collect();
         if changes.is_empty() {
             continue;

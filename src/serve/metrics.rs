@@ -6,8 +6,10 @@
 //! the outbox in SQLite. Nothing is added to the frame path.
 //!
 //! Series stay bounded: per camera a fixed set keyed by the camera id alone (ward and name go in
-//! `streetwatch_camera_info`), HTTP requests by matched route (never the raw path), receivers and rule kinds
-//! from the configuration. No label carries a URL, token, phone number or e-mail address.
+//! `streetwatch_camera_info`, and on a router the node running it in `streetwatch_camera_node_info`, one
+//! series per camera), HTTP requests by matched route (never the raw path), receivers and rule kinds
+//! from the configuration, nodes by name (a deployment has a handful). No label carries a URL, token,
+//! phone number or e-mail address.
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -294,6 +296,9 @@ struct ScrapeTime {
     router_queue_capacity: Family,
     router_dropped: Family,
     router_spilled: Family,
+    camera_node: Family,
+    cluster_nodes: Family,
+    node_up: Family,
 }
 
 impl ScrapeTime {
@@ -441,10 +446,30 @@ impl ScrapeTime {
                 COUNTER,
                 &[],
             )?,
+            camera_node: Family::new(
+                "streetwatch_camera_node_info",
+                "On a router: the node that runs the camera, or ran it last (always 1). Absent for a \
+                 camera no node has reported.",
+                GAUGE,
+                &["camera", "node"],
+            )?,
+            cluster_nodes: Family::new(
+                "streetwatch_cluster_nodes",
+                "On a router: analysis nodes heard of, by state: live (heartbeat within lease_seconds) \
+                 or lost.",
+                GAUGE,
+                &["state"],
+            )?,
+            node_up: Family::new(
+                "streetwatch_cluster_node_up",
+                "On a router: 1 while the analysis node is live, 0 once it is lost.",
+                GAUGE,
+                &["node"],
+            )?,
         })
     }
 
-    fn families(&self) -> [&Family; 22] {
+    fn families(&self) -> [&Family; 25] {
         [
             &self.camera_info,
             &self.frames_decoded,
@@ -468,7 +493,37 @@ impl ScrapeTime {
             &self.router_queue_capacity,
             &self.router_dropped,
             &self.router_spilled,
+            &self.camera_node,
+            &self.cluster_nodes,
+            &self.node_up,
         ]
+    }
+
+    /// On a router: where each camera runs, and the nodes.
+    fn cluster(&self, out: &mut Vec<MetricFamily>) {
+        use crate::cluster::health::NodeState;
+        let Some(view) = &self.stats.cluster else {
+            return;
+        };
+        let cluster = view.load();
+        let cams = self.cameras.load();
+        out.push(self.camera_node.values(cams.iter().filter_map(|c| {
+            let node = cluster.cameras.get(&c.id)?.node.as_deref()?;
+            Some((vec![c.id.as_str(), node], 1.0))
+        })));
+        out.push(
+            self.cluster_nodes
+                .values([NodeState::Live, NodeState::Lost].map(|state| {
+                    let n = cluster.nodes.iter().filter(|n| n.state == state).count();
+                    (vec![state.as_str()], n as f64)
+                })),
+        );
+        out.push(self.node_up.values(cluster.nodes.iter().map(|n| {
+            (
+                vec![n.node.as_str()],
+                f64::from(u8::from(n.state == NodeState::Live)),
+            )
+        })));
     }
 
     fn cameras(&self, out: &mut Vec<MetricFamily>) {
@@ -626,8 +681,9 @@ impl Collector for ScrapeTime {
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        let mut out = Vec::with_capacity(20);
+        let mut out = Vec::with_capacity(23);
         self.cameras(&mut out);
+        self.cluster(&mut out);
         self.pool(&mut out);
         self.alerts(&mut out);
         out

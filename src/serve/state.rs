@@ -63,9 +63,13 @@ pub struct ServeContext {
     pub stats: PipelineStats,
 }
 
-/// What `/metrics` reads besides the cameras, each kept by its own stage; none outside a pipeline.
+/// What `/metrics` (and the camera views) read besides the cameras, each kept by its own stage; none
+/// outside a pipeline.
 #[derive(Clone, Default)]
 pub struct PipelineStats {
+    /// On a router: the node running each camera, and the nodes (see [`crate::cluster::health`]).
+    /// `None` in one process.
+    pub cluster: Option<crate::cluster::health::ClusterView>,
     pub pool: Option<PoolObserver>,
     /// Incidents opened per rule kind, counted by the incident sink.
     pub incidents: Option<Arc<IncidentCounts>>,

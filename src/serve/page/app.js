@@ -67,6 +67,15 @@
       cameras_total: (n) => `${n} camera`,
       last_frame: (s) => s == null ? 'chưa nhận khung hình nào' : `khung hình cuối ${s.toFixed(1)} giây trước`,
       restarts: (n) => `${n} lần khởi động lại`,
+      nodes_title: 'Máy phân tích',
+      node_state: { live: 'đang hoạt động', lost: 'mất kết nối' },
+      node_line: (name, state, at, n) => `${name}: ${state} từ ${at} · ${n} camera`,
+      on_node: (name) => `Máy phân tích: ${name}`,
+      report: {
+        node_lost: (name) => `Máy phân tích ${name} đã mất kết nối`,
+        stale: (name) => `Máy phân tích ${name} không còn báo cáo camera này`,
+        none: () => 'Chưa có máy phân tích nào chạy camera này',
+      },
       date: 'Ngày', refresh: 'Làm mới', received: 'Tiếp nhận', acknowledged: 'Đã xác nhận', resolved: 'Đã xử lý',
       median_ack: 'Thời gian xác nhận (trung vị)', total: 'Tổng cộng',
       duration: (s) => s < 60 ? `${s} giây` : s < 3600 ? `${Math.floor(s / 60)} phút ${s % 60} giây`
@@ -120,6 +129,15 @@
       cameras_total: (n) => `${n} cameras`,
       last_frame: (s) => s == null ? 'no frame received yet' : `last frame ${s.toFixed(1)} s ago`,
       restarts: (n) => `${n} restart${n === 1 ? '' : 's'}`,
+      nodes_title: 'Analysis nodes',
+      node_state: { live: 'live', lost: 'lost' },
+      node_line: (name, state, at, n) => `${name}: ${state} since ${at} · ${n} camera${n === 1 ? '' : 's'}`,
+      on_node: (name) => `Node: ${name}`,
+      report: {
+        node_lost: (name) => `Node ${name} lost`,
+        stale: (name) => `Node ${name} stopped reporting this camera`,
+        none: () => 'No node runs this camera',
+      },
       date: 'Date', refresh: 'Refresh', received: 'Received', acknowledged: 'Acknowledged', resolved: 'Resolved',
       median_ack: 'Median time to acknowledge', total: 'Total',
       duration: (s) => s < 60 ? `${s} s` : s < 3600 ? `${Math.floor(s / 60)} min ${s % 60} s`
@@ -216,6 +234,7 @@
       fillFilterOptions();
       for (const [id, card] of S.cards) fillCard(card, S.alerts.get(id));
       renderLegend();
+      renderNodes();
       if (S.report) renderReport(S.report);
       updateCount();
     }
@@ -659,7 +678,7 @@
       tiles.className = 'tiles';
       for (const c of byWard.get(ward)) {
         const tile = document.createElement('span');
-        tile.className = 'tile s-' + c.state;
+        tile.className = tileClass(c);
         tile.dataset.id = c.id;
         tile.dataset.state = c.state;
         S.cameras.set(c.id, { json: c, tile, seenAt: now });
@@ -669,8 +688,29 @@
       wall.append(g);
     }
     $('wall').replaceChildren(wall);
+    S.nodes = doc.nodes;
+    renderNodes();
     recount();
     fillFilterOptions();
+  }
+
+  // A camera whose health no live node reports (on a router) is outlined: its colour is its last state.
+  const tileClass = (c) => 'tile s-' + c.state + (c.report && c.report !== 'live' ? ' unreported' : '');
+
+  // On a router: the analysis nodes, live or lost and since when. Absent in one process.
+  function renderNodes() {
+    const box = $('nodes');
+    box.hidden = !S.nodes;
+    if (!S.nodes) return;
+    const title = document.createElement('b');
+    title.textContent = t('nodes_title');
+    const items = S.nodes.map((n) => {
+      const k = document.createElement('span');
+      k.className = 'node n-' + n.state;
+      k.textContent = t('node_line')(n.node, t('node_state')[n.state] || n.state, when(n.since), n.cameras);
+      return k;
+    });
+    box.replaceChildren(title, ...items);
   }
 
   function recount() {
@@ -703,10 +743,11 @@
     const known = S.cameras.get(c.id);
     if (!known) return false; // a camera the page does not know yet: next load shows it
     const before = known.json.state;
+    const className = known.tile.className;
     known.json = Object.assign({}, known.json, c);
     known.seenAt = performance.now();
-    if (before === known.json.state) return false;
-    known.tile.className = 'tile s-' + known.json.state;
+    known.tile.className = tileClass(known.json);
+    if (before === known.json.state) return className !== known.tile.className;
     known.tile.dataset.state = known.json.state;
     S.counts[before] = (S.counts[before] || 1) - 1;
     S.counts[known.json.state] = (S.counts[known.json.state] || 0) + 1;
@@ -722,6 +763,8 @@
     let changed = false;
     for (const c of doc.cameras) changed = applyCamera(c, true) || changed;
     if (changed) renderLegend();
+    S.nodes = doc.nodes;
+    renderNodes();
   }
 
   // The tooltip is written when the pointer reaches a tile: the age is current, and 1,100 tiles cost
@@ -733,8 +776,10 @@
     // A camera not streaming gets no frames, so its last frame ages from when the page learnt it.
     const since = j.state === 'streaming' ? 0 : (performance.now() - c.seenAt) / 1000;
     const age = j.last_frame_age_s == null ? null : j.last_frame_age_s + since;
-    tile.title = [`${j.name || j.id} · ${j.ward}`, t('cam_state')[j.state] || j.state, t('last_frame')(age),
-      t('restarts')(j.restarts || 0), j.last_error || ''].filter(Boolean).join('\n');
+    const report = j.report && j.report !== 'live' ? t('report')[j.report] : null;
+    tile.title = [`${j.name || j.id} · ${j.ward}`, t('cam_state')[j.state] || j.state, report && report(j.node),
+      j.node && t('on_node')(j.node), t('last_frame')(age), t('restarts')(j.restarts || 0), j.last_error || '']
+      .filter(Boolean).join('\n');
   }
 
   // ---------------------------------------------------------------------------------------------
