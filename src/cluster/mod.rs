@@ -14,6 +14,7 @@
 //! or heartbeat by rewriting it well within that time, and a process that dies lets its keys expire.
 
 mod config;
+pub mod router;
 
 use std::time::Duration;
 
