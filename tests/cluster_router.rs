@@ -547,3 +547,28 @@ fn nats_restarted_during_a_burst_every_incident_is_told_once() {
     );
     close_all(&s, &publisher, &[&a, &b], "closed, NATS restarted");
 }
+
+#[test]
+fn a_router_without_cluster_or_alert_tables_names_the_file_and_the_table() {
+    let dir = TempDir::new().unwrap();
+    for (text, table) in [
+        ("[alert]\n", "[cluster]"),
+        ("[cluster]\nnats = \"nats://127.0.0.1:4222\"\n", "[alert]"),
+    ] {
+        let file = dir.path().join("router.toml");
+        std::fs::write(&file, text).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_streetwatch"))
+            .args(["router", "--name", "r", "--config"])
+            .arg(&file)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            err.contains(&file.display().to_string()) && err.contains(table),
+            "{err}"
+        );
+    }
+}
