@@ -63,6 +63,22 @@ enum Command {
         #[arg(long)]
         seconds: Option<u64>,
     },
+    /// Run a router of a cluster: consume the incident events that analysis nodes publish to NATS
+    /// JetStream (`[cluster]`), route and deliver them (`[alert]`), and serve the operations centre
+    /// (`[serve]`). Several routers may run: they share the events and each notice is sent once.
+    Router {
+        #[arg(long)]
+        config: PathBuf,
+        /// This router's name in the cluster, the same at every restart (default: the host name).
+        #[arg(long)]
+        name: Option<String>,
+        /// Folder for this router's database and snapshots (default: the file's `[runtime] data_dir`).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Stop after this many seconds (default: run until Ctrl-C or SIGTERM).
+        #[arg(long)]
+        seconds: Option<u64>,
+    },
     /// Check a configuration file (and its model) without starting anything.
     CheckConfig { file: PathBuf },
     /// Benchmark N virtual cameras from recorded footage through the real pipeline.
@@ -221,6 +237,34 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             data_dir,
             seconds,
         } => node(&config, name, data_dir, seconds),
+        Command::Router {
+            config,
+            name,
+            data_dir,
+            seconds,
+        } => {
+            let file = config;
+            let config = Config::load(&file)?;
+            let opts = streetwatch::cluster::router::RouterOptions {
+                name: match name {
+                    Some(n) => n,
+                    None => host_name()?,
+                },
+                data_dir,
+            };
+            let router = streetwatch::cluster::router::RouterService::start(
+                &config,
+                &file,
+                opts,
+                Arc::new(SystemClock),
+            )?;
+            if let Some(addr) = router.server_addr() {
+                println!("streetwatch: page at http://{addr}/");
+            }
+            wait_for_signal(seconds.map(Duration::from_secs), false, |_| {});
+            router.stop();
+            Ok(())
+        }
         Command::CheckConfig { file } => {
             let config = Config::load(&file)?;
             let manifest = streetwatch::app::load_model(&config)?;

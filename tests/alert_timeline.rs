@@ -363,6 +363,32 @@ receiver = "ben-nghe-post"
             (32.0, 32.5, Some("district"), vec![], keys(&[&a])),
         ],
     );
+    // Routers sharing the work claim a repeat by its number: whole repeat intervals since the incident
+    // began (21 s after it, 1 × 20 s); a first notice carries none.
+    let notices = tl.notices();
+    assert!(payload(&notices[1]).repeats.is_empty());
+    assert_eq!(payload(&notices[3]).repeats, BTreeMap::from([(a.key(), 1)]));
+}
+
+#[test]
+fn a_close_committed_before_its_group_fell_due_is_told_after_a_restart() {
+    let a = inc("cam1", 1.0);
+    let mut tl = Timeline::new(&config(SIMPLE, ""));
+    // Group due at 2.0 (firing), then every 5 s: the close at 3.0 waits for 7.0, and the router crashes
+    // before. The close was committed (upstream, acknowledged): the restart must still tell it.
+    tl.open(1.0, &a).run(3.5).close(3.5, &a).run(4.0);
+    assert_eq!(tl.notices().len(), 1);
+    tl.restart();
+    tl.run(20.0);
+    tl.restart();
+    tl.run(40.0);
+    expect(
+        &tl.notices(),
+        &[
+            (2.0, 2.5, Some("district"), keys(&[&a]), vec![]),
+            (4.0, 5.5, Some("district"), vec![], keys(&[&a])),
+        ],
+    );
 }
 
 #[test]

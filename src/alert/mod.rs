@@ -34,6 +34,7 @@
 //! [`AlertService`] runs it on a thread, with the notifier and the delivery-report listener on a tokio
 //! runtime of its own, so callers need no runtime.
 
+pub mod claims;
 pub mod cli;
 mod config;
 mod decide;
@@ -56,10 +57,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use crossbeam::channel::{
     self, Receiver, RecvTimeoutError, SendTimeoutError, Sender, TrySendError,
 };
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, oneshot, watch};
 
 use crate::types::{CameraId, Clock, IncidentEvent, IncidentPhase};
 
+pub use claims::{ClaimError, ClaimFuture, Claimed, Claims, LocalClaims};
 pub use config::normalize_phone;
 pub use config::{
     AlertConfig, ConfigError, DlrConfig, Dur, EmailConfig, FloodConfig, HttpMethod, InhibitConfig,
@@ -81,7 +83,8 @@ pub use store::{
 pub use wording::gsm;
 
 enum Msg {
-    Event(Box<IncidentEvent>),
+    /// An event, and who waits for its commit.
+    Event(Box<IncidentEvent>, Option<oneshot::Sender<()>>),
     Health(CameraId, CameraHealth),
     Stop,
 }
@@ -92,6 +95,27 @@ pub const QUEUE: usize = 4096;
 
 /// Starts the alert router.
 pub struct AlertService;
+
+/// How [`AlertService::start_with`] runs the router beyond its configuration.
+pub struct ServiceOptions {
+    /// Events the queue in front of the router holds (at least 1).
+    pub queue: usize,
+    /// Where a delivery's incidents are claimed before it is sent ([`LocalClaims`]: one router alone).
+    pub claims: Arc<dyn Claims>,
+    /// For a router that sees only some events of each incident (several routers sharing a stream): the
+    /// close of an incident never seen open is recorded, so a late event of it is not taken as new.
+    pub remember_unknown_closes: bool,
+}
+
+impl Default for ServiceOptions {
+    fn default() -> Self {
+        Self {
+            queue: QUEUE,
+            claims: Arc::new(LocalClaims),
+            remember_unknown_closes: false,
+        }
+    }
+}
 
 impl AlertService {
     /// Validates `config`, opens `db_path` (creating the alert tables), restores state left by a previous run,
@@ -111,9 +135,25 @@ impl AlertService {
         clock: Arc<dyn Clock>,
         queue: usize,
     ) -> Result<AlertHandle, AlertError> {
+        let options = ServiceOptions {
+            queue,
+            ..ServiceOptions::default()
+        };
+        Self::start_with(config, db_path, clock, options)
+    }
+
+    /// [`start`](Self::start) with `options`.
+    pub fn start_with(
+        config: AlertConfig,
+        db_path: &Path,
+        clock: Arc<dyn Clock>,
+        options: ServiceOptions,
+    ) -> Result<AlertHandle, AlertError> {
+        let queue = options.queue;
         let mut config = config;
         config.resolve_files(db_path.parent().unwrap_or(Path::new(".")));
-        let router = Router::open(&config, db_path, clock.now())?;
+        let mut router = Router::open(&config, db_path, clock.now())?;
+        router.remember_unknown_closes(options.remember_unknown_closes);
         let cfg = Arc::new(config);
         let wake = Arc::new(Notify::new());
         let (dlr_listener, dlr_base) = match &cfg.dlr {
@@ -145,6 +185,7 @@ impl AlertService {
             clock.clone(),
             wake.clone(),
             dlr_links,
+            options.claims,
         )?);
         let deliveries = notifier.counters();
         let dlr_db = match dlr_listener {
@@ -227,6 +268,8 @@ fn run_router(
     stopping: &AtomicBool,
 ) {
     let mut pending: Vec<IncidentEvent> = Vec::new();
+    // Told once `pending` has committed.
+    let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
     // Set when asked to stop: the router then records what is queued, but not past this instant.
     let mut stop_by: Option<Instant> = None;
     loop {
@@ -247,7 +290,10 @@ fn run_router(
                 let mut next = Some(m);
                 while let Some(m) = next.take() {
                     match m {
-                        Msg::Event(ev) => pending.push(*ev),
+                        Msg::Event(ev, done) => {
+                            pending.push(*ev);
+                            waiting.extend(done);
+                        }
                         Msg::Health(cam, h) => router.set_camera_health(&cam, h),
                         Msg::Stop => stop = true,
                     }
@@ -273,7 +319,12 @@ fn run_router(
         };
         if !pending.is_empty() {
             match router.submit_batch(&pending, clock.now()) {
-                Ok(_) => pending.clear(),
+                Ok(_) => {
+                    pending.clear();
+                    for done in waiting.drain(..) {
+                        let _ = done.send(());
+                    }
+                }
                 Err(e) => {
                     // Nothing of the batch took effect, in the database or in memory: keep it and retry.
                     tracing::error!(error = %e, events = pending.len(), "alert router: cannot record events; retrying");
@@ -365,9 +416,24 @@ impl AlertHandle {
         self.hand(event, Some(wait))
     }
 
+    /// Queues an event whatever its phase (waiting for room, so it blocks while the queue is full) and
+    /// returns what resolves once the transaction recording it has committed: with it, the alert's new
+    /// state, from which its notices are decided and restored after a crash. An event judged a duplicate
+    /// resolves too. If the router stops before recording it, the receiver ends without a value.
+    pub fn submit_committed(
+        &self,
+        event: IncidentEvent,
+    ) -> Result<oneshot::Receiver<()>, AlertError> {
+        let (done, committed) = oneshot::channel();
+        self.tx
+            .send(Msg::Event(Box::new(event), Some(done)))
+            .map_err(|_| AlertError::Service("alert router is not running".into()))?;
+        Ok(committed)
+    }
+
     fn hand(&self, event: IncidentEvent, wait: Option<Duration>) -> Handed {
         let update = event.phase == IncidentPhase::Updated;
-        let msg = Msg::Event(Box::new(event));
+        let msg = Msg::Event(Box::new(event), None);
         let sent = match (update, wait) {
             (true, _) => self.tx.try_send(msg).map_err(|e| match e {
                 TrySendError::Full(_) => Handed::DroppedUpdate,

@@ -106,6 +106,10 @@ pub struct NoticePayload {
     /// For a flood summary: the alerts of the held notices, each camera and rule once, first held first.
     #[serde(default)]
     pub held_alerts: Vec<HeldAlert>,
+    /// For a notice sent only because `repeat_interval` passed: each firing alert's repeat number (whole
+    /// intervals since its incident began), so routers sharing the work claim the same repeat once.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub repeats: BTreeMap<String, i64>,
 }
 
 impl NoticePayload {
@@ -126,6 +130,7 @@ impl NoticePayload {
             held_since: None,
             held_by_ward: BTreeMap::new(),
             held_alerts: Vec::new(),
+            repeats: BTreeMap::new(),
         }
     }
 }

@@ -12,7 +12,7 @@ use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
-use crate::types::{CameraId, IncidentEvent, Severity, Timestamp};
+use crate::types::{CameraId, IncidentEvent, IncidentPhase, Severity, Timestamp};
 
 use super::config::AlertConfig;
 use super::decide::dedup::{Admission, Dedup, LogEntry, judge, needs_notice};
@@ -52,6 +52,9 @@ pub struct Router {
     stats: RouterStats,
     /// Keys new alerts' snapshot links.
     keys: Keys,
+    /// Record the close of an incident never seen open as a resolved alert (told to nobody), so that a
+    /// later event of it is known as late. Routers sharing a stream see only some events of an incident.
+    remember_unknown_closes: bool,
 }
 
 const ALERT_COLUMNS: &str = "key, camera, camera_name, ward, rule, zone, kind, severity, started_at, updated_at, \
@@ -111,6 +114,16 @@ fn save_alert(tx: &Transaction<'_>, a: &Alert) -> Result<(), AlertError> {
     Ok(())
 }
 
+/// When the alert's incident began: the episode its key ends with, the same on every router (an alert
+/// first seen from an update starts later than the incident).
+fn episode(a: &Alert) -> Timestamp {
+    a.key
+        .rsplit('/')
+        .next()
+        .and_then(|t| t.parse().ok())
+        .map_or(a.started_at, Timestamp)
+}
+
 fn keys(alerts: &[Alert]) -> BTreeSet<String> {
     alerts.iter().map(|a| a.key.clone()).collect()
 }
@@ -145,12 +158,21 @@ impl Router {
             flood,
             stats: RouterStats::default(),
             keys,
+            remember_unknown_closes: false,
         };
         let restored: Vec<Alert> = router.dedup.firing().cloned().collect();
         for a in &restored {
             router.route_alert(a, now);
         }
+        // An alert whose close committed but whose group had not fallen due yet: its group is restored
+        // with it, and the notification log says whether its resolved notice was already told (the close
+        // was acknowledged upstream once committed, so this is the only place it is still known).
+        let resolved: Vec<Alert> = router.dedup.resolved().cloned().collect();
+        for a in &resolved {
+            router.route_alert(a, now);
+        }
         router.load_notification_log()?;
+        router.keep_untold_resolved();
         Ok(router)
     }
 
@@ -186,6 +208,34 @@ impl Router {
             }
         }
         Ok(())
+    }
+
+    /// Leaves in the restored groups only the resolved alerts whose resolved notice is still owed: told
+    /// firing, not told resolved. Groups left with nothing are dropped.
+    fn keep_untold_resolved(&mut self) {
+        let keys: Vec<String> = self.groups.iter().map(|g| g.key.clone()).collect();
+        for gk in keys {
+            let Some(g) = self.groups.get_mut(&gk) else {
+                continue;
+            };
+            let entry = self
+                .nflog
+                .get(&(gk.clone(), g.receiver.clone().unwrap_or_default()));
+            let dedup = &self.dedup;
+            g.alerts.retain(|k| {
+                dedup.get(k).is_some_and(Alert::firing)
+                    || entry.is_some_and(|e| e.firing.contains(k) && !e.resolved.contains(k))
+            });
+            if g.alerts.is_empty() {
+                self.groups.remove(&gk);
+            }
+        }
+    }
+
+    /// Records the close of an incident it never saw open (see `remember_unknown_closes`) instead of
+    /// dropping it: for a router that sees only some events of each incident.
+    pub fn remember_unknown_closes(&mut self, on: bool) {
+        self.remember_unknown_closes = on;
     }
 
     /// Notification-log entries held in memory: one per live group at most.
@@ -237,7 +287,21 @@ impl Router {
                 }
             }
             let current = staged.get(&key).or_else(|| self.dedup.get(&key));
+            let unknown = current.is_none();
             match judge(current, ev, &self.keys) {
+                (Admission::Duplicate(why), _)
+                    if unknown
+                        && ev.phase == IncidentPhase::Closed
+                        && self.remember_unknown_closes =>
+                {
+                    stats.duplicates += 1;
+                    tracing::debug!(incident = %key, why, "close of an incident seen elsewhere: remembered");
+                    let mut a = Alert::from_event(ev, &self.keys);
+                    a.ended_at = Some(ev.at);
+                    save_alert(&tx, &a)?;
+                    staged.insert(key, a);
+                    out.push(Admission::Duplicate(why));
+                }
                 (Admission::Duplicate(why), _) => {
                     stats.duplicates += 1;
                     tracing::debug!(incident = %key, why, "duplicate incident event dropped");
@@ -358,10 +422,25 @@ impl Router {
             ) {
                 continue;
             }
+            // Sent only because the repeat interval passed: nothing new fires, nothing newly resolved.
+            let repeat = self.nflog.get(&log_key).is_some_and(|p| {
+                fset.is_subset(&p.firing)
+                    && !(send_resolved
+                        && rset
+                            .iter()
+                            .any(|k| p.firing.contains(k) && !p.resolved.contains(k)))
+            });
             if !send_resolved {
                 resolved.clear();
             }
-            let payload = NoticePayload::alerts(gk.clone(), g.labels.clone(), firing, resolved);
+            let mut payload = NoticePayload::alerts(gk.clone(), g.labels.clone(), firing, resolved);
+            if repeat {
+                let every = g.repeat_interval.ms().max(1);
+                for a in &payload.firing {
+                    let n = now.since(episode(a)) / every;
+                    payload.repeats.insert(a.key.clone(), n);
+                }
+            }
             let status = match &g.receiver {
                 None => "unrouted",
                 Some(r) if flood.admit(r, &payload, now) => "queued",
@@ -423,6 +502,7 @@ impl Router {
                 held_since: Some(w.start),
                 held_by_ward: w.held_by_ward.clone(),
                 held_alerts: w.held_alerts.clone(),
+                repeats: BTreeMap::new(),
             };
             let id = outbox::insert_notice(
                 &tx,

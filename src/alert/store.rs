@@ -695,8 +695,8 @@ pub enum Prunable {
     Feed,
 }
 
-/// States a delivery does not leave by itself.
-const FINAL_STATES: &str = "'accepted', 'delivered', 'undelivered', 'dead'";
+/// States a delivery does not leave by itself (`suppressed`: another router told its incidents).
+const FINAL_STATES: &str = "'accepted', 'delivered', 'undelivered', 'dead', 'suppressed'";
 
 impl Prunable {
     /// The table, its id column, and the condition (cutoff `?1`) a row must meet to go.

@@ -18,6 +18,7 @@ pub mod health;
 pub mod leases;
 pub mod placement;
 mod publish;
+pub mod router;
 
 use std::time::Duration;
 

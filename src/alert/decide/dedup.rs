@@ -84,6 +84,11 @@ impl Dedup {
         self.firing.iter().filter_map(|k| self.alerts.get(k))
     }
 
+    /// Resolved alerts still remembered (see [`prune`](Self::prune)), oldest end first.
+    pub(crate) fn resolved(&self) -> impl Iterator<Item = &Alert> {
+        self.resolved.iter().filter_map(|(_, k)| self.alerts.get(k))
+    }
+
     /// Forgets alerts resolved before `cutoff` (the database keeps them) and returns their keys.
     pub(crate) fn prune(&mut self, cutoff: Timestamp) -> Vec<String> {
         let mut old = Vec::new();

@@ -3,7 +3,7 @@
 //! receiver's due deliveries are fetched on their own, so one receiver's backlog delays no other; the
 //! SQLite work runs on blocking threads, so a lock held elsewhere delays no send in flight.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,9 +16,11 @@ use crate::types::Clock;
 
 use super::email::Mailer;
 use super::{Outcome, dlr, log, outbox, sms, webhook};
+use crate::alert::claims::{self, Claimed, Claims, Verdict};
 use crate::alert::config::AlertConfig;
 use crate::alert::error::AlertError;
 use crate::alert::store::DeliveryRow;
+use crate::alert::wording::template::Ctx;
 
 /// How the attempts of one receiver's channel ended, since the start.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -145,6 +147,8 @@ pub(crate) struct Notifier {
     wake: Arc<Notify>,
     dlr: Option<dlr::Links>,
     counters: Arc<DeliveryCounters>,
+    /// Asked before each send: which of the delivery's incidents this router may tell.
+    claims: Arc<dyn Claims>,
 }
 
 /// Without news, look for due retries this often.
@@ -162,6 +166,7 @@ impl Notifier {
         clock: Arc<dyn Clock>,
         wake: Arc<Notify>,
         dlr: Option<dlr::Links>,
+        claims: Arc<dyn Claims>,
     ) -> Result<Self, AlertError> {
         let mut mailers = HashMap::new();
         let mut limits = HashMap::new();
@@ -195,6 +200,7 @@ impl Notifier {
             limits,
             wake,
             dlr,
+            claims,
         })
     }
 
@@ -327,9 +333,103 @@ impl Notifier {
         Ok(wait.max(Duration::from_millis(1)))
     }
 
-    async fn deliver(self: Arc<Self>, d: DeliveryRow, _slot: OwnedSemaphorePermit) {
+    /// Claims the delivery's incidents. `Ok(true)`: send `d` (its text narrowed to the incidents won, if
+    /// another router told some); `Ok(false)`: another router told them all, recorded as suppressed;
+    /// `Err`: the claims could not be made, so it is not sent now.
+    async fn claim(&self, d: &mut DeliveryRow) -> Result<bool, Outcome> {
+        let db_error = |e: AlertError| Outcome::Transient {
+            error: format!("reading the notice to claim it: {e}"),
+            maybe_sent: false,
+        };
+        let notice = d.notice_id;
+        let Some((decided_at, payload)) = self
+            .on_db(move |db| outbox::notice_payload(db, notice))
+            .await
+            .map_err(db_error)?
+        else {
+            return Ok(true);
+        };
+        let to = claims::Target {
+            receiver: &d.receiver,
+            channel: &d.channel,
+            target: &d.target,
+        };
+        let wanted = claims::claims_for(&payload, &to);
+        let (mut won, mut holders) = (BTreeSet::new(), BTreeSet::new());
+        for c in &wanted {
+            match self.claims.claim(&c.key).await {
+                Ok(Claimed::Won) => {
+                    won.insert(c.incident.clone());
+                }
+                Ok(Claimed::Held(by)) => {
+                    holders.insert(by);
+                }
+                Err(e) => {
+                    return Err(Outcome::Transient {
+                        error: e.to_string(),
+                        maybe_sent: false,
+                    });
+                }
+            }
+        }
+        let now = self.clock.now();
+        match claims::verdict(&payload, &wanted, &won, &holders) {
+            Verdict::Send => Ok(true),
+            Verdict::Suppressed(reason) => {
+                tracing::info!(delivery = d.id, notice = d.notice_id, receiver = %d.receiver, channel = %d.channel, %reason, "notice not sent: another router told it");
+                let id = d.id;
+                self.on_db(move |db| outbox::suppress(db, id, &reason, now))
+                    .await
+                    .map_err(db_error)?;
+                Ok(false)
+            }
+            Verdict::Narrowed(narrow) => {
+                let ctx = Ctx {
+                    notice_id: d.notice_id,
+                    offset_minutes: self.cfg.utc_offset_minutes,
+                    link_base: self.cfg.snapshot_base_url.as_deref(),
+                    created_at: decided_at,
+                };
+                let Some(rendered) = self.cfg.receiver(&d.receiver).and_then(|r| {
+                    outbox::deliveries_for(r, &narrow, &ctx)
+                        .into_iter()
+                        .find(|n| n.channel == d.channel && n.target == d.target)
+                }) else {
+                    // The receiver or channel left the config: sending fails below as it would have.
+                    return Ok(true);
+                };
+                let left = narrow.firing.len() + narrow.resolved.len();
+                let by: Vec<&str> = holders.iter().map(String::as_str).collect();
+                let detail = format!(
+                    "narrowed to the {left} incident(s) not already told by {}",
+                    by.join(", ")
+                );
+                let (id, body, segments) = (d.id, rendered.body.clone(), rendered.segments);
+                self.on_db(move |db| outbox::narrow(db, id, &body, segments, &detail, now))
+                    .await
+                    .map_err(db_error)?;
+                d.body = rendered.body;
+                d.segments = rendered.segments;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn deliver(self: Arc<Self>, mut d: DeliveryRow, _slot: OwnedSemaphorePermit) {
+        let outcome = match self.claim(&mut d).await {
+            Ok(true) => self.send(&d).await,
+            Ok(false) => {
+                self.wake.notify_one();
+                return;
+            }
+            Err(outcome) => outcome,
+        };
+        self.record(d, outcome).await;
+    }
+
+    async fn send(&self, d: &DeliveryRow) -> Outcome {
         let receiver = self.cfg.receiver(&d.receiver);
-        let outcome = match (d.channel.as_str(), receiver) {
+        match (d.channel.as_str(), receiver) {
             ("sms", Some(r)) if r.sms.is_some() => {
                 let cfg = r.sms.as_ref().expect("checked by the guard");
                 let dlr = self.dlr.as_ref().map(|l| l.url(d.id));
@@ -359,7 +459,11 @@ impl Notifier {
                 "receiver {:?} has no {channel} channel any more",
                 d.receiver
             )),
-        };
+        }
+    }
+
+    /// Counts, logs and records how an attempt ended.
+    async fn record(self: Arc<Self>, d: DeliveryRow, outcome: Outcome) {
         self.counters.count(&d.receiver, &d.channel, &outcome);
         match &outcome {
             Outcome::Accepted { state, .. } => {

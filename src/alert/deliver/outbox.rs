@@ -303,6 +303,57 @@ pub(crate) fn dead_letter_unconfigured(
     Ok(orphans.len())
 }
 
+/// A notice's payload and when it was decided, for claiming and re-rendering its deliveries; `None` when the
+/// notice is gone (pruned) or its payload does not decode.
+pub(crate) fn notice_payload(
+    conn: &Connection,
+    notice_id: i64,
+) -> Result<Option<(Timestamp, NoticePayload)>, AlertError> {
+    let row: Option<(i64, String)> = conn
+        .prepare_cached("SELECT created_at, payload FROM alert_notices WHERE id = ?1")?
+        .query_row([notice_id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    Ok(row.and_then(|(at, json)| serde_json::from_str(&json).ok().map(|p| (Timestamp(at), p))))
+}
+
+/// Ends a delivery being sent without sending it: every incident it tells was claimed by another router.
+pub(crate) fn suppress(
+    conn: &mut Connection,
+    id: i64,
+    reason: &str,
+    now: Timestamp,
+) -> Result<(), AlertError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute(
+        "UPDATE alert_deliveries SET state = 'suppressed', last_error = ?3, updated_at = ?2 \
+         WHERE id = ?1 AND state = 'sending'",
+        params![id, now.0, capped(reason)],
+    )?;
+    event(&tx, id, now, "suppressed", reason)?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// Replaces the text of a delivery about to be sent: some of its incidents were claimed by another router
+/// and it now tells only the rest (`detail` says which).
+pub(crate) fn narrow(
+    conn: &mut Connection,
+    id: i64,
+    body: &str,
+    segments: Option<i64>,
+    detail: &str,
+    now: Timestamp,
+) -> Result<(), AlertError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute(
+        "UPDATE alert_deliveries SET body = ?2, segments = ?3, updated_at = ?4 WHERE id = ?1",
+        params![id, body, segments, now.0],
+    )?;
+    event(&tx, id, now, "sending", detail)?;
+    tx.commit()?;
+    Ok(())
+}
+
 /// Exponential backoff with jitter for the `attempts`-th failure.
 pub(crate) fn backoff_ms(cfg: &RetryConfig, attempts: i64) -> i64 {
     let exp = cfg.multiplier.powi((attempts.max(1) - 1).min(60) as i32);
