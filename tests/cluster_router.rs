@@ -408,21 +408,29 @@ fn assert_told_once(
     );
 }
 
+/// One scenario at a time: each starts Kannel and two routers, and two of them at once on a loaded
+/// two-core runner can starve a Kannel box past its start-up wait.
+static ALONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 struct Setup {
     _dir: TempDir,
     root: PathBuf,
     config: PathBuf,
     nats: NatsServer,
     kannel: Kannel,
+    /// Last, so it is released after the peers are gone.
+    _alone: std::sync::MutexGuard<'static, ()>,
 }
 
 fn setup() -> Setup {
+    let alone = ALONE.lock().unwrap_or_else(|p| p.into_inner());
     let dir = TempDir::new().unwrap();
     let nats = NatsServer::start();
     let kannel = Kannel::start();
     let file = dir.path().join("router.toml");
     std::fs::write(&file, config(&nats, &kannel)).unwrap();
     Setup {
+        _alone: alone,
         root: dir.path().to_path_buf(),
         _dir: dir,
         config: file,
