@@ -189,6 +189,7 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    streetwatch::app::limit_malloc_arenas();
     let cli = Cli::parse();
     // Eval replays many cameras' lifecycles: only errors would leave its table readable.
     let default_level = match cli.command {

@@ -282,6 +282,8 @@ fn churn_leaves_threads_fds_and_memory_where_they_settled() {
         .filter(|&n: &usize| n >= 2)
         .unwrap_or(10);
     let reloads = server_flaps * 2;
+    // As the binary does at start: without it glibc's per-thread arenas keep freed memory scattered.
+    streetwatch::app::limit_malloc_arenas();
     let clip = clip();
     let names: Vec<String> = (0..CAMERAS)
         .map(|i| format!("c{i}"))
