@@ -221,15 +221,26 @@ impl Router {
             let entry = self
                 .nflog
                 .get(&(gk.clone(), g.receiver.clone().unwrap_or_default()));
+            // A receiver that is not told closes (or no receiver at all) is owed nothing: its log never
+            // records them as told.
+            let send_resolved = g
+                .receiver
+                .as_deref()
+                .and_then(|r| self.cfg.receiver(r))
+                .is_some_and(|r| r.send_resolved);
             let dedup = &self.dedup;
             g.alerts.retain(|k| {
                 dedup.get(k).is_some_and(Alert::firing)
-                    || entry.is_some_and(|e| e.firing.contains(k) && !e.resolved.contains(k))
+                    || (send_resolved
+                        && entry.is_some_and(|e| e.firing.contains(k) && !e.resolved.contains(k)))
             });
             if g.alerts.is_empty() {
                 self.groups.remove(&gk);
             }
         }
+        // The log holds live groups only: a group dropped here takes its entry with it.
+        let groups = &self.groups;
+        self.nflog.retain(|(gk, _), _| groups.contains(gk));
     }
 
     /// Records the close of an incident it never saw open (see `remember_unknown_closes`) instead of

@@ -72,6 +72,10 @@ impl Groups {
         self.map.get_mut(key)
     }
 
+    pub(crate) fn contains(&self, key: &str) -> bool {
+        self.map.contains_key(key)
+    }
+
     /// Sets when a group is looked at next.
     pub(crate) fn reschedule(&mut self, key: &str, at: Timestamp) {
         if let Some(g) = self.map.get_mut(key) {
