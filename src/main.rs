@@ -595,6 +595,12 @@ fn node(
     // Leases first, so the other nodes start these cameras while this one stops.
     let _ = stop_tx.send(true);
     let _ = rt.block_on(lease_loop);
+    // Then every camera, as a lost lease would: what they left open closes and is published. The node
+    // that takes a camera over starts its rules afresh and never closes this node's incidents, and a
+    // restart of this node may not hold the camera again: left open, they would fire at the router for good.
+    config.cameras.clear();
+    let done = pipeline.set_cameras(&config);
+    tracing::info!(removed = ?done.removed, "cameras stopped: their open incidents closed");
     // Then the health records this node still wrote last (a camera another node already runs keeps its).
     rt.block_on(health.stop());
     pipeline.shutdown();
