@@ -508,7 +508,14 @@ fn node(
     if config.alert.take().is_some() {
         tracing::info!("[alert] ignored: a node publishes incidents to NATS, routers notify");
     }
-    config.runtime.data_dir = Some(data_dir.unwrap_or_else(|| config.data_dir().join(&name)));
+    // Made absolute here: the pipeline resolves a relative data_dir against the file's folder, whereas
+    // `--data-dir` and the default `data` are relative to the working directory, as for `run` and `router`.
+    let data_dir = data_dir.unwrap_or_else(|| config.data_dir().join(&name));
+    config.runtime.data_dir = Some(
+        std::env::current_dir()
+            .context("reading the working directory")?
+            .join(data_dir),
+    );
     // Room for every camera of the file: this node may come to hold them all.
     config.runtime.camera_capacity = Some(config.camera_capacity());
     let all = std::mem::take(&mut config.cameras);
