@@ -552,15 +552,18 @@ fn incident_sink(
     clock: Arc<dyn Clock>,
 ) {
     let Incoming { events, retired } = incoming;
-    loop {
+    let close_retired = |forwarder: &mut Forwarder| {
         while let Ok((camera, stopped)) = retired.try_recv() {
             // The stopped camera's analyser sent its last events before it was dropped, and so before
             // this: record them first, then close what is still open.
             while let Ok(e) = events.try_recv() {
-                record(e, &mut forwarder, &snapshots);
+                record(e, forwarder, &snapshots);
             }
             forwarder.close_camera(&camera, stopped, clock.now());
         }
+    };
+    loop {
+        close_retired(&mut forwarder);
         let received = events.recv_timeout(Duration::from_millis(500));
         let now = std::time::Instant::now();
         for (_, mut event) in pending_close.extract_if(.., |(due, _)| *due <= now) {
@@ -576,6 +579,9 @@ fn incident_sink(
             Err(crossbeam::channel::RecvTimeoutError::Disconnected) => break,
         }
     }
+    // Cameras stopped just before the pipeline (a node's clean stop hands every camera on) may have
+    // reached the sink while it waited for events: their incidents close too.
+    close_retired(&mut forwarder);
     // Incidents still waiting for their close stay open in the store: the next run hands them over again.
     forwarder.finish();
 }
@@ -601,4 +607,83 @@ fn record(received: AnalysisEvent, forwarder: &mut Forwarder, snapshots: &Incide
         }
     }
     forwarder.record(event);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{CameraId, IncidentKey, RuleKind, Severity, SystemClock};
+
+    fn opened(camera: &str, at: i64) -> IncidentEvent {
+        IncidentEvent {
+            key: IncidentKey {
+                camera: CameraId::new(camera),
+                rule: "enter".into(),
+                zone: "all".into(),
+                episode: Timestamp(at),
+            },
+            phase: IncidentPhase::Opened,
+            at: Timestamp(at),
+            kind: RuleKind::Intrusion,
+            severity: Severity::Warning,
+            camera_name: camera.into(),
+            ward: "Bến Nghé".into(),
+            summary: "1 person".into(),
+            count: 1,
+            snapshot: None,
+        }
+    }
+
+    /// A node's clean stop retires every camera and then stops the pipeline at once: the sink, waiting for
+    /// events, learns of the retired camera as the analysers' channel closes, and still closes what the
+    /// camera left open (its cameras go to other nodes; nothing here would ever close it).
+    #[test]
+    fn a_camera_retired_as_the_pipeline_stops_has_its_incidents_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("streetwatch.db");
+        let (events_tx, events) = crossbeam::channel::bounded(4);
+        let (retired_tx, retired) = crossbeam::channel::unbounded();
+        let forwarder = Forwarder::new(Store::open(&db).unwrap(), None, Arc::default());
+        let snapshots = IncidentSnapshots {
+            dir: dir.path().to_path_buf(),
+            keyframes: Arc::new(LatestKeyframes::new(1)),
+        };
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let now = clock.now().0;
+        let sink = std::thread::spawn(move || {
+            incident_sink(
+                Incoming { events, retired },
+                forwarder,
+                snapshots,
+                Vec::new(),
+                clock,
+            )
+        });
+        events_tx
+            .send(AnalysisEvent {
+                event: opened("cam-1", now - 5_000),
+                snapshot: None,
+            })
+            .unwrap();
+        events_tx
+            .send(AnalysisEvent {
+                event: opened("cam-2", now - 4_000),
+                snapshot: None,
+            })
+            .unwrap();
+        let open = || Store::open(&db).unwrap().open_incidents().unwrap();
+        // Both recorded: the sink has gone back to waiting for events.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while open().len() < 2 {
+            assert!(std::time::Instant::now() < deadline, "never recorded");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        retired_tx
+            .send((CameraId::new("cam-1"), Timestamp(now)))
+            .unwrap();
+        drop(events_tx);
+        sink.join().unwrap();
+        let left: Vec<String> = open().iter().map(|e| e.key.camera.to_string()).collect();
+        assert_eq!(left, ["cam-2"], "only the retired camera's incident closes");
+    }
 }

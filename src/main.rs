@@ -509,7 +509,14 @@ fn node(
     if config.alert.take().is_some() {
         tracing::info!("[alert] ignored: a node publishes incidents to NATS, routers notify");
     }
-    config.runtime.data_dir = Some(data_dir.unwrap_or_else(|| config.data_dir().join(&name)));
+    // Made absolute here: the pipeline resolves a relative data_dir against the file's folder, whereas
+    // `--data-dir` and the default `data` are relative to the working directory, as for `run` and `router`.
+    let data_dir = data_dir.unwrap_or_else(|| config.data_dir().join(&name));
+    config.runtime.data_dir = Some(
+        std::env::current_dir()
+            .context("reading the working directory")?
+            .join(data_dir),
+    );
     // Room for every camera of the file: this node may come to hold them all.
     config.runtime.camera_capacity = Some(config.camera_capacity());
     let all = std::mem::take(&mut config.cameras);
@@ -596,6 +603,12 @@ fn node(
     // Leases first, so the other nodes start these cameras while this one stops.
     let _ = stop_tx.send(true);
     let _ = rt.block_on(lease_loop);
+    // Then every camera, as a lost lease would: what they left open closes and is published. The node
+    // that takes a camera over starts its rules afresh and never closes this node's incidents, and a
+    // restart of this node may not hold the camera again: left open, they would fire at the router for good.
+    config.cameras.clear();
+    let done = pipeline.set_cameras(&config);
+    tracing::info!(removed = ?done.removed, "cameras stopped: their open incidents closed");
     // Then the health records this node still wrote last (a camera another node already runs keeps its).
     rt.block_on(health.stop());
     pipeline.shutdown();

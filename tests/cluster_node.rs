@@ -11,7 +11,7 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::BufRead as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,9 +19,7 @@ use std::time::{Duration, Instant};
 use nats::NatsServer;
 use streetwatch::app::{Forwarder, IncidentOutlet as _};
 use streetwatch::cluster::placement::{camera_cost, load_bound};
-use streetwatch::cluster::{
-    Bus, ClusterConfig, Publisher, Resources, message_id, snapshot_object, subject_token,
-};
+use streetwatch::cluster::{Bus, ClusterConfig, Publisher, Resources, message_id, snapshot_object};
 use streetwatch::config::Config;
 use streetwatch::secret::SecretUrl;
 use streetwatch::store::Store;
@@ -29,6 +27,7 @@ use streetwatch::types::{
     CameraId, Clock as _, IncidentEvent, IncidentKey, IncidentPhase, RuleKind, Severity,
     SystemClock, Timestamp,
 };
+use support::cluster::{Node, holders};
 use support::{ChildGuard, wait_until};
 
 const TOKEN: &str = "cluster-viewer-token-0001";
@@ -68,113 +67,6 @@ capacity = 10
         data = dir.join("data"),
         url = server.url(),
     )
-}
-
-/// A running `streetwatch node`.
-struct Node {
-    name: String,
-    child: ChildGuard,
-    page: String,
-    log: PathBuf,
-}
-
-impl Node {
-    fn start(config: &Path, name: &str, dir: &Path) -> Node {
-        let log = dir.join(format!("{name}.log"));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_streetwatch"))
-            .args(["node", "--config"])
-            .arg(config)
-            .args(["--name", name])
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("spawn streetwatch node");
-        let stdout = child.stdout.take().unwrap();
-        let mut page = String::new();
-        for line in std::io::BufReader::new(stdout).lines() {
-            let line = line.unwrap();
-            if let Some(url) = line.strip_prefix("streetwatch: page at ") {
-                page = url.trim_end_matches('/').to_string();
-            }
-            if line.starts_with("streetwatch node ") {
-                break;
-            }
-        }
-        assert!(
-            !page.is_empty(),
-            "{name} did not start: {}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-        Node {
-            name: name.into(),
-            child: ChildGuard(child),
-            page,
-            log,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// The node's running cameras and their state, from its `/api/cameras`.
-    async fn cameras(&self, http: &reqwest::Client) -> BTreeMap<String, String> {
-        let Ok(response) = http
-            .get(format!("{}/api/cameras", self.page))
-            .bearer_auth(TOKEN)
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await
-        else {
-            return BTreeMap::new();
-        };
-        let body: serde_json::Value = response.json().await.unwrap_or_default();
-        body["cameras"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|c| {
-                (
-                    c["id"].as_str().unwrap_or_default().to_string(),
-                    c["state"].as_str().unwrap_or_default().to_string(),
-                )
-            })
-            .collect()
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.0.kill();
-        let _ = self.child.0.wait();
-    }
-
-    /// SIGTERM, then waits for a clean exit.
-    fn terminate(&mut self) {
-        // SAFETY: a plain kill(2) of our own child.
-        unsafe { libc::kill(self.child.0.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.child.0.try_wait().unwrap() {
-                assert!(status.success(), "{}: {status}\n{}", self.name, self.log());
-                return;
-            }
-            assert!(Instant::now() < deadline, "{} did not stop", self.name);
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-/// Each camera's holder in the leases bucket (absent: free).
-async fn holders(res: &Resources, cameras: &[String]) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    for id in cameras {
-        if let Ok(Some(e)) = res.leases.entry(subject_token(id)).await
-            && e.operation == async_nats::jetstream::kv::Operation::Put
-        {
-            out.insert(id.clone(), String::from_utf8_lossy(&e.value).into_owned());
-        }
-    }
-    out
 }
 
 /// The whole cluster as seen from outside: who holds what, and what each node streams.
@@ -290,7 +182,7 @@ fn three_nodes_share_cameras_by_cost_fail_over_within_15_s_and_take_a_share_back
     });
     let mut nodes: Vec<Node> = ["node-a", "node-b", "node-c"]
         .iter()
-        .map(|n| Node::start(&cfg, n, dir.path()))
+        .map(|n| Node::start(&cfg, n, dir.path(), TOKEN))
         .collect();
     let view = || rt.block_on(View::read(&res, &nodes.iter().collect::<Vec<_>>(), &ids));
     let diagnose = |nodes: &[Node]| {
@@ -366,7 +258,7 @@ fn three_nodes_share_cameras_by_cost_fail_over_within_15_s_and_take_a_share_back
 
     // The node returns under the same name: a fair share comes back, nothing moves twice.
     gone.kill();
-    nodes.push(Node::start(&cfg, &victim_name, dir.path()));
+    nodes.push(Node::start(&cfg, &victim_name, dir.path(), TOKEN));
     let mut previous = rt.block_on(holders(&res, &ids));
     let mut moves: HashMap<String, usize> = HashMap::new();
     let mut observe = |moves: &mut HashMap<String, usize>| {
@@ -497,7 +389,7 @@ fn a_node_publishes_each_incident_once_through_a_nats_restart_with_its_snapshot(
             bus.ensure().await.unwrap()
         })
     };
-    let mut node = Node::start(&cfg, "solo", dir.path());
+    let mut node = Node::start(&cfg, "solo", dir.path(), TOKEN);
     let db = dir.path().join("data/solo/streetwatch.db");
     let rows = || {
         Store::open(&db)

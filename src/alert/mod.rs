@@ -59,7 +59,7 @@ use crossbeam::channel::{
 };
 use tokio::sync::{Notify, oneshot, watch};
 
-use crate::types::{CameraId, Clock, IncidentEvent, IncidentPhase};
+use crate::types::{CameraId, Clock, IncidentEvent, IncidentPhase, Timestamp};
 
 pub use claims::{ClaimError, ClaimFuture, Claimed, Claims, LocalClaims};
 pub use config::normalize_phone;
@@ -86,6 +86,8 @@ enum Msg {
     /// An event, and who waits for its commit.
     Event(Box<IncidentEvent>, Option<oneshot::Sender<()>>),
     Health(CameraId, CameraHealth),
+    /// The camera's alerts that started before this are closed: their node was lost (cluster).
+    Orphaned(CameraId, Timestamp),
     Stop,
 }
 
@@ -295,6 +297,9 @@ fn run_router(
                             waiting.extend(done);
                         }
                         Msg::Health(cam, h) => router.set_camera_health(&cam, h),
+                        Msg::Orphaned(cam, before) => {
+                            pending.extend(router.orphan_closes(&cam, before, clock.now()));
+                        }
                         Msg::Stop => stop = true,
                     }
                     if !stop && pending.len() < BATCH {
@@ -481,6 +486,14 @@ impl AlertHandle {
     /// in the queue: a change of health is rare and must not be lost.
     pub fn camera_health(&self, camera: &CameraId, health: CameraHealth) {
         let _ = self.tx.send(Msg::Health(camera.clone(), health));
+    }
+
+    /// Closes the alerts of `camera` that started before `before`, as their incidents' closes would: in a
+    /// cluster, the node that ran the camera then was lost and another node runs it now, which starts its
+    /// rules afresh, so nothing else would ever close them (they would fire, repeat and inhibit for good).
+    /// Waits for room in the queue, like a change of health.
+    pub fn close_orphaned(&self, camera: &CameraId, before: Timestamp) {
+        let _ = self.tx.send(Msg::Orphaned(camera.clone(), before));
     }
 
     /// The service's tokio runtime, for other network work of the process (the operations-centre server).

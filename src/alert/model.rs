@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::types::{IncidentEvent, Severity, Timestamp};
+use crate::types::{
+    CameraId, IncidentEvent, IncidentKey, IncidentPhase, RuleKind, Severity, Timestamp,
+};
 
 use super::keys::Keys;
 
@@ -57,6 +59,33 @@ impl Alert {
 
     pub fn firing(&self) -> bool {
         self.ended_at.is_none()
+    }
+
+    /// The event that closes this alert's incident at `at`, saying why in `summary`; `None` when the key
+    /// does not spell the incident's again from the alert's columns (ids may hold `/`).
+    pub(crate) fn closing_event(&self, at: Timestamp, summary: &str) -> Option<IncidentEvent> {
+        let (_, episode) = self.key.rsplit_once('/')?;
+        let key = IncidentKey {
+            camera: CameraId::new(&self.camera),
+            rule: self.rule.clone(),
+            zone: self.zone.clone(),
+            episode: Timestamp(episode.parse().ok()?),
+        };
+        if key.to_string() != self.key {
+            return None;
+        }
+        Some(IncidentEvent {
+            key,
+            phase: IncidentPhase::Closed,
+            at: at.max(self.updated_at),
+            kind: RuleKind::parse(&self.kind)?,
+            severity: self.severity,
+            camera_name: self.camera_name.clone(),
+            ward: self.ward.clone(),
+            summary: summary.into(),
+            count: self.count,
+            snapshot: None,
+        })
     }
 
     /// A label's value by name (the names `group_by`, `equal` and matchers use).
@@ -153,5 +182,60 @@ impl HeldAlert {
             rule: a.rule.clone(),
             kind: a.kind.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alert(key: &str, camera: &str, rule: &str, zone: &str) -> Alert {
+        Alert {
+            key: key.into(),
+            camera: camera.into(),
+            camera_name: "Nguyễn Huệ".into(),
+            ward: "Bến Nghé".into(),
+            rule: rule.into(),
+            zone: zone.into(),
+            kind: "intrusion".into(),
+            severity: Severity::Critical,
+            started_at: Timestamp(1_000),
+            updated_at: Timestamp(4_000),
+            ended_at: None,
+            summary: "2 people".into(),
+            count: 2,
+            snapshot: Some("/data/snapshots/x.jpg".into()),
+            snapshot_token: None,
+        }
+    }
+
+    #[test]
+    fn an_alert_closes_its_own_incident() {
+        let a = alert("d1/cam 7/enter/gate/1000", "d1/cam 7", "enter", "gate");
+        let close = a.closing_event(Timestamp(9_000), "node lost").unwrap();
+        assert_eq!(close.key.to_string(), a.key);
+        assert_eq!(close.phase, IncidentPhase::Closed);
+        assert_eq!(close.at, Timestamp(9_000));
+        assert_eq!(
+            (close.kind, close.severity),
+            (RuleKind::Intrusion, Severity::Critical)
+        );
+        assert_eq!((close.summary.as_str(), close.count), ("node lost", 2));
+        // Never dated before the alert's last event.
+        assert_eq!(
+            a.closing_event(Timestamp(2_000), "x").unwrap().at,
+            Timestamp(4_000)
+        );
+        // Columns that do not spell the key again: no event rather than another incident's.
+        assert!(
+            alert("cam/enter/gate/1000", "cam", "enter", "yard")
+                .closing_event(Timestamp(9_000), "x")
+                .is_none()
+        );
+        assert!(
+            alert("cam/enter/gate/x", "cam", "enter", "gate")
+                .closing_event(Timestamp(9_000), "x")
+                .is_none()
+        );
     }
 }

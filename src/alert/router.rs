@@ -360,6 +360,26 @@ impl Router {
         self.inhibit.set_health(camera.as_str(), health);
     }
 
+    /// Closes, dated `at`, for the alerts of `camera` still firing that started before `before`: the
+    /// node that ran the camera then was lost and another runs it since, so no close of theirs will come.
+    pub fn orphan_closes(
+        &self,
+        camera: &CameraId,
+        before: Timestamp,
+        at: Timestamp,
+    ) -> Vec<IncidentEvent> {
+        self.dedup
+            .firing_on(camera.as_str())
+            .filter(|a| a.started_at < before)
+            .filter_map(|a| {
+                a.closing_event(
+                    at,
+                    "closed: its analysis node was lost and the camera moved",
+                )
+            })
+            .collect()
+    }
+
     /// When `tick` next has something to do.
     pub fn next_deadline(&self) -> Option<Timestamp> {
         match (self.groups.next_deadline(), self.flood.next_deadline()) {

@@ -161,7 +161,7 @@ impl Forwarder {
         {
             event.phase = IncidentPhase::Closed;
             event.at = now.max(event.at);
-            event.summary = "closed: the camera was stopped by a configuration reload".into();
+            event.summary = "closed: the camera stopped here (a configuration reload, or it moved to another node)".into();
             self.record(event);
         }
     }

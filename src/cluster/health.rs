@@ -531,10 +531,15 @@ impl Follower {
         let now = self.clock.now();
         let (snapshot, reports) = self.city.judge(&list, now);
         self.view.0.store(Arc::new(snapshot));
+        let orphaned = self.city.orphaned(&list, now);
         let Some(alerts) = &self.alerts else { return };
         for (camera, health) in reports {
             tracing::info!(%camera, ?health, "camera health reported to the alert router");
             alerts.camera_health(&camera, health);
+        }
+        for (camera, before) in orphaned {
+            tracing::warn!(%camera, "camera taken over from a lost node: the alerts it opened there are closed");
+            alerts.close_orphaned(&camera, before);
         }
     }
 }
@@ -564,6 +569,15 @@ struct NodeSeen {
     record: Option<NodeRecord>,
 }
 
+/// A camera whose record another node wrote than the one before: moved, or taken from a node that died.
+#[derive(Clone, Debug)]
+struct Moved {
+    from: String,
+    /// The new node's record time: its incidents on the camera started after this.
+    before: Timestamp,
+    noticed: Timestamp,
+}
+
 /// A camera's down/up bookkeeping for the alert router.
 #[derive(Clone, Copy, Debug, Default)]
 struct Watched {
@@ -584,6 +598,8 @@ struct City {
     /// Node name by key in the nodes bucket: a delete names only the key.
     node_keys: HashMap<String, String>,
     watched: HashMap<CameraId, Watched>,
+    /// By key: cameras whose writer changed, until the node they left is judged (see [`City::orphaned`]).
+    moved: HashMap<String, Moved>,
     reported_down: u64,
     reported_up: u64,
 }
@@ -598,6 +614,7 @@ impl City {
             nodes: BTreeMap::new(),
             node_keys: HashMap::new(),
             watched: HashMap::new(),
+            moved: HashMap::new(),
             reported_down: 0,
             reported_up: 0,
         }
@@ -614,6 +631,18 @@ impl City {
                 let node = self.nodes.entry(record.node.clone()).or_default();
                 node.reported = node.reported.max(Some(seen));
                 node.first_seen.get_or_insert(seen);
+                if let Some(previous) = self.records.get(key)
+                    && previous.record.node != record.node
+                {
+                    self.moved.insert(
+                        key.to_string(),
+                        Moved {
+                            from: previous.record.node.clone(),
+                            before: record.at,
+                            noticed: seen,
+                        },
+                    );
+                }
                 self.records
                     .insert(key.to_string(), Reported { record, seen });
             }
@@ -666,6 +695,37 @@ impl City {
         } else {
             (NodeState::Lost, runs_out)
         }
+    }
+
+    /// Cameras another node took from a node that died (judged lost without a goodbye) since the last
+    /// call, each with the new node's first record time: the alerts the camera's incidents opened before
+    /// that belong to the dead node, which cannot close them. A node that left cleanly closed its own;
+    /// one that handed a camera over stays live and closes them too, so a move is forgotten after two
+    /// lease times with its old node still live (a dead one is judged lost within one).
+    fn orphaned(&mut self, cameras: &[CameraInfo], now: Timestamp) -> Vec<(CameraId, Timestamp)> {
+        let mut out = Vec::new();
+        let mut done = Vec::new();
+        for (key, m) in &self.moved {
+            let died = self
+                .nodes
+                .get(&m.from)
+                .is_some_and(|n| n.left.is_none() && self.node_state(n, now).0 == NodeState::Lost);
+            if died {
+                if let Some(c) = cameras
+                    .iter()
+                    .find(|c| subject_token(c.id.as_str()) == *key)
+                {
+                    out.push((c.id.clone(), m.before));
+                }
+                done.push(key.clone());
+            } else if now.since(m.noticed) > 2 * self.lease_ms {
+                done.push(key.clone());
+            }
+        }
+        for key in done {
+            self.moved.remove(&key);
+        }
+        out
     }
 
     /// Brings every camera of `cameras` up to date at `now`: its health mirrors its node's last record,
@@ -1045,6 +1105,50 @@ mod tests {
         let a = node(&s, "node-a");
         assert_eq!((a.state, a.since), (NodeState::Live, Timestamp(9_000)));
         assert_eq!(a.capacity, Some(2.0));
+    }
+
+    /// node-a takes a camera from node-b, silent since 0, before node-b's lease runs out as the router
+    /// sees it: once node-b is judged lost, the alerts the camera opened before node-a's first record of
+    /// it are to be closed, once. A camera handed over between live nodes, or taken from a node that
+    /// said goodbye, is not: the node it left closes its own.
+    #[test]
+    fn a_camera_taken_from_a_node_that_died_has_its_old_alerts_closed_once() {
+        let cams = [camera("d1.died"), camera("d1.handed"), camera("d1.left")];
+        let mut c = city(0);
+        for n in ["node-a", "node-b", "node-c", "node-d"] {
+            beat(&mut c, n, 0);
+        }
+        put(&mut c, "node-b", "d1.died", StreamState::Streaming, 0);
+        put(&mut c, "node-a", "d1.handed", StreamState::Streaming, 0);
+        put(&mut c, "node-c", "d1.left", StreamState::Streaming, 0);
+        c.node_entry("node-c", None, Timestamp(1_000));
+        let mut got = Vec::new();
+        let mut t = 500;
+        while t <= 4 * LEASE_MS {
+            if t % 2_000 == 0 {
+                beat(&mut c, "node-a", t);
+                beat(&mut c, "node-d", t);
+            }
+            match t {
+                2_000 => put(&mut c, "node-a", "d1.left", StreamState::Streaming, t),
+                3_000 => put(&mut c, "node-d", "d1.handed", StreamState::Streaming, t),
+                5_500 => put(&mut c, "node-a", "d1.died", StreamState::Streaming, t),
+                _ => {}
+            }
+            c.judge(&cams, Timestamp(t));
+            got.extend(
+                c.orphaned(&cams, Timestamp(t))
+                    .into_iter()
+                    .map(|(id, before)| (t, id.to_string(), before)),
+            );
+            t += 500;
+        }
+        assert_eq!(
+            got,
+            [(LEASE_MS + 500, "d1.died".to_string(), Timestamp(5_500))],
+            "node-b is lost after its lease ({LEASE_MS} ms)"
+        );
+        assert!(c.moved.is_empty(), "every move judged: {:?}", c.moved);
     }
 
     /// A node known only by its health records (no heartbeat heard) is live while they are fresh.

@@ -15,6 +15,7 @@ use streetwatch::frame::Frame;
 use streetwatch::infer::{self, Detection, InferError, ModelManifest};
 use streetwatch::pool::BatchDetector;
 
+pub mod cluster;
 pub mod keyframes;
 
 pub fn root() -> PathBuf {

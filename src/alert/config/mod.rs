@@ -303,7 +303,7 @@ pub struct SmsConfig {
     #[serde(default = "default_max_segments")]
     pub max_segments: usize,
     /// Text template; placeholders: {title} {rule} {camera} {camera_id} {ward} {time} {summary} {count}
-    /// {link} {ref} {more} {severity}.
+    /// {link} {ref} {more} {severity} {incident} (the incident's code, as the page and e-mail show it).
     #[serde(default = "default_sms_template")]
     pub template: String,
     #[serde(default)]

@@ -5,6 +5,7 @@ const PLACEHOLDERS: &[&str] = &[
     "rule",
     "camera",
     "camera_id",
+    "incident",
     "ward",
     "time",
     "summary",

@@ -129,6 +129,7 @@ fn short_text(
                 "rule" => rule_name(&a.kind).to_string(),
                 "camera" => a.camera_name.clone(),
                 "camera_id" => a.camera.clone(),
+                "incident" => a.key.clone(),
                 "ward" => a.ward.clone(),
                 "time" => local_time(
                     if a.firing() {
@@ -398,6 +399,29 @@ mod tests {
         );
         let s = gsm::segments(&plain);
         assert_eq!((s.alphabet, s.count), (gsm::Alphabet::Gsm7, 1), "{plain}");
+    }
+
+    #[test]
+    fn incident_placeholder_names_the_incident_whichever_the_notice_is() {
+        let mut cfg = sms_cfg(true);
+        cfg.template = "{title} {incident}".into();
+        let ctx = Ctx {
+            notice_id: 7,
+            offset_minutes: 420,
+            link_base: None,
+            created_at: Timestamp(1_795_000_000_000),
+        };
+        assert_eq!(
+            sms_text(&cfg, &payload(), &ctx),
+            "[CANH BAO] d1-nh-03/plaza-crowd/plaza/1795000000000"
+        );
+        let mut ended = alert();
+        ended.ended_at = Some(Timestamp(1_795_000_060_000));
+        let resolved = NoticePayload::alerts("g".into(), BTreeMap::new(), vec![], vec![ended]);
+        assert_eq!(
+            sms_text(&cfg, &resolved, &ctx),
+            "[DA KET THUC] d1-nh-03/plaza-crowd/plaza/1795000000000"
+        );
     }
 
     #[test]
