@@ -6,10 +6,39 @@ use std::fmt;
 
 use serde::Deserialize;
 
-/// A password or shared secret: `Debug` prints `***`.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
+/// A password or shared secret: `Debug` prints `***`. In a configuration file `${NAME}` in it is replaced by
+/// the environment variable NAME (an unset one is an error naming it), so the secret need not be in the file.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        expand_env(&raw)
+            .map(Secret)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Replaces `${NAME}` with the environment variable NAME. Errors name the variable, never its value.
+pub fn expand_env(raw: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(raw.len());
+    let mut rest = raw;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| "unclosed `${` in value".to_string())?;
+        let name = &after[..end];
+        let value =
+            std::env::var(name).map_err(|_| format!("environment variable `{name}` is not set"))?;
+        out.push_str(&value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
 
 impl Secret {
     pub fn new(value: impl Into<String>) -> Self {
@@ -137,6 +166,30 @@ pub fn redact_urls_in(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Deserialize)]
+    struct Holder {
+        token: Secret,
+    }
+
+    #[test]
+    fn a_secret_in_a_file_is_read_from_the_environment_and_an_unset_one_is_refused() {
+        // SAFETY: a variable only this test reads.
+        unsafe { std::env::set_var("SW_TEST_SECRET_TOKEN", "s3cr3t-from-the-environment") };
+        let h: Holder = toml::from_str(r#"token = "${SW_TEST_SECRET_TOKEN}""#).unwrap();
+        assert_eq!(h.token.expose(), "s3cr3t-from-the-environment");
+        let h: Holder = toml::from_str(r#"token = "literal-token-0001""#).unwrap();
+        assert_eq!(h.token.expose(), "literal-token-0001");
+        let e = toml::from_str::<Holder>(r#"token = "${SW_TEST_SECRET_UNSET}""#)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("environment variable `SW_TEST_SECRET_UNSET` is not set"),
+            "{e}"
+        );
+        assert!(toml::from_str::<Holder>(r#"token = "${OPEN""#).is_err());
+    }
 
     #[test]
     fn urls_lose_their_credentials_and_keep_the_rest() {

@@ -498,7 +498,7 @@ impl SourceUrl {
 
     /// Parses a camera URL; `base_dir` resolves relative file paths.
     pub fn parse(raw: &str, base_dir: &Path) -> Result<Self, String> {
-        let expanded = expand_env(raw)?;
+        let expanded = crate::secret::expand_env(raw)?;
         if let Some(rest) = expanded.strip_prefix("file://") {
             return Ok(SourceUrl::File(PathBuf::from(rest)));
         }
@@ -540,26 +540,6 @@ fn decode(s: &str) -> String {
         .next()
         .map(|(_, v)| v.into_owned())
         .unwrap_or_default()
-}
-
-/// Replaces `${NAME}` with the environment variable NAME.
-fn expand_env(raw: &str) -> Result<String, String> {
-    let mut out = String::with_capacity(raw.len());
-    let mut rest = raw;
-    while let Some(start) = rest.find("${") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let end = after
-            .find('}')
-            .ok_or_else(|| "unclosed `${` in value".to_string())?;
-        let name = &after[..end];
-        let value =
-            std::env::var(name).map_err(|_| format!("environment variable `{name}` is not set"))?;
-        out.push_str(&value);
-        rest = &after[end + 1..];
-    }
-    out.push_str(rest);
-    Ok(out)
 }
 
 impl Config {
