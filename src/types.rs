@@ -237,6 +237,21 @@ pub struct IncidentKey {
     pub episode: Timestamp,
 }
 
+impl IncidentKey {
+    /// The key stored as `stored` (its `Display`), rebuilt from the camera, rule and zone it was stored
+    /// with and the episode at its end; `None` unless it spells `stored` again (ids may hold `/`).
+    pub fn read_back(stored: &str, camera: &str, rule: &str, zone: &str) -> Option<IncidentKey> {
+        let (_, episode) = stored.rsplit_once('/')?;
+        let key = IncidentKey {
+            camera: CameraId::new(camera),
+            rule: rule.to_string(),
+            zone: zone.to_string(),
+            episode: Timestamp(episode.parse().ok()?),
+        };
+        (key.to_string() == stored).then_some(key)
+    }
+}
+
 impl fmt::Display for IncidentKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(

@@ -4,9 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::types::{
-    CameraId, IncidentEvent, IncidentKey, IncidentPhase, RuleKind, Severity, Timestamp,
-};
+use crate::types::{IncidentEvent, IncidentKey, IncidentPhase, RuleKind, Severity, Timestamp};
 
 use super::keys::Keys;
 
@@ -64,16 +62,7 @@ impl Alert {
     /// The event that closes this alert's incident at `at`, saying why in `summary`; `None` when the key
     /// does not spell the incident's again from the alert's columns (ids may hold `/`).
     pub(crate) fn closing_event(&self, at: Timestamp, summary: &str) -> Option<IncidentEvent> {
-        let (_, episode) = self.key.rsplit_once('/')?;
-        let key = IncidentKey {
-            camera: CameraId::new(&self.camera),
-            rule: self.rule.clone(),
-            zone: self.zone.clone(),
-            episode: Timestamp(episode.parse().ok()?),
-        };
-        if key.to_string() != self.key {
-            return None;
-        }
+        let key = IncidentKey::read_back(&self.key, &self.camera, &self.rule, &self.zone)?;
         Some(IncidentEvent {
             key,
             phase: IncidentPhase::Closed,

@@ -18,9 +18,7 @@ use crate::alert::{
     AlertAction, AlertError, AlertFilter, AlertPosition, AlertView, HANDLING_STATES, Handled,
     Handling, Store,
 };
-use crate::types::{
-    CameraId, IncidentEvent, IncidentKey, IncidentPhase, RuleKind, Severity, Timestamp,
-};
+use crate::types::{IncidentEvent, IncidentKey, IncidentPhase, RuleKind, Severity, Timestamp};
 
 use super::auth::Caller;
 use super::config::Role;
@@ -456,16 +454,7 @@ async fn close_resolved_report(ctx: &ServeContext, alert: &AlertView) {
 /// The event that closes `alert`'s incident at `at`. The key comes from the alert's camera, rule and zone
 /// columns and the episode at the key's end, and must spell the stored key again (ids may hold `/`).
 pub fn closing_event(alert: &AlertView, at: Timestamp) -> Option<IncidentEvent> {
-    let (_, episode) = alert.key.rsplit_once('/')?;
-    let key = IncidentKey {
-        camera: CameraId::new(&alert.camera),
-        rule: alert.rule.clone(),
-        zone: alert.zone.clone(),
-        episode: Timestamp(episode.parse().ok()?),
-    };
-    if key.to_string() != alert.key {
-        return None;
-    }
+    let key = IncidentKey::read_back(&alert.key, &alert.camera, &alert.rule, &alert.zone)?;
     let label = |s: &str| serde_json::Value::String(s.to_string());
     let kind: RuleKind = serde_json::from_value(label(&alert.kind)).ok()?;
     let severity: Severity = serde_json::from_value(label(&alert.severity)).ok()?;
