@@ -30,6 +30,32 @@ struct Cli {
     command: Command,
 }
 
+/// What `node` and `router` are told: both are processes of a cluster sharing one file.
+#[derive(clap::Args)]
+struct ClusterProcess {
+    #[arg(long)]
+    config: PathBuf,
+    /// This process's name in the cluster, the same at every restart (default: the host name).
+    #[arg(long)]
+    name: Option<String>,
+    /// Its database and snapshots (default: a node's is the file's data folder, then its name; a
+    /// router's is the file's data folder).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Stop after this many seconds (default: run until Ctrl-C or SIGTERM).
+    #[arg(long)]
+    seconds: Option<u64>,
+}
+
+impl ClusterProcess {
+    fn name(&self) -> anyhow::Result<String> {
+        match &self.name {
+            Some(n) => Ok(n.clone()),
+            None => host_name(),
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the embedded demo: six cameras fed from fixture footage over RTSP on 127.0.0.1.
@@ -50,35 +76,11 @@ enum Command {
     /// Run as one analysis node of a cluster (needs `[cluster]`): the cameras of the file it holds leases
     /// for, its incident events published to NATS JetStream for the routers. Several nodes can share one
     /// file; each needs its own name and data folder. `[alert]` is ignored (routers notify).
-    Node {
-        #[arg(long)]
-        config: PathBuf,
-        /// This node's name, unique in the cluster (default: the host name).
-        #[arg(long)]
-        name: Option<String>,
-        /// Its database and snapshots (default: the file's data folder, then the node's name).
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-        /// Stop after this many seconds (default: run until Ctrl-C or SIGTERM).
-        #[arg(long)]
-        seconds: Option<u64>,
-    },
+    Node(ClusterProcess),
     /// Run a router of a cluster: consume the incident events that analysis nodes publish to NATS
     /// JetStream (`[cluster]`), route and deliver them (`[alert]`), and serve the operations centre
     /// (`[serve]`). Several routers may run: they share the events and each notice is sent once.
-    Router {
-        #[arg(long)]
-        config: PathBuf,
-        /// This router's name in the cluster, the same at every restart (default: the host name).
-        #[arg(long)]
-        name: Option<String>,
-        /// Folder for this router's database and snapshots (default: the file's `[runtime] data_dir`).
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-        /// Stop after this many seconds (default: run until Ctrl-C or SIGTERM).
-        #[arg(long)]
-        seconds: Option<u64>,
-    },
+    Router(ClusterProcess),
     /// Check a configuration file (and its model) without starting anything.
     CheckConfig { file: PathBuf },
     /// Benchmark N virtual cameras from recorded footage through the real pipeline.
@@ -232,37 +234,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             serve_until_stopped(pipeline, seconds, Some(&file))
         }
-        Command::Node {
-            config,
-            name,
-            data_dir,
-            seconds,
-        } => node(&config, name, data_dir, seconds),
-        Command::Router {
-            config,
-            name,
-            data_dir,
-            seconds,
-        } => {
-            let file = config;
-            let config = Config::load(&file)?;
+        Command::Node(args) => node(&args),
+        Command::Router(args) => {
+            let file = &args.config;
+            let config = Config::load(file)?;
             let opts = streetwatch::cluster::router::RouterOptions {
-                name: match name {
-                    Some(n) => n,
-                    None => host_name()?,
-                },
-                data_dir,
+                name: args.name()?,
+                data_dir: args.data_dir.clone(),
             };
             let router = streetwatch::cluster::router::RouterService::start(
                 &config,
-                &file,
+                file,
                 opts,
                 Arc::new(SystemClock),
             )?;
             if let Some(addr) = router.server_addr() {
                 println!("streetwatch: page at http://{addr}/");
             }
-            wait_for_signal(seconds.map(Duration::from_secs), false, |_| {});
+            wait_for_signal(args.seconds.map(Duration::from_secs), false, |_| {});
             router.stop();
             Ok(())
         }
@@ -484,16 +473,12 @@ fn demo(seconds: Option<u64>) -> anyhow::Result<()> {
 
 /// `streetwatch node`: the pipeline runs the cameras this node holds leases for, and follows them as
 /// leases are taken, handed over and lost; a clean stop deletes its leases so others take over at once.
-fn node(
-    path: &Path,
-    name: Option<String>,
-    data_dir: Option<PathBuf>,
-    seconds: Option<u64>,
-) -> anyhow::Result<()> {
+fn node(args: &ClusterProcess) -> anyhow::Result<()> {
     use streetwatch::app::Outlet;
     use streetwatch::cluster::health::HealthPublisher;
     use streetwatch::cluster::{Bus, Publisher, leases, placement};
 
+    let path = args.config.as_path();
     let (mut config, _) = ConfigFile::load(path)?;
     let Some(cluster) = config.cluster.clone() else {
         anyhow::bail!(
@@ -501,17 +486,17 @@ fn node(
             path.display()
         );
     };
-    let name = match name {
-        Some(n) => n,
-        None => host_name()?,
-    };
+    let name = args.name()?;
     anyhow::ensure!(!name.trim().is_empty(), "a node's name cannot be empty");
     if config.alert.take().is_some() {
         tracing::info!("[alert] ignored: a node publishes incidents to NATS, routers notify");
     }
     // Made absolute here: the pipeline resolves a relative data_dir against the file's folder, whereas
     // `--data-dir` and the default `data` are relative to the working directory, as for `run` and `router`.
-    let data_dir = data_dir.unwrap_or_else(|| config.data_dir().join(&name));
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| config.data_dir().join(&name));
     config.runtime.data_dir = Some(
         std::env::current_dir()
             .context("reading the working directory")?
@@ -581,7 +566,7 @@ fn node(
     ));
     // SIGHUP must not end a node (its default action): the camera list and costs are the leases' input,
     // fixed at start, so a changed file takes a restart, during which the other nodes carry the cameras.
-    wait_for_signal(seconds.map(Duration::from_secs), true, |wake| {
+    wait_for_signal(args.seconds.map(Duration::from_secs), true, |wake| {
         if matches!(wake, Wake::Hangup) {
             tracing::warn!(
                 "SIGHUP: a node reads its file at start only; restart it to apply changes (the other nodes take its cameras meanwhile)"
