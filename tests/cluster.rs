@@ -32,7 +32,7 @@ use streetwatch::cluster::router::DURABLE;
 use streetwatch::cluster::{Bus, ClusterConfig};
 use streetwatch::secret::SecretUrl;
 use streetwatch::store::{IncidentRow, Store};
-use support::cluster::{Node, holders};
+use support::cluster::{Node, config_head, holders};
 use support::{ChildGuard, wait_until};
 
 const TOKEN: &str = "cluster-e2e-viewer-7d41c0";
@@ -54,25 +54,9 @@ const FAILOVER: Duration = Duration::from_secs(15);
 /// camera. Every notice is an SMS to both phones naming its incident, at once (no grouping delay, no
 /// flood limit); closes are told too.
 fn config(dir: &Path, nats: &NatsServer, kannel: &Kannel, camera_url: &str) -> String {
-    let mut text = format!(
+    let mut text = config_head(&dir.join("data"), &nats.url(), PREFIX, LEASE_SECONDS, TOKEN);
+    text.push_str(&format!(
         r#"
-[runtime]
-data_dir = {data:?}
-workers = 1
-
-[serve]
-listen = "127.0.0.1:0"
-[[serve.tokens]]
-name = "wall"
-role = "viewer"
-token = "{TOKEN}"
-
-[cluster]
-nats = "{nats}"
-prefix = "{PREFIX}"
-lease_seconds = {LEASE_SECONDS}
-capacity = 10
-
 [alert]
 [alert.flood]
 max_notices = 0
@@ -96,10 +80,8 @@ numbers = {PHONES:?}
 strip_diacritics = true
 template = "{{title}} {{incident}}"
 "#,
-        data = dir.join("data"),
-        nats = nats.url(),
         sms = kannel.sendsms_url(),
-    );
+    ));
     for i in 0..CAMERAS {
         text.push_str(&format!(
             r#"

@@ -27,7 +27,7 @@ use streetwatch::types::{
     CameraId, Clock as _, IncidentEvent, IncidentKey, IncidentPhase, RuleKind, Severity,
     SystemClock, Timestamp,
 };
-use support::cluster::{Node, holders};
+use support::cluster::{Node, config_head, holders};
 use support::{ChildGuard, wait_until};
 
 const TOKEN: &str = "cluster-viewer-token-0001";
@@ -45,27 +45,12 @@ fn cluster_config(server: &NatsServer, prefix: &str) -> ClusterConfig {
 }
 
 fn head(dir: &Path, server: &NatsServer, prefix: &str) -> String {
-    format!(
-        r#"
-[runtime]
-data_dir = {data:?}
-workers = 1
-
-[serve]
-listen = "127.0.0.1:0"
-[[serve.tokens]]
-name = "test"
-role = "viewer"
-token = "{TOKEN}"
-
-[cluster]
-nats = "{url}"
-prefix = "{prefix}"
-lease_seconds = {LEASE_SECONDS}
-capacity = 10
-"#,
-        data = dir.join("data"),
-        url = server.url(),
+    config_head(
+        &dir.join("data"),
+        &server.url(),
+        prefix,
+        LEASE_SECONDS,
+        TOKEN,
     )
 }
 

@@ -10,6 +10,37 @@ use streetwatch::cluster::{Resources, subject_token};
 
 use super::ChildGuard;
 
+/// The tables every process of a test cluster shares: data folder, a viewer `token` for `/api/cameras`,
+/// and `[cluster]` on `nats_url` with `prefix`, `lease_seconds` and a node capacity of 10.
+pub fn config_head(
+    data_dir: &Path,
+    nats_url: &str,
+    prefix: &str,
+    lease_seconds: u64,
+    token: &str,
+) -> String {
+    format!(
+        r#"
+[runtime]
+data_dir = {data_dir:?}
+workers = 1
+
+[serve]
+listen = "127.0.0.1:0"
+[[serve.tokens]]
+name = "viewer"
+role = "viewer"
+token = "{token}"
+
+[cluster]
+nats = "{nats_url}"
+prefix = "{prefix}"
+lease_seconds = {lease_seconds}
+capacity = 10
+"#
+    )
+}
+
 /// A running `streetwatch node`: its page (for its own `/api/cameras`) and its log.
 pub struct Node {
     pub name: String,
