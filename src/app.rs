@@ -297,10 +297,10 @@ impl Pipeline {
                     clock: clock.clone(),
                     submit: Some(incident_submit(report_tx.clone())),
                     stats: PipelineStats {
-                        cluster: None,
                         pool: Some(pool.observer()),
                         incidents: Some(opened.clone()),
                         alerts: alerts.as_ref().map(Arc::downgrade),
+                        ..PipelineStats::default()
                     },
                 },
             )?),

@@ -10,7 +10,7 @@ mod peers;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use nats::NatsServer;
@@ -26,6 +26,8 @@ use tempfile::TempDir;
 /// Routers start, reconnect and take over redelivered events within this on a loaded machine.
 const SETTLE: Duration = Duration::from_secs(120);
 const INCIDENTS: usize = 30;
+/// The routers' page token, for `/metrics`.
+const VIEWER: &str = "cluster-router-test-viewer";
 const WARDS: [&str; 2] = ["Ben Nghe", "Da Kao"];
 
 /// The phones of each receiver, and whether it is told of closes; the routes in [`config`] say who
@@ -144,6 +146,13 @@ template = "{{title}} {{camera}} #{{ref}}"
 nats = "{nats}"
 prefix = "swtest"
 
+[serve]
+listen = "127.0.0.1:0"
+[[serve.tokens]]
+name = "wall"
+role = "viewer"
+token = "{VIEWER}"
+
 [alert]
 [alert.flood]
 max_notices = 0
@@ -209,7 +218,8 @@ impl RouterProc {
             .args(["--name", self.name, "--data-dir"])
             .arg(&self.data)
             .env("STREETWATCH_LOG", "info")
-            .stdout(Stdio::null())
+            // Its page's address is on stdout.
+            .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .unwrap();
@@ -255,6 +265,30 @@ impl RouterProc {
 
     fn log(&self) -> String {
         std::fs::read_to_string(self.data.join("router.log")).unwrap_or_default()
+    }
+
+    /// A sample of the router's `/metrics`, 0 if absent.
+    fn metric(&self, series: &str) -> f64 {
+        use std::io::{Read, Write};
+        let log = self.log();
+        let addr = log
+            .lines()
+            .rev()
+            .find_map(|l| l.strip_prefix("streetwatch: page at http://"))
+            .and_then(|a| a.strip_suffix('/'))
+            .unwrap_or_else(|| panic!("{}: no page address in its log", self.name));
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {VIEWER}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        assert!(text.starts_with("HTTP/1.1 200"), "{}: {text}", self.name);
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
     }
 }
 
@@ -314,6 +348,20 @@ impl Publisher {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
+        });
+    }
+
+    /// A message on an incident subject that is no incident event.
+    fn publish_malformed(&self) {
+        self.rt.block_on(async {
+            let subject = self.bus.names.incident_subject("cam-0");
+            let ack = self
+                .bus
+                .js
+                .publish(subject, "not an incident event".into())
+                .await
+                .unwrap();
+            ack.await.unwrap();
         });
     }
 
@@ -490,6 +538,7 @@ fn two_routers_share_the_events_and_each_sms_goes_out_once() {
         burst.len() as f64 / took.as_secs_f64()
     );
 
+    publisher.publish_malformed();
     close_all(&s, &publisher, &[&a, &b], "closed");
     let (alerts_a, _) = a.progress().unwrap();
     let (alerts_b, _) = b.progress().unwrap();
@@ -497,6 +546,28 @@ fn two_routers_share_the_events_and_each_sms_goes_out_once() {
         alerts_a > 0 && alerts_b > 0,
         "both routers took events: a knows {alerts_a} alerts, b {alerts_b}"
     );
+    // Each event went to one router and was acknowledged once: two per incident opening, the burst,
+    // two per incident closing. The one malformed message was terminated by whichever router took it.
+    let outcome = |r: &RouterProc, o: &str| {
+        r.metric(&format!(
+            "streetwatch_router_consumer_events_total{{outcome=\"{o}\"}}"
+        ))
+    };
+    let committed = [outcome(&a, "committed"), outcome(&b, "committed")];
+    assert_eq!(
+        committed.iter().sum::<f64>(),
+        (INCIDENTS * 2 + burst.len() + INCIDENTS * 2) as f64,
+        "events committed by a and b: {committed:?}"
+    );
+    assert!(committed.iter().all(|&n| n > 0.0), "{committed:?}");
+    assert_eq!(outcome(&a, "malformed") + outcome(&b, "malformed"), 1.0);
+    // Every close is shared through the claims bucket, and each router follows all of them.
+    wait_for("both routers followed every shared close", SETTLE, || {
+        [&a, &b]
+            .iter()
+            .all(|r| outcome(r, "shared_close") == INCIDENTS as f64)
+            .then_some(())
+    });
     println!(
         "deliveries suppressed as claimed by the other router: a {}, b {}",
         a.suppressed(),

@@ -98,7 +98,7 @@ pub struct ConsumerCounts {
     pub malformed: AtomicU64,
     /// Events whose snapshot was not in the object store: routed without one.
     pub snapshots_missing: AtomicU64,
-    /// Closes of other routers submitted here.
+    /// Closes shared through the claims bucket by any router (this one too), submitted here.
     pub shared_closes: AtomicU64,
 }
 
@@ -530,6 +530,7 @@ impl RouterService {
             clock.clone(),
             &alerts.runtime(),
         );
+        let counts = Arc::new(ConsumerCounts::default());
         let server = match &config.serve {
             Some(serve) => Some(
                 crate::serve::Server::start(
@@ -543,6 +544,7 @@ impl RouterService {
                         stats: crate::serve::PipelineStats {
                             alerts: Some(Arc::downgrade(&alerts)),
                             cluster: Some(health.view()),
+                            consumer: Some(counts.clone()),
                             ..Default::default()
                         },
                     },
@@ -552,7 +554,6 @@ impl RouterService {
             ),
             None => None,
         };
-        let counts = Arc::new(ConsumerCounts::default());
         let consumer = Consumer {
             bus,
             resources,

@@ -299,6 +299,8 @@ struct ScrapeTime {
     camera_node: Family,
     cluster_nodes: Family,
     node_up: Family,
+    consumer_events: Family,
+    snapshots_missing: Family,
 }
 
 impl ScrapeTime {
@@ -466,10 +468,24 @@ impl ScrapeTime {
                 GAUGE,
                 &["node"],
             )?,
+            consumer_events: Family::new(
+                "streetwatch_router_consumer_events_total",
+                "On a router: incident events taken from JetStream, by outcome: committed (recorded, \
+                 then acknowledged), malformed (not an incident event; terminated), shared_close (a \
+                 close shared by any router through the claims bucket, submitted here).",
+                COUNTER,
+                &["outcome"],
+            )?,
+            snapshots_missing: Family::new(
+                "streetwatch_router_snapshots_missing_total",
+                "On a router: events whose snapshot was not in the object store, routed without it.",
+                COUNTER,
+                &[],
+            )?,
         })
     }
 
-    fn families(&self) -> [&Family; 25] {
+    fn families(&self) -> [&Family; 27] {
         [
             &self.camera_info,
             &self.frames_decoded,
@@ -496,12 +512,31 @@ impl ScrapeTime {
             &self.camera_node,
             &self.cluster_nodes,
             &self.node_up,
+            &self.consumer_events,
+            &self.snapshots_missing,
         ]
     }
 
-    /// On a router: where each camera runs, and the nodes.
+    /// On a router: where each camera runs, the nodes, and what its consumer did.
     fn cluster(&self, out: &mut Vec<MetricFamily>) {
         use crate::cluster::health::NodeState;
+        use std::sync::atomic::Ordering::Relaxed;
+        if let Some(counts) = &self.stats.consumer {
+            out.push(
+                self.consumer_events.values(
+                    [
+                        ("committed", &counts.committed),
+                        ("malformed", &counts.malformed),
+                        ("shared_close", &counts.shared_closes),
+                    ]
+                    .map(|(outcome, n)| (vec![outcome], n.load(Relaxed) as f64)),
+                ),
+            );
+            out.push(
+                self.snapshots_missing
+                    .values([(vec![], counts.snapshots_missing.load(Relaxed) as f64)]),
+            );
+        }
         let Some(view) = &self.stats.cluster else {
             return;
         };
@@ -681,7 +716,7 @@ impl Collector for ScrapeTime {
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        let mut out = Vec::with_capacity(23);
+        let mut out = Vec::with_capacity(27);
         self.cameras(&mut out);
         self.cluster(&mut out);
         self.pool(&mut out);

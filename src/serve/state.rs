@@ -70,6 +70,8 @@ pub struct PipelineStats {
     /// On a router: the node running each camera, and the nodes (see [`crate::cluster::health`]).
     /// `None` in one process.
     pub cluster: Option<crate::cluster::health::ClusterView>,
+    /// On a router: what its incident consumer did. `None` in one process and on a node.
+    pub consumer: Option<Arc<crate::cluster::router::ConsumerCounts>>,
     pub pool: Option<PoolObserver>,
     /// Incidents opened per rule kind, counted by the incident sink.
     pub incidents: Option<Arc<IncidentCounts>>,
