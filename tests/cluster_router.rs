@@ -3,6 +3,8 @@
 //! sharing one durable consumer, and every SMS the configuration's routes call for reaches the phone
 //! exactly once — with both routers working, with one SIGKILLed mid-burst, and with NATS restarted.
 
+#[path = "support/http.rs"]
+mod http;
 #[path = "support/nats.rs"]
 mod nats;
 #[path = "support/alert_peers.rs"]
@@ -269,7 +271,6 @@ impl RouterProc {
 
     /// A sample of the router's `/metrics`, 0 if absent.
     fn metric(&self, series: &str) -> f64 {
-        use std::io::{Read, Write};
         let log = self.log();
         let addr = log
             .lines()
@@ -277,16 +278,8 @@ impl RouterProc {
             .find_map(|l| l.strip_prefix("streetwatch: page at http://"))
             .and_then(|a| a.strip_suffix('/'))
             .unwrap_or_else(|| panic!("{}: no page address in its log", self.name));
-        let mut s = std::net::TcpStream::connect(addr).unwrap();
-        write!(
-            s,
-            "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {VIEWER}\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut text = String::new();
-        s.read_to_string(&mut text).unwrap();
-        assert!(text.starts_with("HTTP/1.1 200"), "{}: {text}", self.name);
-        text.lines()
+        http::get_ok(addr, "/metrics", VIEWER)
+            .lines()
             .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
             .unwrap_or(0.0)
     }

@@ -16,6 +16,7 @@ use streetwatch::infer::{self, Detection, InferError, ModelManifest};
 use streetwatch::pool::BatchDetector;
 
 pub mod cluster;
+pub mod http;
 pub mod keyframes;
 
 pub fn root() -> PathBuf {
