@@ -429,10 +429,12 @@ impl Pipeline {
         let (caps, parse, dec) = codec.gst_elements();
         // Seekable: a flushing seek readies the pipeline for the next keyframe (see `decode`). One
         // decoder thread: frame threads would hold pictures back. Scale before converting: RGB conversion of
-        // the full 720p picture cost ~6 ms a frame here, of the scaled one under 1 ms.
+        // the full 720p picture cost ~6 ms a frame here, of the scaled one under 1 ms. No direct rendering:
+        // with it libav keeps the picture as a reference and the decoder copied each one into a freshly
+        // allocated buffer; without it the one copy lands in a pooled buffer (see pipelines/rtsp.pipeline).
         let desc = format!(
             "appsrc name=src stream-type=seekable format=time caps=\"{caps},stream-format=byte-stream,alignment=au\" \
-             ! {parse} ! {dec} max-threads=1 ! videoscale ! videoconvert \
+             ! {parse} ! {dec} max-threads=1 direct-rendering=false ! videoscale ! videoconvert \
              ! video/x-raw,format=RGB,width={width},pixel-aspect-ratio=1/1 \
              ! appsink name=sink max-buffers=1 sync=false"
         );

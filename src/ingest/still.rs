@@ -29,7 +29,7 @@ pub fn decode_still(unit: &EncodedUnit) -> Result<RgbImage, IngestError> {
     // One decoder thread: the picture is rare and off the frame path, and must not take every core.
     let desc = format!(
         "appsrc name=src format=time caps={caps},stream-format=byte-stream,alignment=au ! {parse} ! \
-         {decode} max-threads=1 ! videoconvert ! video/x-raw,format=RGB ! \
+         {decode} max-threads=1 direct-rendering=false ! videoconvert ! video/x-raw,format=RGB ! \
          appsink name=sink sync=false max-buffers=1"
     );
     let pipeline = gst::parse::launch(&desc)
