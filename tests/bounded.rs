@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use streetwatch::alert::{AlertConfig, AlertService, Router, Store as AlertStore};
+use streetwatch::alert::{AlertConfig, AlertService, Router, ServiceOptions, Store as AlertStore};
 use streetwatch::app::Forwarder;
 use streetwatch::config::RetentionConfig;
 use streetwatch::retention::{self, Policy, snapshot_name};
@@ -453,8 +453,16 @@ fn a_flood_of_updates_on_a_full_queue_is_counted_and_every_opened_incident_reach
     let alert_db = dir.path().join("alerts.db");
     let incident_db = dir.path().join("incidents.db");
     let alerts = Arc::new(
-        AlertService::start_with_queue(AlertConfig::default(), &alert_db, Arc::new(SystemClock), 8)
-            .unwrap(),
+        AlertService::start_with(
+            AlertConfig::default(),
+            &alert_db,
+            Arc::new(SystemClock),
+            ServiceOptions {
+                queue: 8,
+                ..ServiceOptions::default()
+            },
+        )
+        .unwrap(),
     );
     let mut forwarder = Forwarder::new(
         Store::open(&incident_db).unwrap(),

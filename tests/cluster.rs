@@ -297,17 +297,7 @@ fn three_nodes_and_a_router_fail_over_within_15_s_and_tell_each_incident_once() 
     let dir = tempfile::tempdir().unwrap();
     let server = NatsServer::start();
     let kannel = Kannel::start();
-    let footage = Command::new(env!("CARGO_BIN_EXE_streetwatch"))
-        .args(["serve-footage", "--cameras", &CAMERAS.to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut footage = ChildGuard(footage);
-    let mut lines = std::io::BufReader::new(footage.0.stdout.take().unwrap()).lines();
-    let camera_url = lines.next().unwrap().unwrap();
-    assert_eq!(lines.next().unwrap().unwrap(), format!("{camera_url}/sub"));
-    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    let (mut footage, camera_url) = support::serve_cameras(CAMERAS);
     let cfg = dir.path().join("cluster.toml");
     std::fs::write(&cfg, config(dir.path(), &server, &kannel, &camera_url)).unwrap();
     let ids: Vec<String> = (0..CAMERAS).map(|i| format!("cam-{i}")).collect();
@@ -550,17 +540,7 @@ fn three_nodes_and_a_router_fail_over_within_15_s_and_tell_each_incident_once() 
 #[test]
 fn the_cluster_demo_configuration_is_valid() {
     let file = support::root().join("pipelines/cluster-demo.toml");
-    let out = Command::new(env!("CARGO_BIN_EXE_streetwatch"))
-        .arg("check-config")
-        .arg(&file)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = support::check_config_ok(&file);
     assert!(stdout.contains("ok — 12 cameras"), "{stdout}");
     let config = streetwatch::config::Config::load(&file).unwrap();
     let cluster = config.cluster.expect("[cluster]");

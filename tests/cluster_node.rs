@@ -10,9 +10,7 @@ mod nats;
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::BufRead as _;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,7 +26,7 @@ use streetwatch::types::{
     SystemClock, Timestamp,
 };
 use support::cluster::{Node, config_head, holders};
-use support::{ChildGuard, wait_until};
+use support::wait_until;
 
 const TOKEN: &str = "cluster-viewer-token-0001";
 /// Start-up of three nodes, their cameras and the model on a loaded two-core machine: generous.
@@ -108,17 +106,7 @@ fn three_nodes_share_cameras_by_cost_fail_over_within_15_s_and_take_a_share_back
 {
     let server = NatsServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let footage = Command::new(env!("CARGO_BIN_EXE_streetwatch"))
-        .args(["serve-footage", "--cameras", "12"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut footage = ChildGuard(footage);
-    let mut lines = std::io::BufReader::new(footage.0.stdout.take().unwrap()).lines();
-    let main_url = lines.next().unwrap().unwrap();
-    assert_eq!(lines.next().unwrap().unwrap(), format!("{main_url}/sub"));
-    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    let (mut footage, main_url) = support::serve_cameras(12);
 
     // Four costs: sub- or main stream, half a frame or one a second.
     let mut text = head(dir.path(), &server, "failover");

@@ -1,18 +1,17 @@
 //! The district configuration: `pipelines/district-1100.toml` is exactly what `scripts/district.py` makes
 //! of `fixtures/district-1100.csv` (so the two never drift), and it is a valid configuration of District 1.
 
+mod support;
+
 use std::collections::{BTreeSet, HashSet};
 use std::path::Path;
 use std::process::Command;
 
 use streetwatch::config::{Config, SourceUrl};
+use support::root;
 
 const CSV: &str = "fixtures/district-1100.csv";
 const TOML: &str = "pipelines/district-1100.toml";
-
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
 
 /// Runs `scripts/district.py ARGS` in the checkout; its stdout, or the failure with stderr.
 fn district(args: &[&str]) -> Result<String, String> {
@@ -105,17 +104,7 @@ fn the_district_config_is_district_one() {
 
 #[test]
 fn check_config_accepts_the_district() {
-    let out = Command::new(env!("CARGO_BIN_EXE_streetwatch"))
-        .args(["check-config", TOML])
-        .current_dir(root())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = support::check_config_ok(Path::new(TOML));
     assert!(stdout.contains("ok — 1100 cameras"), "{stdout}");
 }
 

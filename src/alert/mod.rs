@@ -127,21 +127,7 @@ impl AlertService {
         db_path: &Path,
         clock: Arc<dyn Clock>,
     ) -> Result<AlertHandle, AlertError> {
-        Self::start_with_queue(config, db_path, clock, QUEUE)
-    }
-
-    /// [`start`](Self::start) with a queue of `queue` events (at least 1) in front of the router.
-    pub fn start_with_queue(
-        config: AlertConfig,
-        db_path: &Path,
-        clock: Arc<dyn Clock>,
-        queue: usize,
-    ) -> Result<AlertHandle, AlertError> {
-        let options = ServiceOptions {
-            queue,
-            ..ServiceOptions::default()
-        };
-        Self::start_with(config, db_path, clock, options)
+        Self::start_with(config, db_path, clock, ServiceOptions::default())
     }
 
     /// [`start`](Self::start) with `options`.

@@ -209,6 +209,41 @@ pub fn serve_footage_with(port: u16, mounts: &[(&str, &Path)], looping: bool) ->
     (ChildGuard(child), port)
 }
 
+/// `streetwatch serve-footage --cameras n`: n looping cameras, each with a sub-stream at `{url}/sub`;
+/// the server and its first camera's main-stream URL.
+pub fn serve_cameras(n: usize) -> (ChildGuard, String) {
+    use std::io::BufRead;
+    let child = Command::new(env!("CARGO_BIN_EXE_streetwatch"))
+        .args(["serve-footage", "--cameras", &n.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn serve-footage");
+    let mut server = ChildGuard(child);
+    let mut lines = std::io::BufReader::new(server.0.stdout.take().unwrap()).lines();
+    let main_url = lines.next().unwrap().unwrap();
+    assert_eq!(lines.next().unwrap().unwrap(), format!("{main_url}/sub"));
+    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    (server, main_url)
+}
+
+/// `streetwatch check-config file` from the repository root, which must accept it: what it printed.
+pub fn check_config_ok(file: &Path) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_streetwatch"))
+        .arg("check-config")
+        .arg(file)
+        .current_dir(root())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 /// Polls `cond` every 50 ms until it holds or `limit` passes; returns whether it held.
 pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + limit;
