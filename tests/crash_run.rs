@@ -83,6 +83,14 @@ fn kill_9_of_the_whole_run_then_restart_notifies_every_opened_incident_once() {
     child.0.wait().unwrap();
     let before: Vec<String> = opened().into_iter().map(|i| i.id).collect();
     assert!(!before.is_empty());
+    // An attempt to the refusing gateway can be under way at the kill: the outbox cannot know it never
+    // arrived, so it may count that one as a possible duplicate, and only that one.
+    let in_flight: Vec<i64> = streetwatch::alert::Store::open(&db)
+        .and_then(|s| s.deliveries(Some("sending")))
+        .unwrap_or_default()
+        .into_iter()
+        .map(|d| d.id)
+        .collect();
     assert!(
         kannel.received().is_empty(),
         "nothing could be sent before the kill"
@@ -109,8 +117,13 @@ fn kill_9_of_the_whole_run_then_restart_notifies_every_opened_incident_once() {
     for id in &before {
         assert_eq!(per.get(id), Some(&1), "{id} notified once: {per:?}");
     }
+    let flagged: Vec<i64> = deliveries
+        .iter()
+        .filter(|d| d.possible_duplicates > 0)
+        .map(|d| d.id)
+        .collect();
     assert!(
-        deliveries.iter().all(|d| d.possible_duplicates == 0),
-        "no delivery was in flight at the kill, so none may be a duplicate"
+        flagged.iter().all(|id| in_flight.contains(id)),
+        "only a delivery in flight at the kill may be a possible duplicate: flagged {flagged:?}, in flight {in_flight:?}"
     );
 }
